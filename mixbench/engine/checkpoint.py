@@ -1,0 +1,48 @@
+"""Atomic writes and safe loads.
+
+A file is first written next to its destination, flushed to disk, then renamed over it (``os.replace`` is
+atomic on POSIX), so a run killed at any moment leaves either the previous complete file or the new one,
+never a torn one.  Checkpoints are read with ``torch.load(weights_only=True)``: they hold tensors, numbers,
+strings, lists and dicts only, and loading never runs pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _atomic_replace(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``."""
+    _atomic_replace(Path(path), lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    _atomic_replace(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(path, map_location=map_location, weights_only=True)

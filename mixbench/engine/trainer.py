@@ -1,0 +1,443 @@
+"""The generic trainer: any method × any model × any dataset × any schedule.
+
+It knows nothing about particular methods: each step it asks the method for a loss
+(``method.training_step(model, x, y)``), steps the optimizer, and calls ``method.after_step``; each epoch
+it evaluates every network the method names (``method.eval_models``: the online one, and the EMA one of
+learned methods) and writes the run directory (:mod:`mixbench.engine.rundir`).
+
+Reproducibility and resumption: at the start of epoch ``e`` every generator (torch's global one, the
+method's, the loader's) is reseeded from ``(seed, e)``.  The checkpoint written atomically after each
+epoch therefore only needs weights, optimizer state and the per-epoch history: a run killed at any moment
+and started again with the same command continues from the last completed epoch and ends with the same
+numbers as an uninterrupted one (on the CPU; GPU kernels are not all bitwise deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from mixbench.config import ConfigError, to_plain, validate
+from mixbench.data import DataBundle, build_loaders, check_dataset
+from mixbench.engine.checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
+from mixbench.engine.evaluate import evaluate
+from mixbench.engine.optim import build_lr_schedule, build_optimizer, parameter_groups
+from mixbench.engine.rundir import identity_mismatch, run_directory
+from mixbench.methods import MixMethod, build_method
+from mixbench.metrics import summarize_history
+from mixbench.models import StageUnavailableError, build_model
+from mixbench.rng import MixRandom, derive_seed
+
+CHECKPOINT, SUMMARY, METRICS, CONFIG = "checkpoint.pt", "summary.json", "metrics.jsonl", "config.yaml"
+INIT_STREAM = 2**31 - 1  # seed stream of the initial weights, apart from the per-epoch streams
+FINITE_CHECK_EVERY = 50  # steps between checks of the loss (each check is one device sync)
+
+
+class RunFailed(RuntimeError):
+    """Training stopped (non-finite loss); the message says where and what was kept."""
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: full fp32
+    channels_last: bool
+    compile: bool
+
+
+def resolve_runtime(cfg: DictConfig) -> Runtime:
+    """Device, precision and memory format from the config's ``auto`` defaults."""
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device=cuda was asked for but no CUDA GPU is visible; use device=cpu or device=auto")
+    on_cuda = device.type == "cuda"
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if on_cuda else "fp32")
+    if precision not in ("bf16", "fp32"):
+        raise ConfigError(f"unknown precision '{cfg.precision}'; valid: auto, bf16, fp32")
+    channels_last = on_cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    return Runtime(device, torch.bfloat16 if precision == "bf16" else None, channels_last, bool(cfg.compile))
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume, or skip) the configuration ``cfg``; returns its summary."""
+    validate(cfg)
+    runtime = resolve_runtime(cfg)
+    run_dir = run_directory(cfg)
+    existing = _existing_summary(run_dir, to_plain(cfg), force=bool(cfg.force))
+    if existing is not None:
+        return existing
+    _warn_if_other_recipe(cfg)
+    check_dataset(cfg.data)
+    torch.manual_seed(derive_seed(int(cfg.seed), INIT_STREAM))  # the same seed gives the same initial weights
+    model, method = _build_model_and_method(cfg, runtime)
+    data = build_loaders(
+        cfg.data,
+        augment=cfg.schedule.augment,
+        batch_size=int(cfg.schedule.batch_size),
+        eval_batch_size=int(cfg.eval_batch_size),
+        input_size=_input_size(cfg),
+        device=runtime.device,
+        channels_last=runtime.channels_last,
+        num_workers=int(cfg.num_workers),
+    )
+    if len(data.train) == 0:
+        raise ConfigError(
+            f"schedule.batch_size={cfg.schedule.batch_size} exceeds the {data.num_train} training images; lower it"
+        )
+    if cfg.force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    return Trainer(cfg, runtime, run_dir, model, method, data).fit()
+
+
+def _input_size(cfg: DictConfig) -> int:
+    return int(cfg.schedule.train_size or cfg.data.image_size)
+
+
+def _existing_summary(run_dir: Path, plain_cfg: dict, force: bool) -> dict[str, Any] | None:
+    """The summary of a complete run to skip; refuses a directory made by a different configuration."""
+    config_path = run_dir / CONFIG
+    if not config_path.exists() or force:
+        return None
+    saved = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    differing = identity_mismatch(saved, plain_cfg)
+    if differing:
+        raise ConfigError(
+            f"{run_dir} holds a run of a different configuration (differs in {', '.join(differing[:5])}); "
+            "pass force=true to replace it or set runs_root=<another folder>"
+        )
+    summary_path = run_dir / SUMMARY
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") == "complete":
+            window = summary["metric_window"]
+            print(
+                f"complete, skipped: {run_dir} (median top-1 of the last {window} epochs "
+                f"{summary[f'median_last{window}_top1']:.2f}); force=true to redo it",
+                flush=True,
+            )
+            return summary
+    return None
+
+
+def _warn_if_other_recipe(cfg: DictConfig) -> None:
+    recipe_for = list(cfg.schedule.get("recipe_for") or [])
+    if recipe_for and cfg.data.name not in recipe_for:
+        print(
+            f"note: schedule {cfg.schedule.name} is the recipe for {', '.join(recipe_for)}, "
+            f"not {cfg.data.name}; choose another with schedule=<name> if that was not intended",
+            file=sys.stderr,
+        )
+
+
+def _build_model_and_method(cfg: DictConfig, runtime: Runtime) -> tuple[nn.Module, MixMethod]:
+    model_options = {k: v for k, v in to_plain(cfg.model).items() if k not in ("name", "width")}
+    try:
+        model = build_model(
+            cfg.model.name,
+            num_classes=int(cfg.data.num_classes),
+            image_size=_input_size(cfg),
+            width=cfg.model.width,
+            **model_options,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"model {cfg.model.name}: {error}") from error
+    method_options = {k: v for k, v in to_plain(cfg.method).items() if k != "name"}
+    try:
+        method = build_method(cfg.method.name, **method_options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"method {cfg.method.name}: {error}") from error
+    try:
+        method.check_model(model)
+    except StageUnavailableError as error:
+        raise ConfigError(
+            f"method {cfg.method.name} cannot run on model {cfg.model.name}: {error}; "
+            "pick an input-space method (mixup, cutmix) or a CNN backbone"
+        ) from error
+    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    model = model.to(runtime.device, memory_format=memory_format)
+    method = method.to(runtime.device)
+    return model, method
+
+
+class Trainer:
+    """One run: owns the objects, the loop, the checkpoint and the run directory's files."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        runtime: Runtime,
+        run_dir: Path,
+        model: nn.Module,
+        method: MixMethod,
+        data: DataBundle,
+    ) -> None:
+        self.cfg, self.runtime, self.run_dir = cfg, runtime, run_dir
+        self.model, self.method, self.data = model, method, data
+        self.schedule = cfg.schedule
+        self.window = int(cfg.schedule.metric_window)
+        self.rng = MixRandom(int(cfg.seed), runtime.device)
+        method.bind(self.rng, label_smoothing=float(cfg.schedule.label_smoothing))
+        groups = parameter_groups(model, cfg.schedule.optimizer) + method.param_groups(
+            float(cfg.schedule.optimizer.lr), float(cfg.schedule.optimizer.weight_decay)
+        )
+        self.optimizer = build_optimizer(groups, cfg.schedule.optimizer)
+        self.lr_schedule = build_lr_schedule(self.optimizer, cfg.schedule, len(data.train))
+        self.step_model = torch.compile(model) if runtime.compile else model
+        self.history: list[dict[str, Any]] = []
+        self.wall_time = 0.0
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.writer = None
+
+    # -- the run -------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(OmegaConf.to_yaml(self.cfg, resolve=True), self.run_dir / CONFIG)
+        start_epoch = self._resume()
+        self.writer = _tensorboard_writer(self.run_dir / "tb", purge_step=start_epoch)
+        epochs = int(self.schedule.epochs)
+        where = f"resuming at epoch {start_epoch + 1}" if start_epoch else "starting"
+        print(f"{where}: {self.run_dir} ({epochs} epochs on {self.runtime.device})", flush=True)
+        self._write_summary("running")
+        try:
+            for epoch in range(start_epoch, epochs):
+                record = self._run_epoch(epoch)
+                self.history.append(record)
+                self._save(epoch + 1)
+                self._log(record)
+        except RunFailed as failure:
+            self._write_summary("failed", message=str(failure))
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return self._write_summary("complete")
+
+    def _run_epoch(self, epoch: int) -> dict[str, Any]:
+        self._reseed(epoch)
+        started = time.perf_counter()
+        train_stats = self._train_one_epoch(epoch)
+        train_seconds = time.perf_counter() - started
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": train_stats.pop("lr")}
+        record.update(train_stats)
+        for label, network in self.method.eval_models(self.model).items():
+            prefix = f"{label}_" if label else ""
+            scores = evaluate(network, self.data.test, self.runtime.autocast_dtype)
+            record.update({f"{prefix}top1": scores["top1"], f"{prefix}top5": scores["top5"]})
+            record[f"{prefix}test_loss"] = scores["loss"]
+        seconds = time.perf_counter() - started
+        self.wall_time += seconds
+        record["train_seconds"] = round(train_seconds, 3)
+        record["seconds"] = round(seconds, 3)
+        record["images_per_s"] = round(train_stats["train_images"] / train_seconds, 1)
+        return record
+
+    def _reseed(self, epoch: int) -> None:
+        seed = int(self.cfg.seed)
+        torch.manual_seed(derive_seed(seed, epoch, 0))
+        self.rng.reseed(derive_seed(seed, epoch, 1))
+        self.data.train.set_epoch(derive_seed(seed, epoch, 2))
+
+    def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        model, method, optimizer = self.step_model, self.method, self.optimizer
+        self.model.train()
+        method.train()
+        steps = len(self.data.train)
+        device = self.runtime.device
+        loss_sum = torch.zeros((), device=device)
+        log_sums: dict[str, torch.Tensor] = {}
+        images = 0
+        clip = self.schedule.grad_clip
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.schedule.epochs}", leave=False, disable=not self._show_progress())
+        lr = optimizer.param_groups[0]["lr"]
+        for step, (x, y) in enumerate(self.data.train):
+            self.lr_schedule.step_update(epoch * steps + step)
+            lr = optimizer.param_groups[0]["lr"]
+            with torch.autocast(device.type, dtype=self.runtime.autocast_dtype or torch.float32, enabled=self.runtime.autocast_dtype is not None):
+                loss, logs = method.training_step(model, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, float(clip))
+            optimizer.step()
+            method.after_step(self.model)
+            loss_sum += loss.detach().float()
+            for key, value in logs.items():
+                log_sums[key] = log_sums.get(key, 0.0) + value.detach().float().to(device)
+            images += y.shape[0]
+            if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == steps:
+                self._check_finite(loss_sum, epoch, step)
+                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}", lr=f"{lr:.3g}")
+            bar.update(1)
+        bar.close()
+        if self.runtime.device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stats: dict[str, Any] = {"lr": lr, "train_loss": loss_sum.item() / steps, "train_images": images}
+        stats.update({f"train_{key}": float(value) / steps for key, value in log_sums.items()})
+        return stats
+
+    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+        if not torch.isfinite(loss_sum):
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch had completed"
+            raise RunFailed(
+                f"the training loss became non-finite ({loss_sum.item()}) by step {step + 1} of epoch {epoch + 1}; "
+                f"{kept} in {self.run_dir}; lower schedule.optimizer.lr or check the data"
+            )
+
+    def _show_progress(self) -> bool:
+        if self.cfg.progress == "auto":
+            return sys.stderr.isatty()
+        return bool(self.cfg.progress)
+
+    # -- the run directory ---------------------------------------------------------------------------
+    def _resume(self) -> int:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return 0
+        state = load_checkpoint(path, map_location=self.runtime.device)
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        self.wall_time = float(state["wall_time"])
+        self.started_at = state.get("started_at", self.started_at)
+        self._write_metrics()  # the checkpoint is the truth: drop lines of an epoch that did not finish
+        return int(state["epoch"])
+
+    def _save(self, epochs_done: int) -> None:
+        state = {
+            "format": 1,
+            "epoch": epochs_done,
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "wall_time": self.wall_time,
+            "started_at": self.started_at,
+        }
+        atomic_save(state, self.run_dir / CHECKPOINT)
+        self._write_metrics()
+        self._write_summary("running")
+
+    def _write_metrics(self) -> None:
+        text = "".join(json.dumps(record) + "\n" for record in self.history)
+        atomic_write_text(text, self.run_dir / METRICS)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        epoch = record["epoch"]
+        extra = "".join(
+            f"  {key[:-5]} top-1 {value:.2f}" for key, value in record.items() if key.endswith("_top1") and key != "top1"
+        )
+        print(
+            f"epoch {epoch}/{self.schedule.epochs}  loss {record['train_loss']:.4f}  top-1 {record['top1']:.2f}  "
+            f"top-5 {record['top5']:.2f}{extra}  lr {record['lr']:.4g}  {record['seconds']:.1f} s  "
+            f"{record['images_per_s']:.0f} img/s",
+            flush=True,
+        )
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, epoch)
+            self.writer.flush()
+
+    def _write_summary(self, status: str, message: str | None = None) -> dict[str, Any]:
+        labels = list(self.method.eval_models(self.model))
+        summary: dict[str, Any] = {
+            "status": status,
+            "data": self.cfg.data.name,
+            "model": self.cfg.model.name,
+            "method": self.cfg.method.name,
+            "schedule": self.cfg.schedule.name,
+            "seed": int(self.cfg.seed),
+            "run_dir": str(self.run_dir),
+            "epochs": int(self.schedule.epochs),
+            "epochs_done": len(self.history),
+            "metric_window": self.window,
+            "evaluated": [label or "online" for label in labels],
+        }
+        summary.update(summarize_history(self.history, self.window, labels))
+        train_rates = [record["images_per_s"] for record in self.history]
+        summary.update(
+            {
+                "wall_time_s": round(self.wall_time, 1),
+                "train_images_per_s": round(sum(train_rates) / len(train_rates), 1) if train_rates else None,
+                "params": sum(p.numel() for p in self.model.parameters()),
+                "method_params": sum(p.numel() for p in self.method.parameters() if p.requires_grad),
+                "peak_memory_mb": _peak_memory_mb(self.runtime.device),
+                "device": _device_name(self.runtime.device),
+                "precision": "bf16" if self.runtime.autocast_dtype else "fp32",
+                "channels_last": self.runtime.channels_last,
+                "versions": _versions(),
+                "git_commit": _git_commit(),
+                "started_at": self.started_at,
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "message": message,
+            }
+        )
+        atomic_write_json(summary, self.run_dir / SUMMARY)
+        if status == "complete":
+            value = summary[f"median_last{self.window}_top1"]
+            print(f"complete: {self.run_dir}  median top-1 of the last {self.window} epochs {value:.2f}", flush=True)
+        return summary
+
+
+def _tensorboard_writer(log_dir: Path, purge_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a declared dependency; tolerate its absence in slim installs
+        return None
+    # purge_step drops events of epochs after the checkpoint, written by a run that was then killed.
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step or None)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # host RSS (Linux: KiB)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    import mixbench
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "mixbench": mixbench.__version__,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

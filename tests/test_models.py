@@ -1,0 +1,328 @@
+"""Backbones: stage shapes, the stage contract, parameter counts, torchvision compatibility, timm wrappers.
+
+Full-width models are built on the ``meta`` device (shapes and parameter counts without memory or compute);
+real forward passes use small widths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from mixbench.models import MODELS, StagedNet, StageUnavailableError, build_model
+from mixbench.models.preact_resnet import PreActBlock
+from mixbench.models.timm_models import swin_window_size
+from mixbench.models.wide_resnet import WideBasicBlock, wrn28_10
+
+CNNS = ["r18", "wrn16_8", "wrn28_8", "resnet18", "rx50", "resnet50"]
+TIMM_MODELS = ["swin_t", "deit_s"]
+DEFAULT_WIDTH = {"r18": 64, "wrn16_8": 128, "wrn28_8": 128, "resnet18": 64, "rx50": 64, "resnet50": 64}
+SMALL_WIDTH = {"r18": 8, "wrn16_8": 8, "wrn28_8": 8, "resnet18": 8, "rx50": 16, "resnet50": 8}
+
+
+def expected_stage_shapes(name: str, width: int) -> list[tuple[int, int, int]]:
+    """(C, H, W) of stages 0..n on a 32 px input, from the architecture's definition."""
+    if name in ("r18", "resnet18"):
+        stages = [(width * 2**i, 32 >> i, 32 >> i) for i in range(4)]
+    elif name in ("wrn16_8", "wrn28_8"):
+        stages = [(width * 2**i, 32 >> i, 32 >> i) for i in range(3)]
+    elif name == "rx50":
+        stages = [(4 * width * 2**i, 32 >> i, 32 >> i) for i in range(4)]
+    else:  # resnet50: the ImageNet stem divides the resolution by 4
+        stages = [(4 * width * 2**i, 8 >> i, 8 >> i) for i in range(4)]
+    return [(3, 32, 32), *stages]
+
+
+def stage_shapes(model: StagedNet, x: torch.Tensor) -> list[tuple[int, ...]]:
+    return [tuple(model.forward_features(x, k).shape[1:]) for k in model.feature_stages]
+
+
+def meta_model(name: str, num_classes: int = 100, width: int | None = None) -> StagedNet:
+    with torch.device("meta"):
+        return build_model(name, num_classes, 32, width=width)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    """Tiny CPU forwards are much slower with several intra-op threads when another process holds a core."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def timm_models() -> dict[str, StagedNet]:
+    torch.manual_seed(0)
+    return {name: build_model(name, 10, 32).eval() for name in TIMM_MODELS}
+
+
+# --- CNN stage shapes and the stage contract -------------------------------------------------------------
+
+
+def test_published_feature_shapes_at_default_width() -> None:
+    """The feature maps the AlignMixup paper mixes: PreActResNet18 512x4x4, WRN16-8 512x8x8, on 32 px."""
+    x = torch.empty(2, 3, 32, 32, device="meta")
+    assert stage_shapes(meta_model("r18"), x)[-1] == (512, 4, 4)
+    assert stage_shapes(meta_model("wrn16_8"), x)[-1] == (512, 8, 8)
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_stage_shapes_at_default_width(name: str) -> None:
+    x = torch.empty(2, 3, 32, 32, device="meta")
+    assert stage_shapes(meta_model(name), x) == expected_stage_shapes(name, DEFAULT_WIDTH[name])
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_stage_shapes_and_contract_at_small_width(name: str) -> None:
+    """Real forward at a small width: shapes per stage, and forward_from(forward_features(x, k), k) == model(x)."""
+    torch.manual_seed(0)
+    model = build_model(name, 10, 32, width=SMALL_WIDTH[name]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert stage_shapes(model, x) == expected_stage_shapes(name, SMALL_WIDTH[name])
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 10)
+        for k in model.feature_stages:
+            resumed = model.forward_from(model.forward_features(x, k), k)
+            torch.testing.assert_close(resumed, logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_width_option_scales_every_stage(name: str) -> None:
+    x = torch.empty(2, 3, 32, 32, device="meta")
+    narrow = stage_shapes(meta_model(name, width=8 if name != "rx50" else 16), x)
+    wide = stage_shapes(meta_model(name, width=16 if name != "rx50" else 32), x)
+    assert [2 * s[0] for s in narrow[1:]] == [s[0] for s in wide[1:]]
+    assert [s[1:] for s in narrow] == [s[1:] for s in wide]
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_cnns_expose_every_stage(name: str) -> None:
+    model = meta_model(name)
+    assert model.feature_stages == tuple(range(model.num_stages + 1))
+    with pytest.raises(StageUnavailableError, match=name):
+        model.forward_features(torch.empty(1, 3, 32, 32, device="meta"), model.num_stages + 1)
+
+
+# --- parameter counts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "num_classes", "count", "published"),
+    [
+        ("r18", 100, 11_217_444, 11.2e6),
+        ("wrn16_8", 100, 11_012_036, 11.0e6),
+        ("wrn28_8", 100, 23_409_092, 23.4e6),
+        ("resnet18", 100, 11_220_132, 11.2e6),
+        ("rx50", 100, 23_177_124, 23.2e6),
+        ("resnet50", 1000, 25_557_032, 25.6e6),
+    ],
+)
+def test_parameter_counts(name: str, num_classes: int, count: int, published: float) -> None:
+    measured = count_parameters(meta_model(name, num_classes))
+    assert measured == count
+    assert abs(measured - published) / published < 0.01
+
+
+def test_wrn28_10_parameter_count() -> None:
+    """The WRN family's best-known member: 36.5M parameters with 100 classes."""
+    with torch.device("meta"):
+        measured = count_parameters(wrn28_10(100))
+    assert measured == 36_546_980
+    assert abs(measured - 36.5e6) / 36.5e6 < 0.01
+
+
+# --- architecture details --------------------------------------------------------------------------------
+
+
+def test_preact_block_identity_shortcut_carries_the_preactivation() -> None:
+    """AlignMixup's block adds ReLU(BN(x)), not x: with a zero residual branch it returns ReLU(BN(x))."""
+    block = PreActBlock(4, 4, stride=1).eval()
+    nn.init.zeros_(block.conv2.weight)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), torch.relu(block.bn1(x)))
+
+
+def test_wide_block_identity_shortcut_is_the_raw_input() -> None:
+    block = WideBasicBlock(4, 4, stride=1, dropout=0.0).eval()
+    nn.init.zeros_(block.conv2.weight)
+    nn.init.zeros_(block.conv2.bias)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x)
+
+
+@pytest.mark.parametrize("name", ["r18", "wrn16_8"])
+def test_last_stage_is_before_any_final_activation(name: str) -> None:
+    """Neither the PreActResNet (no final BN) nor the WRN (BN-ReLU in the head) ends its stages with a ReLU."""
+    torch.manual_seed(0)
+    model = build_model(name, 10, 32, width=8).eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(2, 3, 32, 32), model.num_stages)
+    assert (features < 0).any()
+
+
+def test_wrn_stem_and_blocks_have_biases_and_dropout_option_reaches_blocks() -> None:
+    model = build_model("wrn16_8", 10, 32, width=8, dropout=0.3)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(conv.bias is not None for conv in convs)
+    rates = {m.p for m in model.modules() if isinstance(m, nn.Dropout)}
+    assert rates == {0.3}
+
+
+def test_rx50_uses_32_groups_of_4_channels() -> None:
+    model = meta_model("rx50")
+    first = model.layer1[0].conv2
+    assert (first.groups, first.in_channels) == (32, 128)
+
+
+def test_rx50_rejects_a_width_too_small_for_its_groups() -> None:
+    with pytest.raises(ValueError, match="bottleneck width is 0"):
+        meta_model("rx50", width=8)
+
+
+def test_resnet_init_is_torchvision_default() -> None:
+    """Kaiming-normal (fan-out) convs, BN weight 1 / bias 0, and no zero-init of the last BN of a branch."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, 32, width=32)
+    conv = model.layer1[0].conv1
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+
+
+# --- torchvision compatibility ---------------------------------------------------------------------------
+
+
+def shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in state_dict.items()}
+
+
+def test_resnet50_matches_torchvision_names_shapes_and_outputs() -> None:
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None).eval()
+    ours = build_model("resnet50", 1000, 224).eval()
+    assert shapes(ours.state_dict()) == shapes(reference.state_dict())
+    assert count_parameters(ours) == 25_557_032
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x))
+
+
+def cifar_stem(model: torchvision.models.ResNet) -> torchvision.models.ResNet:
+    model.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def test_cifar_resnet18_matches_torchvision_with_a_3x3_stem() -> None:
+    """Same names and shapes as torchvision's resnet18 with a 3x3 conv1, and the same function once loaded."""
+    torch.manual_seed(0)
+    reference = cifar_stem(torchvision.models.resnet18(weights=None, num_classes=100)).eval()
+    ours = build_model("resnet18", 100, 32).eval()
+    assert shapes(ours.state_dict()) == shapes(reference.state_dict())
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_rx50_matches_torchvision_resnext50_with_a_3x3_stem() -> None:
+    with torch.device("meta"):
+        reference = cifar_stem(torchvision.models.resnext50_32x4d(weights=None, num_classes=100))
+    assert shapes(meta_model("rx50").state_dict()) == shapes(reference.state_dict())
+
+
+# --- timm transformers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_timm_models_run_at_32px_and_expose_only_the_input(name: str, timm_models: dict[str, StagedNet]) -> None:
+    model = timm_models[name]
+    x = torch.randn(2, 3, 32, 32)
+    assert model.feature_stages == (0,)
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 10)
+        assert model.forward_features(x, 0) is x
+        torch.testing.assert_close(model.forward_from(x, 0), logits)
+    with pytest.raises(StageUnavailableError, match="only supports input-space mixing"):
+        model.forward_features(x, 1)
+    with pytest.raises(StageUnavailableError, match=name):
+        model.forward_from(x, 2)
+
+
+def test_swin_window_size_divides_the_token_grid(timm_models: dict[str, StagedNet]) -> None:
+    assert [swin_window_size(s) for s in (224, 32, 64, 96)] == [7, 4, 4, 6]
+    first_block = timm_models["swin_t"].net.layers[0].blocks[0]
+    assert tuple(first_block.window_size) == (4, 4)
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_timm_models_reject_a_width(name: str) -> None:
+    with pytest.raises(ValueError, match="width"):
+        build_model(name, 10, 32, width=64)
+
+
+def test_no_weight_decay_names_are_real_parameters(timm_models: dict[str, StagedNet]) -> None:
+    for model in timm_models.values():
+        names = dict(model.named_parameters())
+        exempt = model.no_weight_decay() & set(names)
+        assert exempt and all(name.startswith("net.") for name in exempt)
+
+
+def test_pretrained_path_loads_backbone_and_drops_a_mismatched_head(
+    tmp_path, timm_models: dict[str, StagedNet]
+) -> None:
+    """Also checks that drop_path_rate reaches timm (one build serves both)."""
+    source = timm_models["deit_s"]
+    path = tmp_path / "deit_s.pth"
+    torch.save({"model": source.net.state_dict()}, path)  # nested like the official DeiT release
+    target = build_model("deit_s", 100, 32, pretrained_path=str(path), drop_path_rate=0.25)
+    assert target.net.blocks[-1].drop_path1.drop_prob == pytest.approx(0.25)
+    assert target.net.head.weight.shape == (100, 384)
+    for key, value in source.net.state_dict().items():
+        if not key.startswith("head."):
+            torch.testing.assert_close(target.net.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_missing_pretrained_file_names_the_path(tmp_path) -> None:
+    path = tmp_path / "absent.pth"
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        build_model("swin_t", 10, 32, pretrained_path=str(path))
+
+
+# --- registry --------------------------------------------------------------------------------------------
+
+
+def test_registry_lists_every_model() -> None:
+    assert sorted(MODELS) == sorted(CNNS + TIMM_MODELS)
+
+
+def test_unknown_model_error_lists_the_valid_names() -> None:
+    with pytest.raises(ValueError, match="unknown model 'x'") as error:
+        build_model("x", 10, 32)
+    assert all(name in str(error.value) for name in MODELS)
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_built_model_carries_its_registry_name(name: str) -> None:
+    assert meta_model(name).name == name
+
+
+def test_option_a_model_does_not_take_is_rejected() -> None:
+    with pytest.raises(ValueError, match="dropout"):
+        build_model("r18", 10, 32, width=8, dropout=0.1)

@@ -1,0 +1,46 @@
+"""Train one configuration, or a grid with -m.
+
+    python tools/train.py method=mixup model=r18 data=cifar100
+    python tools/train.py method=mixup model=r18 data=cifar100 --cfg job      # print the composed config
+    python tools/train.py -m experiment=quickstart                             # a grid (Hydra multirun)
+
+Re-running a command resumes its run from the last checkpoint, or skips it when it is complete.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from mixbench.cli import check_group_overrides, fail
+from mixbench.config import ConfigError
+from mixbench.data import DatasetMissingError
+from mixbench.engine.trainer import RunFailed, train
+
+FAILED_JOBS: list[str] = []
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except (ConfigError, DatasetMissingError, RunFailed) as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # report, and let the other jobs of the grid run
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            FAILED_JOBS.append(" ".join(HydraConfig.get().overrides.task))
+            return
+        fail(str(error), code=1 if isinstance(error, RunFailed) else 2)
+
+
+if __name__ == "__main__":
+    try:
+        check_group_overrides(sys.argv[1:])
+    except ConfigError as error:
+        fail(str(error))
+    main()
+    if FAILED_JOBS:
+        fail(f"{len(FAILED_JOBS)} job(s) failed: " + "; ".join(FAILED_JOBS), code=1)
