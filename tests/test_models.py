@@ -326,3 +326,19 @@ def test_built_model_carries_its_registry_name(name: str) -> None:
 def test_option_a_model_does_not_take_is_rejected() -> None:
     with pytest.raises(ValueError, match="dropout"):
         build_model("r18", 10, 32, width=8, dropout=0.1)
+
+
+def test_local_pretrained_weights_load_into_a_cnn_and_a_foreign_file_is_refused(tmp_path) -> None:
+    """torchvision-format weights load by name (classifier of another size left at init); a file of another
+    architecture is refused rather than half-loaded."""
+    source = build_model("resnet18", num_classes=10, image_size=32, width=8)
+    path = tmp_path / "weights.pt"
+    torch.save(source.state_dict(), path)
+    loaded = build_model("resnet18", num_classes=7, image_size=32, width=8, pretrained_path=str(path))
+    assert torch.equal(loaded.conv1.weight, source.conv1.weight)
+    assert torch.equal(loaded.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert loaded.fc.weight.shape == (7, 64)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        build_model("r18", num_classes=10, image_size=32, width=8, pretrained_path=str(path))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        build_model("r18", num_classes=10, image_size=32, width=8, pretrained_path=str(tmp_path / "none.pt"))

@@ -18,29 +18,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
-try:
-    import mixbench  # noqa: F401  (installed editable by scripts/setup.sh)
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from omegaconf import OmegaConf
 
-# name -> (module under mixbench.data, options for check/load)
-DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "cifar10": ("cifar", {"num_classes": 10}),
-    "cifar100": ("cifar", {"num_classes": 100}),
-    "tiny_imagenet": ("tiny_imagenet", {}),
-    "imagenet": ("imagenet", {}),
-    "cub200": ("cub200", {}),
-    "aircraft": ("aircraft", {}),
-    "cars": ("cars", {}),
-}
+from mixbench.config import CONFIG_DIR
+from mixbench.data import DATASETS as REGISTRY
+
+DATASETS = sorted(name for name in REGISTRY if name != "digits")
 
 
 def _module(name: str) -> Any:
-    return importlib.import_module(f"mixbench.data.{DATASETS[name][0]}")
+    return importlib.import_module(f"mixbench.data.{REGISTRY[name][0]}")
+
+
+def _options(name: str) -> dict[str, Any]:
+    """The load/check options of ``name`` (e.g. num_classes), read from its config in configs/data/."""
+    data_cfg = OmegaConf.load(CONFIG_DIR / "data" / f"{name}.yaml")
+    return {key: data_cfg[key] for key in REGISTRY[name][1] if key != "download"}
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    _module(args.name).check(args.root, **DATASETS[args.name][1])
+    _module(args.name).check(args.root, **_options(args.name))
     print(f"OK {args.name} under {Path(args.root).expanduser().absolute()}")
 
 
@@ -59,7 +56,7 @@ def cmd_tiny_imagenet(args: argparse.Namespace) -> None:
 
 def cmd_cifar(args: argparse.Namespace) -> None:
     cifar = _module(args.command)
-    options = DATASETS[args.command][1]
+    options = _options(args.command)
     cifar.check(args.root, download=args.download, **options)
     for split in ("train", "test"):
         data = cifar.load(args.root, split, **options)
@@ -72,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Check and prepare mixbench datasets on disk.")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", parents=[common], help="print OK or the one-line problem")
-    check.add_argument("name", choices=sorted(DATASETS))
+    check.add_argument("name", choices=DATASETS)
     check.set_defaults(run=cmd_check)
     tiny = commands.add_parser("tiny_imagenet", parents=[common], help="re-lay out val, build the cache")
     tiny.set_defaults(run=cmd_tiny_imagenet)

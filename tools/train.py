@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mixbench.cli import check_group_overrides, fail
+from mixbench.cli import check_overrides, fail
 from mixbench.config import ConfigError
 from mixbench.data import DatasetMissingError
 from mixbench.engine.trainer import RunFailed, train
@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     try:
-        check_group_overrides(sys.argv[1:])
+        check_overrides(sys.argv[1:])
     except ConfigError as error:
         fail(str(error))
     main()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from timm.optim import param_groups_weight_decay
-from timm.scheduler import create_scheduler_v2
+from timm.scheduler import MultiStepLRScheduler, create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
@@ -21,7 +21,9 @@ from torch import nn
 def parameter_groups(model: nn.Module, optimizer_cfg: DictConfig) -> list[dict[str, Any]]:
     weight_decay = float(optimizer_cfg.weight_decay)
     if optimizer_cfg.get("no_decay_norm_bias", False):
-        return param_groups_weight_decay(model, weight_decay)
+        # timm models also name parameters to exempt (position embeddings, relative position tables).
+        exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=exempt)
     return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
 
@@ -53,12 +55,16 @@ def build_lr_schedule(
     if lr_cfg.name == "cosine":
         scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", **common)
     elif lr_cfg.name == "step":
-        scheduler, _ = create_scheduler_v2(
+        # timm applies a milestone one update early (bisect on t + 1); shifting by one update makes the lr
+        # change exactly at the first update of each milestone epoch.
+        scheduler = MultiStepLRScheduler(
             optimizer,
-            sched="multistep",
-            decay_milestones=list(lr_cfg.milestones),
+            decay_t=[int(epoch) * updates_per_epoch + 1 for epoch in lr_cfg.milestones],
             decay_rate=float(lr_cfg.gamma),
-            **common,
+            warmup_t=common["warmup_epochs"] * updates_per_epoch,
+            warmup_lr_init=common["warmup_lr"],
+            warmup_prefix=False,
+            t_in_epochs=False,
         )
     else:
         raise ValueError(f"unknown lr schedule '{lr_cfg.name}'; valid: step, cosine")

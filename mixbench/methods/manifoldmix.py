@@ -34,6 +34,8 @@ class ManifoldMix(MixMethod):
         stage = self.rng.choice(list(self.stages))
         lam = float(self.rng.beta(self.alpha))
         perm = self.rng.permutation(x.shape[0])
-        logits = model(x, mix_stage=stage, mix_fn=lambda h: lam * h + (1.0 - lam) * h[perm])
+        # lam as a tensor: a Python float in the closure would make torch.compile recompile for every value.
+        lam_tensor = torch.tensor(lam, device=x.device)
+        logits = model(x, mix_stage=stage, mix_fn=lambda h: lam_tensor * h + (1.0 - lam_tensor) * h[perm])
         loss = mixed_cross_entropy(logits, y, y[perm], lam, self.label_smoothing)
         return loss, {"lam": torch.tensor(lam), "stage": torch.tensor(float(stage))}

@@ -6,14 +6,19 @@ accept ``width`` (the first stage's channel count, which scales every stage; ``N
 they pool globally, so ``image_size`` does not change them.  The timm transformers expose only the input
 (stage 0), are built for ``image_size`` and reject a non-None ``width``.
 
-Model-specific options: ``dropout`` (``wrn16_8``, ``wrn28_8``); ``pretrained_path`` and ``drop_path_rate``
-(``swin_t``, ``deit_s``).
+Model-specific options: ``dropout`` (``wrn16_8``, ``wrn28_8``); ``drop_path_rate`` (``swin_t``, ``deit_s``);
+``pretrained_path`` (every model: a local weights file, never a download; the timm models adapt position
+tables with timm's filter, the CNNs load matching tensors and keep a classifier of another size at init).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
 
 from mixbench.models.base import StagedNet, StageUnavailableError
 from mixbench.models.preact_resnet import preact_resnet18
@@ -51,7 +56,33 @@ def build_model(name: str, num_classes: int, image_size: int, width: int | None 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
     builder = MODELS[name]
+    pretrained_path = None
+    if "pretrained_path" not in inspect.signature(builder).parameters:
+        pretrained_path = options.pop("pretrained_path", None)
     _check_options(name, builder, options)
     model = builder(num_classes=num_classes, image_size=image_size, width=width, **options)
     model.name = name
+    if pretrained_path is not None:
+        load_local_weights(model, str(pretrained_path))
     return model
+
+
+def load_local_weights(model: nn.Module, path: str) -> None:
+    """Load a local state dict (e.g. torchvision's ImageNet weights), leaving a mismatched classifier at init.
+
+    Tensors whose name and shape match are loaded; at most the classifier's weight and bias may be left out
+    (a different number of classes), anything more means the file is for another architecture.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state.get("model", state))
+    own = model.state_dict()
+    matching = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
+    left_out = sorted(set(own) - set(matching))
+    if len(left_out) > 2:
+        raise ValueError(
+            f"{path} does not fit this model: {len(left_out)} tensors missing or of another shape "
+            f"(first: {', '.join(left_out[:3])})"
+        )
+    model.load_state_dict(matching, strict=False)

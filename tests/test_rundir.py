@@ -1,0 +1,118 @@
+"""Run directories are keyed by configuration: stock configs give bare names, differences are spelled out
+(or hashed), runtime keys never count, and ``identity_mismatch`` sees what a resumed run would change."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from mixbench.config import CONFIG_DIR
+from mixbench.engine.rundir import identity, identity_mismatch, run_directory
+
+STOCK = Path("runs/cifar100/r18/vanilla/alignmix_cifar/seed0")
+
+
+def composed(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def folders(*overrides: str) -> tuple[str, ...]:
+    return run_directory(composed(*overrides)).parts
+
+
+def test_stock_config_gives_bare_names() -> None:
+    assert run_directory(composed()) == STOCK
+
+
+def test_model_width_difference_is_spelled_out() -> None:
+    assert run_directory(composed("model.width=16")) == Path("runs/cifar100/r18,width=16/vanilla/alignmix_cifar/seed0")
+
+
+def test_method_choice_and_option_are_spelled_out() -> None:
+    assert folders("method=mixup")[3] == "mixup"
+    assert folders("method=mixup", "method.alpha=0.2")[3] == "mixup,alpha=0.2"
+    assert folders("method=manifoldmix", "method.stages=[1,2]")[3] == "manifoldmix,stages=1-2"
+    assert folders("schedule.optimizer.lr=0.05")[4] == "alignmix_cifar,optimizer.lr=0.05"
+
+
+def test_setting_the_stock_value_explicitly_keeps_the_bare_name() -> None:
+    assert run_directory(composed("method=mixup", "method.alpha=1.0")) == Path(
+        "runs/cifar100/r18/mixup/alignmix_cifar/seed0"
+    )
+    assert run_directory(composed("model.width=null")) == STOCK
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["data.root=/x", "device=cpu", "num_workers=1", "precision=fp32", "compile=true", "eval_batch_size=7",
+     "data.download=true", "data.resident=false", "progress=false", "force=true"],
+)
+def test_runtime_keys_do_not_change_the_path(override: str) -> None:
+    assert run_directory(composed(override)) == STOCK
+
+
+def test_runs_root_moves_the_whole_tree_only() -> None:
+    assert run_directory(composed("runs_root=/tmp/elsewhere")) == Path("/tmp/elsewhere") / STOCK.relative_to("runs")
+
+
+def test_odd_or_long_differences_become_a_short_hash() -> None:
+    odd = folders("model=swin_t", "model.pretrained_path=/weights/swin.pth")[2]
+    other = folders("model=swin_t", "model.pretrained_path=/weights/other.pth")[2]
+    assert re.fullmatch(r"swin_t,[0-9a-f]{8}", odd), odd
+    assert re.fullmatch(r"swin_t,[0-9a-f]{8}", other) and other != odd
+    value = "0.12345678901234568"  # 3 x 19 characters: the spelled-out suffix would exceed 60
+    long = folders(f"data.mean=[{value},{value},{value}]")[1]
+    assert re.fullmatch(r"cifar100,[0-9a-f]{8}", long), long
+    assert long != folders(f"data.mean=[{value},{value},0.12345678901234566]")[1]
+    assert "/" not in odd and len(long) < 30
+
+
+def test_seed_folder() -> None:
+    assert run_directory(composed("seed=3")) == STOCK.parent / "seed3"
+
+
+def test_quickstart_experiment_path() -> None:
+    assert run_directory(composed("experiment=quickstart")) == Path(
+        "runs/quickstart/digits/r18,width=16/vanilla/digits_quick/seed0"
+    )
+    assert run_directory(composed("experiment=quickstart", "method=cutmix")) == Path(
+        "runs/quickstart/digits/r18,width=16/cutmix/digits_quick/seed0"
+    )
+
+
+def test_different_configs_never_share_a_directory() -> None:
+    variants = [(), ("model.width=16",), ("model.width=8",), ("method=mixup",), ("method=cutmix",),
+                ("schedule=openmixup_cifar",), ("data=cifar10",), ("seed=1",), ("method=mixup", "method.alpha=0.2")]
+    paths = {run_directory(composed(*v)) for v in variants}
+    assert len(paths) == len(variants)
+
+
+# -------------------------------------------------------------------------------------- identity_mismatch
+
+
+def test_identity_mismatch_reports_a_changed_schedule_value() -> None:
+    saved = OmegaConf.to_container(composed(), resolve=True)
+    assert identity_mismatch(saved, composed("schedule.optimizer.lr=0.2")) == ["schedule.optimizer.lr"]
+    assert identity_mismatch(saved, composed("schedule.lr_schedule.milestones=[100,200]")) == [
+        "schedule.lr_schedule.milestones"
+    ]
+
+
+def test_identity_mismatch_ignores_runtime_keys() -> None:
+    saved = OmegaConf.to_container(composed(), resolve=True)
+    runtime = composed("data.root=/x", "device=cpu", "num_workers=1", "runs_root=/elsewhere", "precision=bf16")
+    assert identity_mismatch(saved, runtime) == []
+    both = composed("device=cpu", "num_workers=1", "seed=4")
+    assert identity_mismatch(saved, both) == ["seed"]
+
+
+def test_identity_has_no_runtime_keys_and_keeps_computed_values() -> None:
+    ident = identity(composed())
+    for key in ("device", "num_workers", "data.root", "runs_root", "precision"):
+        assert key not in ident
+    assert ident["schedule.optimizer.lr"] == 0.1 and ident["method.name"] == "vanilla" and ident["seed"] == 0
