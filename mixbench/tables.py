@@ -30,6 +30,7 @@ class Row:
     last: list[float] = field(default_factory=list)
     extra: dict[str, list[float]] = field(default_factory=dict)  # e.g. EMA medians of learned methods
     incomplete: list[str] = field(default_factory=list)  # "seed1: running 12/800"
+    devices: set[str] = field(default_factory=set)
 
     @property
     def mean(self) -> float | None:
@@ -38,6 +39,15 @@ class Row:
     @property
     def std(self) -> float | None:
         return statistics.stdev(self.medians) if len(self.medians) > 1 else None
+
+
+METHOD_ORDER = ("vanilla", "mixup", "cutmix", "manifoldmix")
+
+
+def _sort_key(row: Row) -> tuple:
+    base = row.method.split(",")[0]
+    rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+    return (row.data, row.model, row.schedule, rank, row.method)
 
 
 def find_summaries(root: Path) -> list[Path]:
@@ -52,6 +62,7 @@ def collect_rows(root: Path) -> list[Row]:
         window = int(summary["metric_window"])
         row = rows.setdefault(configuration, _row_for(configuration, Path(root), summary, window))
         seed = f"seed{summary['seed']}"
+        row.devices.add(f"{summary.get('device')}, {summary.get('precision')}")
         if summary["status"] != "complete":
             row.incomplete.append(f"{seed}: {summary['status']} {summary['epochs_done']}/{summary['epochs']}")
             continue
@@ -61,7 +72,7 @@ def collect_rows(root: Path) -> list[Row]:
         for label in summary.get("evaluated", []):
             if label != "online":
                 row.extra.setdefault(label, []).append(summary[f"{label}_median_last{window}_top1"])
-    return list(rows.values())
+    return sorted(rows.values(), key=_sort_key)
 
 
 def _row_for(configuration: Path, root: Path, summary: dict[str, Any], window: int) -> Row:
@@ -93,12 +104,14 @@ def to_markdown(rows: list[Row]) -> str:
             "; ".join(row.incomplete) or "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    devices = sorted({device for row in rows for device in row.devices})
+    lines += ["", f"Hardware: {'; '.join(devices)}."]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: list[Row]) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["data", "model", "method", "schedule", "window", "mean", "std", "seeds", "best_mean", "last_mean", "not_complete"])
     for row in rows:
         writer.writerow([

@@ -23,8 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 POLICIES = ("crop_flip", "rrc_flip", "rrc_bicubic_flip", "imagenet_jitter", "finegrained", "vit")
 

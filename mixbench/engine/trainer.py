@@ -380,6 +380,7 @@ class Trainer:
                 "params": sum(p.numel() for p in self.model.parameters()),
                 "method_params": sum(p.numel() for p in self.method.parameters() if p.requires_grad),
                 "peak_memory_mb": _peak_memory_mb(self.runtime.device),
+                "peak_memory_of": "cuda allocated" if self.runtime.device.type == "cuda" else "process RSS",
                 "device": _device_name(self.runtime.device),
                 "precision": "bf16" if self.runtime.autocast_dtype else "fp32",
                 "channels_last": self.runtime.channels_last,
