@@ -11,10 +11,9 @@ fi
 stamp=.venv/.mixbench-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   echo "[setup] installing mixbench and its dependencies into .venv (the first time takes a few minutes)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
   # torch is pinned to the newest release this toolbox is tested with; pip takes it from a local
   # wheel cache when one is configured, from the registry otherwise.
-  .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  .venv/bin/python -m pip install -qq "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/python -m pip install -qq -e ".[test]"
   touch "$stamp"
 fi

@@ -178,3 +178,11 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_numbers(tmp_path: Path) 
     assert summary["status"] == "complete" and summary["median_last2_top1"] == pytest.approx(
         median_last_k([record["top1"] for record in expected], 2)
     )
+
+
+def test_the_bf16_channels_last_path_runs_and_is_recorded(runs_root: Path) -> None:
+    """The GPU path's autocast and memory format, exercised on the CPU (bf16 autocast exists there too)."""
+    cfg = compose_config([*tiny_overrides(runs_root, epochs=2, window=1), "method=manifoldmix", "precision=bf16", "channels_last=true"])
+    summary = train(cfg)
+    assert summary["status"] == "complete" and summary["precision"] == "bf16" and summary["channels_last"] is True
+    assert all(0 <= record["top1"] <= 100 for record in _history(run_directory(cfg)))

@@ -171,6 +171,7 @@ def _build_model_and_method(cfg: DictConfig, runtime: Runtime) -> tuple[nn.Modul
         ) from error
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     model = model.to(runtime.device, memory_format=memory_format)
+    method.setup(model, int(cfg.data.num_classes))
     method = method.to(runtime.device)
     return model, method
 
@@ -192,7 +193,8 @@ class Trainer:
         self.schedule = cfg.schedule
         self.window = int(cfg.schedule.metric_window)
         self.rng = MixRandom(int(cfg.seed), runtime.device)
-        method.bind(self.rng, label_smoothing=float(cfg.schedule.label_smoothing))
+        total_steps = int(cfg.schedule.epochs) * len(data.train)
+        method.bind(self.rng, label_smoothing=float(cfg.schedule.label_smoothing), total_steps=total_steps)
         groups = parameter_groups(model, cfg.schedule.optimizer) + method.param_groups(
             float(cfg.schedule.optimizer.lr), float(cfg.schedule.optimizer.weight_decay)
         )

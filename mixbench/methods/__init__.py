@@ -1,19 +1,28 @@
-"""Mixing methods by name.  Adding a method: one file here, one entry in ``METHODS``, one config in
-``configs/method/``."""
+"""Mixing methods by name.
+
+Adding a method: one file in this package whose class is decorated with ``@register_method`` (every module
+here is imported, so nothing else needs editing), and one config ``configs/method/<name>.yaml`` with the
+paper's defaults.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
-from mixbench.methods.base import InputMixMethod, MixedBatch, MixMethod, mixed_cross_entropy
-from mixbench.methods.cutmix import CutMix
-from mixbench.methods.manifoldmix import ManifoldMix
-from mixbench.methods.mixup import Mixup
-from mixbench.methods.vanilla import Vanilla
+from mixbench.methods.base import (
+    InputMixMethod,
+    MixedBatch,
+    MixMethod,
+    MixPreview,
+    mixed_cross_entropy,
+    soft_cross_entropy,
+)
+from mixbench.methods.registry import METHODS, register_method
 
-METHODS: dict[str, type[MixMethod]] = {
-    cls.name: cls for cls in (Vanilla, Mixup, CutMix, ManifoldMix)
-}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def build_method(name: str, **options: Any) -> MixMethod:
@@ -23,4 +32,7 @@ def build_method(name: str, **options: Any) -> MixMethod:
     return METHODS[name](**options)
 
 
-__all__ = ["METHODS", "build_method", "MixMethod", "InputMixMethod", "MixedBatch", "mixed_cross_entropy"]
+__all__ = [
+    "METHODS", "build_method", "register_method", "MixMethod", "InputMixMethod", "MixedBatch", "MixPreview",
+    "mixed_cross_entropy", "soft_cross_entropy",
+]

@@ -37,6 +37,11 @@ def mixed_cross_entropy(
     return (lam * loss_a + (1.0 - lam) * loss_b).mean()
 
 
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean_i( -sum_c target[i, c] * log_softmax(logits)[i, c] )`` for soft targets (rows sum to 1)."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
 @dataclass
 class MixedBatch:
     """A mixed batch: sample ``i`` is ``lam_i`` parts ``y_a[i]`` and ``1 - lam_i`` parts ``y_b[i]``."""
@@ -45,6 +50,8 @@ class MixedBatch:
     y_a: torch.Tensor
     y_b: torch.Tensor
     lam: float | torch.Tensor
+    perm: torch.Tensor | None = None  # the pairing: y_b = y_a[perm] (for previews and wrappers such as SUMix)
+    mask: torch.Tensor | None = None  # per-pixel share of x[perm] in x (B or 1, 1, H, W) for cutting methods
 
     def lam_mean(self) -> float | torch.Tensor:
         return self.lam.mean() if torch.is_tensor(self.lam) else self.lam
@@ -60,11 +67,21 @@ class MixMethod(nn.Module):
         super().__init__()
         self.rng = MixRandom(0)
         self.label_smoothing = 0.0
+        self.total_steps = 1
 
-    def bind(self, rng: MixRandom, label_smoothing: float = 0.0) -> None:
-        """Give the method the run's random generators and the recipe's label smoothing."""
+    def setup(self, model: StagedNet, num_classes: int) -> None:
+        """Build what depends on the model (an EMA copy, a Mix Block sized to a stage); nothing by default.
+
+        Called once by the trainer after the model is on its device and before the optimizer is made, so
+        parameters created here join the optimizer through :meth:`param_groups`.
+        """
+
+    def bind(self, rng: MixRandom, label_smoothing: float = 0.0, total_steps: int = 1) -> None:
+        """Give the method the run's random generators, the recipe's label smoothing and the run length in
+        optimizer steps (for schedules such as AutoMix's EMA momentum)."""
         self.rng = rng
         self.label_smoothing = label_smoothing
+        self.total_steps = total_steps
 
     def check_model(self, model: StagedNet) -> None:
         """Raise ``StageUnavailableError`` when ``model`` cannot serve this method."""
@@ -86,6 +103,25 @@ class MixMethod(nn.Module):
         """Networks evaluated each epoch, by label; ``""`` is the online network."""
         return {"": model}
 
+    @torch.no_grad()
+    def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
+        """The rows ``tools/show_mix.py`` draws for this method (sources, masks or alignments, mixed images)."""
+        return MixPreview(rows={"images": x}, lam=torch.ones(x.shape[0]), note=f"{self.name} does not mix")
+
+
+@dataclass
+class MixPreview:
+    """What ``tools/show_mix.py`` draws for a batch: rows of images, masks or alignments, and the ratios.
+
+    ``rows`` maps a row title to a (B, C, H, W) tensor: images are normalised like the batch (the tool
+    un-normalises them), single-channel rows are masks or maps in [0, 1].  ``lam`` is each sample's label share
+    of its first source.
+    """
+
+    rows: dict[str, torch.Tensor]
+    lam: torch.Tensor
+    note: str = ""
+
 
 class InputMixMethod(MixMethod):
     """A method that mixes images only: subclasses implement :meth:`mix`."""
@@ -98,3 +134,15 @@ class InputMixMethod(MixMethod):
         logits = model(batch.x)
         loss = mixed_cross_entropy(logits, batch.y_a, batch.y_b, batch.lam, self.label_smoothing)
         return loss, {"lam": torch.as_tensor(batch.lam_mean(), dtype=torch.float32)}
+
+    @torch.no_grad()
+    def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
+        batch = self.mix(x, y)
+        rows = {"source a": x}
+        if batch.perm is not None:
+            rows["source b"] = x[batch.perm]
+        if batch.mask is not None:
+            rows["mask (share of b)"] = batch.mask.expand(x.shape[0], 1, *x.shape[-2:])
+        rows["mixed"] = batch.x
+        lam = torch.as_tensor(batch.lam, dtype=torch.float32).expand(x.shape[0]).cpu()
+        return MixPreview(rows=rows, lam=lam)

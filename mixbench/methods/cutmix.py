@@ -17,6 +17,7 @@ import math
 import torch
 
 from mixbench.methods.base import InputMixMethod, MixedBatch
+from mixbench.methods.registry import register_method
 from mixbench.rng import MixRandom
 
 Box = tuple[int, int, int, int]  # top, bottom, left, right (bottom/right exclusive)
@@ -37,6 +38,14 @@ def box_area_ratio(box: Box, height: int, width: int) -> float:
     return (bottom - top) * (right - left) / (height * width)
 
 
+def box_mask(box: Box, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A (1, 1, H, W) mask that is 1 inside ``box``."""
+    top, bottom, left, right = box
+    mask = torch.zeros(1, 1, height, width, device=device)
+    mask[..., top:bottom, left:right] = 1.0
+    return mask
+
+
 def paste_box(x: torch.Tensor, source: torch.Tensor, box: Box) -> torch.Tensor:
     """``x`` with ``box`` replaced by the same region of ``source`` (a new tensor)."""
     top, bottom, left, right = box
@@ -45,6 +54,7 @@ def paste_box(x: torch.Tensor, source: torch.Tensor, box: Box) -> torch.Tensor:
     return mixed
 
 
+@register_method
 class CutMix(InputMixMethod):
     name = "cutmix"
 
@@ -58,4 +68,5 @@ class CutMix(InputMixMethod):
         perm = self.rng.permutation(x.shape[0])
         box = sample_box(height, width, lam, self.rng)
         lam_pasted = 1.0 - box_area_ratio(box, height, width)
-        return MixedBatch(x=paste_box(x, x[perm], box), y_a=y, y_b=y[perm], lam=lam_pasted)
+        mask = box_mask(box, height, width, x.device)
+        return MixedBatch(x=paste_box(x, x[perm], box), y_a=y, y_b=y[perm], lam=lam_pasted, perm=perm, mask=mask)

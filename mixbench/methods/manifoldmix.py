@@ -16,9 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods.base import Logs, MixMethod, mixed_cross_entropy
+from mixbench.methods.base import Logs, MixMethod, MixPreview, mixed_cross_entropy
+from mixbench.methods.registry import register_method
 
 
+@register_method
 class ManifoldMix(MixMethod):
     name = "manifoldmix"
 
@@ -39,3 +41,12 @@ class ManifoldMix(MixMethod):
         logits = model(x, mix_stage=stage, mix_fn=lambda h: lam_tensor * h + (1.0 - lam_tensor) * h[perm])
         loss = mixed_cross_entropy(logits, y, y[perm], lam, self.label_smoothing)
         return loss, {"lam": torch.tensor(lam), "stage": torch.tensor(float(stage))}
+
+    @torch.no_grad()
+    def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
+        """Sources and their pixel mix; a mix at stage k >= 1 happens on hidden states, which have no image."""
+        lam = float(self.rng.beta(self.alpha))
+        perm = self.rng.permutation(x.shape[0])
+        rows = {"source a": x, "source b": x[perm], "input-space mix (stage 0)": lam * x + (1 - lam) * x[perm]}
+        note = f"stages {list(self.stages)}: at stages >= 1 the same lam mixes hidden states instead of pixels"
+        return MixPreview(rows=rows, lam=torch.full((x.shape[0],), lam), note=note)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 
 from mixbench.methods.base import InputMixMethod, MixedBatch
+from mixbench.methods.registry import register_method
 
 
+@register_method
 class Mixup(InputMixMethod):
     name = "mixup"
 
@@ -24,4 +26,4 @@ class Mixup(InputMixMethod):
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
         lam = float(self.rng.beta(self.alpha))
         perm = self.rng.permutation(x.shape[0])
-        return MixedBatch(x=lam * x + (1.0 - lam) * x[perm], y_a=y, y_b=y[perm], lam=lam)
+        return MixedBatch(x=lam * x + (1.0 - lam) * x[perm], y_a=y, y_b=y[perm], lam=lam, perm=perm)

@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbench.methods.base import Logs, MixMethod
+from mixbench.methods.registry import register_method
 
 
+@register_method
 class Vanilla(MixMethod):
     name = "vanilla"
 
