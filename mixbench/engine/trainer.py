@@ -85,13 +85,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _warn_if_other_recipe(cfg)
     check_dataset(cfg.data)
     torch.manual_seed(derive_seed(int(cfg.seed), INIT_STREAM))  # the same seed gives the same initial weights
-    model, method = _build_model_and_method(cfg, runtime)
+    model, method = build_model_and_method(cfg, runtime)
     data = build_loaders(
         cfg.data,
         augment=cfg.schedule.augment,
         batch_size=int(cfg.schedule.batch_size),
         eval_batch_size=int(cfg.eval_batch_size),
-        input_size=_input_size(cfg),
+        input_size=input_size(cfg),
         device=runtime.device,
         channels_last=runtime.channels_last,
         num_workers=int(cfg.num_workers),
@@ -105,7 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return Trainer(cfg, runtime, run_dir, model, method, data).fit()
 
 
-def _input_size(cfg: DictConfig) -> int:
+def input_size(cfg: DictConfig) -> int:
     return int(cfg.schedule.train_size or cfg.data.image_size)
 
 
@@ -145,13 +145,13 @@ def _warn_if_other_recipe(cfg: DictConfig) -> None:
         )
 
 
-def _build_model_and_method(cfg: DictConfig, runtime: Runtime) -> tuple[nn.Module, MixMethod]:
+def build_model_and_method(cfg: DictConfig, runtime: Runtime) -> tuple[nn.Module, MixMethod]:
     model_options = {k: v for k, v in to_plain(cfg.model).items() if k not in ("name", "width")}
     try:
         model = build_model(
             cfg.model.name,
             num_classes=int(cfg.data.num_classes),
-            image_size=_input_size(cfg),
+            image_size=input_size(cfg),
             width=cfg.model.width,
             **model_options,
         )

@@ -1,0 +1,73 @@
+"""Draw what a method does to a batch: source pairs, masks or alignments, and the mixed images.
+
+    python tools/show_mix.py method=cutmix                       # -> results/gallery/cutmix.png
+    python tools/show_mix.py method=puzzlemix samples=6 out=/tmp/puzzle.png
+    python tools/show_mix.py method=automix checkpoint=runs/gallery/.../checkpoint.pt
+
+Methods that look at the network (saliency, learned masks, feature alignment) use the weights of
+``checkpoint`` (by default this configuration's run directory under ``runs_root``, when it has been trained);
+otherwise the network is at its random initialisation, and the figure says so.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from mixbench.cli import check_overrides, fail
+from mixbench.config import ConfigError, validate
+from mixbench.data import load_split
+from mixbench.engine.checkpoint import load_checkpoint
+from mixbench.engine.rundir import run_directory
+from mixbench.engine.trainer import build_model_and_method, resolve_runtime
+from mixbench.gallery import draw_preview, pick_samples
+from mixbench.rng import MixRandom
+
+
+def _weights(cfg: DictConfig) -> Path | None:
+    if cfg.checkpoint in (None, "null"):
+        return None
+    if cfg.checkpoint == "auto":
+        path = run_directory(cfg) / "checkpoint.pt"
+        return path if path.exists() else None
+    path = Path(cfg.checkpoint)
+    if not path.exists():
+        raise ConfigError(f"checkpoint {path} does not exist; pass a run's checkpoint.pt, auto or null")
+    return path
+
+
+@hydra.main(config_path="../configs", config_name="show_mix", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        validate(cfg)
+        runtime = resolve_runtime(cfg)
+        torch.manual_seed(int(cfg.seed))
+        model, method = build_model_and_method(cfg, runtime)
+        weights = _weights(cfg)
+        if weights is not None:
+            state = load_checkpoint(weights, map_location=runtime.device)
+            model.load_state_dict(state["model"])
+            method.load_state_dict(state["method"])
+        model.eval()
+        method.bind(MixRandom(int(cfg.seed), runtime.device), total_steps=1)
+        split = load_split(cfg.data, "test")
+        x, y = pick_samples(split, cfg.data, int(cfg.samples), runtime.device)
+        preview = method.preview(model, x, y)
+        source = f"weights: {weights}" if weights else "weights: random initialisation (no trained checkpoint)"
+        out = Path(cfg.out)
+        draw_preview(preview, cfg.data.mean, cfg.data.std, title=f"{cfg.method.name} on {cfg.data.name} — {source}", out=out)
+        print(f"wrote {out}")
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        fail(str(error))
+
+
+if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:], config_name="show_mix")
+    except ConfigError as error:
+        fail(str(error))
+    main()
