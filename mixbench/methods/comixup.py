@@ -1,0 +1,498 @@
+"""Co-Mixup (Kim et al., "Co-Mixup: Saliency Guided Joint Mixup with Supermodular Diversity", ICLR 2021).
+
+The batch is cut into partitions of ``m_part`` images (the last one may be smaller; the whole batch when it
+is smaller than ``m_part``).  From the m inputs of a partition, m outputs are built jointly: every cell p of a
+k x k grid (``grid`` = 4) of output j gets a label z_jp, the vector of the inputs' shares there (one-hot, or
+half-half of two inputs, see below).  With ``s_i`` the gradient saliency of input i (``gradient_saliency.py``)
+averaged on the grid and normalised to sum 1, ``alpha ~ Dirichlet(alpha_0, ..., alpha_0)`` one draw per
+partition, and ``c_j = sum_p z_jp`` the number of cells of each input in output j, the labelling minimises
+
+    E(z) = sum_{j,p} z_jp . (-s(p) - eta' log alpha)                                    saliency, prior
+         + beta' sum_j sum_{p~q} ||z_jp - z_jq||^2 / 2                                  smoothness
+         + gamma' sum_j c_j . rho(A u_-j),  u_-j = sum_{j' != j} c_j',  rho(u) = u [u > tau']   diversity
+
+with ``beta' = beta / k^2``, ``gamma' = gamma / k^2``, ``eta' = eta / k^2``, ``tau' = tau k^2`` (the official
+scaling), 4-neighbourhoods, and the compatibility ``A = (1 - omega) I + omega A_dist``, ``A_dist`` the L1
+distances between the inputs' saliency peaks (8x8 box filter, stride 1) normalised to sum m per partition.
+The supermodular term penalises an input that the other outputs already use in more than ``tau`` images'
+worth of cells (the official hard threshold).
+
+Solver.  The official one is a modular approximation solved with CPU graph cuts: from a random labelling,
+``n_iter`` rounds over the outputs one at a time; for output j the diversity term is replaced by the modular
+cost ``2 gamma' rho(A u_-j)[i]`` per cell given to input i, which leaves a Potts labelling problem solved by
+an alpha-beta-swap graph cut.  Ours keeps that outer structure (the same random start, rounds, sequential
+order over the outputs and modular cost, batched over the partitions) and replaces the graph cut by an
+on-device approximation of the same subproblem: checkerboard ICM (cells of one colour are independent given
+the other colour, so each half-sweep is an exact minimisation over that colour), ``sweeps`` sweeps from two
+starts, the output's current labelling and the cell-wise minimiser of the unary costs, keeping whichever of
+the two results and the unchanged current labelling has the lowest subproblem energy (so no output step
+increases its subproblem energy).  From the second round on, like the official solver, an output that uses two
+or more inputs may also give a cell half-half to two of its (up to) three most used inputs, at the mean of
+their unary costs minus 5e-4.  The smoothness of such cells is the objective's ``||z_p - z_q||^2 / 2`` (the
+official graph cut's table rounds its 0.75 and 0.25 between non-matching cells up to 1).  After the
+next-to-last round, outputs that use exactly the same set of inputs are pushed apart by one ``gamma'`` on one
+input each (the official ``set_resolve``).  The official early stop (relative change < 1e-6) is dropped: it
+would need a device sync per round; all ``n_iter`` rounds run.
+
+    x~_j = sum_i up(z_j)[i] x_i,    target_j = sum_i (c_j[i] / k^2) onehot(y_i)      (area shares)
+    loss = soft CE(f(x~), target)  [+ clean_lam CE(f(x), y)]
+
+Defaults: the official CIFAR-100 command (grid 4, m_part 20, Dirichlet alpha 2, beta 0.32, gamma 1,
+tau 0.83, eta 0.05, omega 0.001, 4 rounds, set_resolve, clean_lam 1).
+
+Deliberate deviations from the official code: the solver above; the loss is soft-target cross-entropy
+(official: BCE on softmax outputs) and the clean term ``clean_lam * CE`` on the saliency forward's logits
+(official: ``2 clean_lam CE / classes`` on the BCE scale); the saliency forward runs in train mode (official:
+eval mode when clean_lam = 0, see ``gradient_saliency``); the last, smaller partition is padded to m slots
+that no output uses (the official code solves it separately: same result).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixbench.methods.base import Logs, MixMethod, MixPreview, soft_cross_entropy
+from mixbench.methods.gradient_saliency import check_grid, input_gradient_saliency, pool_saliency
+from mixbench.methods.registry import register_method
+from mixbench.rng import MixRandom
+
+UNAVAILABLE_COST = (
+    1e3  # unary cost of padding inputs and of mixed labels an output may not use (finite: no NaN)
+)
+MIXED_CELL_BONUS = 5e-4  # the official solver's tie-break in favour of half-half cells
+PRIOR_EPS = 1e-8
+PEAK_WINDOW = 8  # box filter of the saliency peaks that define the compatibility matrix
+
+
+@dataclass
+class AssignmentProblem:
+    """The joint labelling of G partitions of m inputs (and m outputs) on k x k grids (P = k^2 cells)."""
+
+    cost: torch.Tensor  # (G, P, m) unary cost of each input per cell (row-major): -saliency - eta' log alpha
+    compatibility: torch.Tensor  # (G, m, m) the matrix A
+    valid: torch.Tensor  # (G, m) bool: slot holds a real image (the last partition may be padded)
+    beta: float  # beta' = beta / k^2
+    gamma: float  # gamma' = gamma / k^2
+    threshold: float  # tau' = tau k^2
+
+    @property
+    def grid(self) -> int:
+        return math.isqrt(self.cost.shape[1])
+
+
+@dataclass
+class GridGraph:
+    """The 4-neighbourhood of a k x k grid, cells in row-major order."""
+
+    adjacency: torch.Tensor  # (P, P) 0/1
+    degree: torch.Tensor  # (P, 1) number of neighbours
+    edges: torch.Tensor  # (E, 2) cell pairs, each edge once
+    colours: tuple[torch.Tensor, torch.Tensor]  # (P, 1) bool checkerboard colour masks
+
+
+def grid_graph(grid: int, device: torch.device | str = "cpu") -> GridGraph:
+    index = torch.arange(grid * grid, device=device).view(grid, grid)
+    edges = torch.cat(
+        [
+            torch.stack([index[:-1].flatten(), index[1:].flatten()], dim=1),
+            torch.stack([index[:, :-1].flatten(), index[:, 1:].flatten()], dim=1),
+        ]
+    )
+    adjacency = torch.zeros(grid * grid, grid * grid, device=device)
+    adjacency[edges[:, 0], edges[:, 1]] = 1.0
+    adjacency[edges[:, 1], edges[:, 0]] = 1.0
+    rows, columns = torch.meshgrid(
+        torch.arange(grid, device=device), torch.arange(grid, device=device), indexing="ij"
+    )
+    even = ((rows + columns) % 2 == 0).reshape(-1, 1)
+    return GridGraph(adjacency, adjacency.sum(dim=1, keepdim=True), edges, (even, ~even))
+
+
+# ------------------------------------------------------------------------------------------ energies
+
+
+def output_energy(labels: torch.Tensor, unary: torch.Tensor, graph: GridGraph, beta: float) -> torch.Tensor:
+    """Energy of outputs' labellings (..., P, m): unary (broadcastable) + mixed-cell bonus + smoothness."""
+    linear = (labels * unary).sum(dim=(-2, -1))
+    largest = labels.amax(dim=-1)  # 1 on single cells, 0.5 on half-half ones, 0 on unused (padding) outputs
+    mixed = ((largest > 0.25) & (largest < 0.75)).sum(dim=-1).to(labels.dtype)
+    difference = labels[..., graph.edges[:, 0], :] - labels[..., graph.edges[:, 1], :]
+    smooth = difference.pow(2).sum(dim=(-2, -1)) / 2
+    return linear - MIXED_CELL_BONUS * mixed + beta * smooth
+
+
+def gated_usage(others: torch.Tensor, compatibility: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``rho(A u)`` of usages ``others`` (G, ..., m): weighted by compatibility, kept above the threshold."""
+    flat = others.reshape(others.shape[0], -1, others.shape[-1])
+    weighted = torch.bmm(flat, compatibility.transpose(1, 2)).view(others.shape)
+    return weighted * (weighted > threshold).to(weighted.dtype)
+
+
+def objective(labels: torch.Tensor, problem: AssignmentProblem) -> torch.Tensor:
+    """(G,) Co-Mixup's objective E(z) of labellings (G, J, P, m), in its thresholded form."""
+    graph = grid_graph(problem.grid, labels.device)
+    per_output = output_energy(labels, problem.cost.unsqueeze(1), graph, problem.beta).sum(dim=1)
+    usage = labels.sum(dim=2)
+    others = usage.sum(dim=1, keepdim=True) - usage
+    penalty = gated_usage(others, problem.compatibility, problem.threshold)
+    return per_output + problem.gamma * (usage * penalty).sum(dim=(1, 2))
+
+
+# ------------------------------------------------------------------------------------------ the solver
+
+
+@dataclass
+class CandidateBasis:
+    """What :func:`label_candidates` needs that does not change during a solve (built once, on the device)."""
+
+    single: torch.Tensor  # (G, m, m) every input alone
+    unavailable: torch.Tensor  # (G, m) UNAVAILABLE_COST on padding inputs, 0 elsewhere
+    identity: torch.Tensor  # (m, m)
+    pair_first: torch.Tensor  # (1, pairs) rank (0 = most used) of each pair's first input
+    pair_second: torch.Tensor  # (1, pairs) rank of its second input
+    needed: torch.Tensor  # (pairs,) inputs the output must use for the pair to be offered: 2, then 3
+    mixed_bonus: torch.Tensor  # () -MIXED_CELL_BONUS
+    refused: torch.Tensor  # () UNAVAILABLE_COST
+
+
+def candidate_basis(valid: torch.Tensor) -> CandidateBasis:
+    groups, slots = valid.shape
+    device = valid.device
+    identity = torch.eye(slots, device=device)
+    ranks = torch.arange(min(3, slots), device=device)
+    first, second = torch.triu_indices(len(ranks), len(ranks), offset=1, device=device)  # (0,1), (0,2), (1,2)
+    return CandidateBasis(
+        single=identity.expand(groups, slots, slots),
+        unavailable=UNAVAILABLE_COST * (~valid).to(identity.dtype),
+        identity=identity,
+        pair_first=first.unsqueeze(0),
+        pair_second=second.unsqueeze(0),
+        needed=second + 1,
+        mixed_bonus=torch.full((), -MIXED_CELL_BONUS, device=device),
+        refused=torch.full((), UNAVAILABLE_COST, device=device),
+    )
+
+
+def label_candidates(
+    usage: torch.Tensor, basis: CandidateBasis, with_mixed: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label vectors an output may give a cell, (G, K, m), and their extra cost (G, K).
+
+    Every input alone; with ``with_mixed``, half-half pairs of the output's most used inputs: the pair of the
+    top two when it uses two inputs, the three pairs of the top three when it uses three or more.  The extra
+    cost is the mixed cells' bonus, or ``UNAVAILABLE_COST`` for padding inputs and for pairs the output may
+    not use.
+    """
+    groups, slots = usage.shape
+    if not with_mixed or slots < 2:
+        return basis.single, basis.unavailable
+    top = usage.topk(min(3, slots), dim=1).indices
+    firsts = top.gather(1, basis.pair_first.expand(groups, -1))
+    seconds = top.gather(1, basis.pair_second.expand(groups, -1))
+    mixed = (basis.identity[firsts] + basis.identity[seconds]) / 2
+    allowed = (usage > 0).sum(dim=1, keepdim=True) >= basis.needed
+    mixed_cost = torch.where(allowed, basis.mixed_bonus, basis.refused)
+    return torch.cat([basis.single, mixed], dim=1), torch.cat([basis.unavailable, mixed_cost], dim=1)
+
+
+def icm(
+    labels: torch.Tensor,
+    vectors: torch.Tensor,
+    candidate_unary: torch.Tensor,
+    graph: GridGraph,
+    beta: float,
+    sweeps: int,
+) -> torch.Tensor:
+    """Checkerboard ICM on (N, P, m) labellings over candidate label ``vectors`` (N, K, m).
+
+    ``candidate_unary`` (N, P, K) is each candidate's unary cost per cell.  Each half-sweep gives every cell
+    of one colour its best candidate given its neighbours (exact: same-colour cells are not neighbours).
+    With ``sum_q ||v - z_q||^2 / 2 = deg ||v||^2 / 2 - v . sum_q z_q + const``, a cell's cost is linear in v.
+    """
+    own = candidate_unary + beta / 2 * graph.degree * vectors.pow(2).sum(dim=-1).unsqueeze(1)
+    coupling = beta * vectors.transpose(1, 2)
+    adjacency = graph.adjacency.expand(labels.shape[0], -1, -1)
+    index_shape = (*labels.shape[:2], vectors.shape[-1])
+    for _ in range(sweeps):
+        for colour in graph.colours:
+            local = own - torch.bmm(torch.bmm(adjacency, labels), coupling)
+            choice = local.argmin(dim=-1, keepdim=True).expand(index_shape)
+            labels = torch.where(colour, vectors.gather(1, choice), labels)
+    return labels
+
+
+def resolve_duplicates(usage: torch.Tensor, valid_outputs: torch.Tensor) -> torch.Tensor:
+    """(G, J, m) extra unit costs separating outputs that use exactly the same inputs (official set_resolve).
+
+    For every such pair (j1 < j2) whose common set has two inputs or more, j1 pays for the first input of the
+    set and j2 for the second.
+    """
+    support = usage > 0
+    outputs, slots = support.shape[1:]
+    same = (support.unsqueeze(2) == support.unsqueeze(1)).all(dim=-1)
+    same = same & valid_outputs.unsqueeze(2) & valid_outputs.unsqueeze(1)
+    same = same & torch.ones(outputs, outputs, dtype=torch.bool, device=usage.device).triu(1)
+    several = support.sum(dim=-1) > 1
+    first = support.to(usage.dtype).argmax(dim=-1)
+    index = torch.arange(slots, device=usage.device)
+    second = (support & (index != first.unsqueeze(-1))).to(usage.dtype).argmax(dim=-1)
+    pays_first = (same.any(dim=2) & several).to(usage.dtype).unsqueeze(-1)
+    pays_second = (same.any(dim=1) & several).to(usage.dtype).unsqueeze(-1)
+    extra = F.one_hot(first, slots) * pays_first + F.one_hot(second, slots) * pays_second
+    return extra.clamp(max=1.0)
+
+
+def random_labelling(problem: AssignmentProblem, generator: torch.Generator) -> torch.Tensor:
+    """(G, m, P, m) one-hot labellings with labels uniform over each partition's real inputs."""
+    groups, cells, slots = problem.cost.shape
+    available = problem.valid.sum(dim=1).view(groups, 1, 1)
+    draws = torch.rand(groups, slots, cells, generator=generator, device=problem.cost.device)
+    labels = (draws * available).long().clamp(max=slots - 1)
+    one_hot = F.one_hot(labels, slots).to(problem.cost.dtype)
+    return one_hot * problem.valid.view(groups, slots, 1, 1)
+
+
+def solve_assignment(
+    problem: AssignmentProblem, generator: torch.Generator, rounds: int, sweeps: int, set_resolve: bool
+) -> torch.Tensor:
+    """(G, m, P, m) labellings of the m outputs of every partition (see the module docstring)."""
+    graph = grid_graph(problem.grid, problem.cost.device)
+    basis = candidate_basis(problem.valid)
+    labels = random_labelling(problem, generator)
+    usage = labels.sum(dim=2)
+    total = usage.sum(dim=1)
+    extra = torch.zeros_like(usage)
+    for round_index in range(rounds):
+        for output in range(labels.shape[1]):
+            others = total - usage[:, output]
+            penalty = gated_usage(others, problem.compatibility, problem.threshold)
+            unary = problem.cost + (2 * penalty + extra[:, output]).mul(problem.gamma).unsqueeze(1)
+            new = _solve_output(
+                labels[:, output],
+                usage[:, output],
+                unary,
+                problem.beta,
+                graph,
+                basis,
+                round_index > 0,
+                sweeps,
+            )
+            new = new * problem.valid[:, output].view(-1, 1, 1)
+            labels[:, output] = new
+            usage[:, output] = new.sum(dim=1)
+            total = others + usage[:, output]
+        if set_resolve and round_index == rounds - 2:
+            extra = resolve_duplicates(usage, problem.valid)
+    return labels
+
+
+def _solve_output(
+    current: torch.Tensor,
+    usage: torch.Tensor,
+    unary: torch.Tensor,
+    beta: float,
+    graph: GridGraph,
+    basis: CandidateBasis,
+    with_mixed: bool,
+    sweeps: int,
+) -> torch.Tensor:
+    """The best of: ``current``, ICM from ``current``, ICM from the unary minimiser (per partition)."""
+    vectors, extra_cost = label_candidates(usage, basis, with_mixed)
+    candidate_unary = torch.baddbmm(extra_cost.unsqueeze(1), unary, vectors.transpose(1, 2))
+    index_shape = (*current.shape[:2], vectors.shape[-1])
+    fresh = vectors.gather(1, candidate_unary.argmin(dim=-1, keepdim=True).expand(index_shape))
+    twice = (torch.cat([current, fresh]), torch.cat([vectors, vectors]), torch.cat([candidate_unary] * 2))
+    refined = icm(*twice, graph, beta, sweeps)
+    options = torch.cat([current.unsqueeze(0), refined.view(2, *current.shape)])  # (3, G, P, m)
+    energies = output_energy(options, unary, graph, beta)
+    best = energies.argmin(dim=0).view(1, -1, 1, 1).expand(1, *current.shape)
+    return options.gather(0, best).squeeze(0)
+
+
+# ------------------------------------------------------------------------------------------ building it
+
+
+def saliency_peaks(maps: torch.Tensor) -> torch.Tensor:
+    """(B, 2) row and column of each map's most salient ``PEAK_WINDOW``-square window (stride 1)."""
+    window = min(PEAK_WINDOW, *maps.shape[-2:])
+    smoothed = F.avg_pool2d(maps.unsqueeze(1), kernel_size=window, stride=1).flatten(1)
+    columns = maps.shape[-1] - window + 1
+    index = smoothed.argmax(dim=1)
+    return torch.stack([index // columns, index % columns], dim=1).to(maps.dtype)
+
+
+def compatibility_matrix(peaks: torch.Tensor, valid: torch.Tensor, omega: float) -> torch.Tensor:
+    """(G, m, m) ``(1 - omega) I + omega A_dist``; ``A_dist`` is normalised to sum m within each partition."""
+    distances = (peaks.unsqueeze(2) - peaks.unsqueeze(1)).abs().sum(dim=-1)
+    distances = distances * (valid.unsqueeze(2) & valid.unsqueeze(1)).to(peaks.dtype)
+    count = valid.sum(dim=1).to(peaks.dtype).view(-1, 1, 1)
+    distances = (
+        distances / distances.sum(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(peaks.dtype).tiny) * count
+    )
+    identity = torch.eye(peaks.shape[1], device=peaks.device)
+    return (1 - omega) * identity + omega * distances
+
+
+def dirichlet_prior(rng: MixRandom, valid: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(G, m) one Dirichlet(alpha, ..., alpha) draw over the real inputs of each partition (0 on padding)."""
+    draws = torch.as_tensor(rng.numpy.standard_gamma(alpha, size=tuple(valid.shape)), dtype=torch.float32)
+    if valid.device.type == "cuda":  # pinned: the copy does not wait for the queued kernels
+        draws = draws.pin_memory()
+    draws = draws.to(valid.device, non_blocking=True) * valid.to(torch.float32)
+    return draws / draws.sum(dim=1, keepdim=True)
+
+
+def partition(tensor: torch.Tensor, groups: int, slots: int) -> torch.Tensor:
+    """(G, m, ...) view of a batch padded with zeros to G * m samples."""
+    padding = groups * slots - tensor.shape[0]
+    padded = torch.cat([tensor, tensor.new_zeros(padding, *tensor.shape[1:])]) if padding else tensor
+    return padded.reshape(groups, slots, *tensor.shape[1:])
+
+
+def compose(x_groups: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(G, m, C, H, W) outputs: every cell p of output j is ``sum_i z_jp[i] x_i`` on that cell."""
+    groups, slots, channels, height, width = x_groups.shape
+    grid = math.isqrt(labels.shape[2])
+    cell_h, cell_w = height // grid, width // grid
+    cells = x_groups.reshape(groups, slots, channels, grid, cell_h, grid, cell_w).permute(0, 3, 5, 1, 2, 4, 6)
+    cells = cells.reshape(groups, grid * grid, slots, channels * cell_h * cell_w)
+    mixed = torch.einsum("gjpi,gpif->gjpf", labels, cells)
+    mixed = mixed.reshape(groups, labels.shape[1], grid, grid, channels, cell_h, cell_w).permute(
+        0, 1, 4, 2, 5, 3, 6
+    )
+    return mixed.reshape(groups, labels.shape[1], channels, height, width)
+
+
+@dataclass
+class CoMixed:
+    """A Co-Mixup batch: outputs, and the share of every input (by batch index) in each of them."""
+
+    x: torch.Tensor  # (B, C, H, W)
+    shares: torch.Tensor  # (B, k, k, B): share of input i in each cell of output o
+    problem: AssignmentProblem
+    labels: torch.Tensor  # (G, m, P, m) the solver's labelling of each partition's outputs, cells row-major
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """(B, B) area share of input i in output o; rows sum to 1."""
+        return self.shares.mean(dim=(1, 2))
+
+    def targets(self, y: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
+        """(B, classes) soft targets: the area shares of the inputs' labels, optionally smoothed."""
+        target = self.weights @ F.one_hot(y, num_classes).to(self.weights.dtype)
+        return target * (1 - label_smoothing) + label_smoothing / num_classes
+
+
+@register_method
+class CoMixup(MixMethod):
+    name = "comixup"
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        grid: int = 4,
+        m_part: int = 20,
+        beta: float = 0.32,
+        gamma: float = 1.0,
+        tau: float = 0.83,
+        eta: float = 0.05,
+        omega: float = 0.001,
+        n_iter: int = 4,
+        set_resolve: bool = True,
+        clean_lam: float = 1.0,
+        sweeps: int = 2,
+    ) -> None:
+        super().__init__()
+        if grid < 1 or m_part < 2 or n_iter < 1:
+            raise ValueError(
+                f"comixup needs grid >= 1, m_part >= 2, n_iter >= 1; got {grid}, {m_part}, {n_iter}"
+            )
+        self.alpha, self.grid, self.m_part = alpha, int(grid), int(m_part)
+        self.beta, self.gamma, self.tau, self.eta, self.omega = beta, gamma, tau, eta, omega
+        self.n_iter, self.set_resolve = int(n_iter), bool(set_resolve)
+        self.clean_lam, self.sweeps = clean_lam, int(sweeps)
+
+    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        saliency = input_gradient_saliency(model, x, y, keep_graph=self.clean_lam > 0)
+        mixed = self.mix_with_saliency(x, saliency.maps)
+        logits = model(mixed.x)
+        loss = soft_cross_entropy(logits, mixed.targets(y, logits.shape[1], self.label_smoothing))
+        weights = mixed.weights.detach()
+        logs = {
+            "lam": weights.amax(dim=1).mean(),  # share of each output's main input
+            "inputs_per_output": (weights > 0).sum(dim=1).to(torch.float32).mean(),
+        }
+        if self.clean_lam > 0:
+            clean = F.cross_entropy(saliency.logits, y, label_smoothing=self.label_smoothing)
+            loss = loss + self.clean_lam * clean
+            logs["clean_loss"] = clean.detach()
+        return loss, logs
+
+    def build_problem(self, saliency_maps: torch.Tensor) -> AssignmentProblem:
+        """The labelling problem of a batch with these saliency maps (B, H, W); draws the Dirichlet prior."""
+        batch_size = saliency_maps.shape[0]
+        slots = min(self.m_part, batch_size)
+        groups = math.ceil(batch_size / slots)
+        cells = self.grid**2
+        present = torch.ones(batch_size, dtype=torch.bool, device=saliency_maps.device)
+        valid = partition(present, groups, slots)
+        cell_saliency = pool_saliency(saliency_maps, self.grid).flatten(1)  # (B, P)
+        saliency = partition(cell_saliency, groups, slots).transpose(1, 2)  # (G, P, m)
+        prior = dirichlet_prior(self.rng, valid, self.alpha)
+        cost = -saliency - self.eta / cells * torch.log(prior + PRIOR_EPS).unsqueeze(1)
+        cost = torch.where(valid.unsqueeze(1), cost, torch.full_like(cost, UNAVAILABLE_COST))
+        peaks = partition(saliency_peaks(saliency_maps), groups, slots)
+        return AssignmentProblem(
+            cost=cost,
+            compatibility=compatibility_matrix(peaks, valid, self.omega),
+            valid=valid,
+            beta=self.beta / cells,
+            gamma=self.gamma / cells,
+            threshold=self.tau * cells,
+        )
+
+    def mix_with_saliency(self, x: torch.Tensor, saliency_maps: torch.Tensor) -> CoMixed:
+        """The Co-Mixup outputs of ``x`` given its saliency maps (B, H, W)."""
+        batch_size, _, height, width = x.shape
+        if batch_size < 2:
+            raise ValueError("comixup mixes several images: it needs a batch of at least 2")
+        check_grid(height, width, self.grid)
+        with torch.autocast(x.device.type, enabled=False):
+            problem = self.build_problem(saliency_maps.float())
+            labels = solve_assignment(problem, self.rng.torch, self.n_iter, self.sweeps, self.set_resolve)
+            groups, slots = problem.valid.shape
+            outputs = compose(partition(x.float(), groups, slots), labels).flatten(0, 1)[:batch_size]
+            block_diagonal = torch.einsum("gjpi,gf->gjpfi", labels, torch.eye(groups, device=x.device))
+            shares = block_diagonal.reshape(groups * slots, self.grid, self.grid, groups * slots)
+        return CoMixed(
+            x=outputs, shares=shares[:batch_size, :, :, :batch_size], problem=problem, labels=labels
+        )
+
+    def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
+        """Inputs, their saliency, the mixed outputs and each output's main input with its share per cell.
+
+        ``lam`` is the area share of each output's main input.
+        """
+        maps = input_gradient_saliency(model, x, y).maps
+        with torch.no_grad():
+            mixed = self.mix_with_saliency(x, maps)
+            weights = mixed.weights
+            main = weights.argmax(dim=1)
+            main_share = mixed.shares.gather(3, main.view(-1, 1, 1, 1).expand(-1, self.grid, self.grid, 1))
+            height, width = x.shape[-2:]
+            main_map = main_share.permute(0, 3, 1, 2).repeat_interleave(height // self.grid, 2)
+            rows = {
+                "inputs": x,
+                "saliency": maps.unsqueeze(1),
+                "outputs": mixed.x,
+                "main input of output": x[main],
+                "its share per cell": main_map.repeat_interleave(width // self.grid, 3),
+            }
+        used = (weights > 0).sum(dim=1).float().mean().item()
+        note = f"{self.grid}x{self.grid} cells, partitions of {self.m_part}; {used:.1f} inputs per output"
+        return MixPreview(rows=rows, lam=weights.amax(dim=1).float().cpu(), note=note)
