@@ -43,7 +43,7 @@ def validate(cfg: DictConfig) -> None:
     _check_registered("data", cfg.data.name, DATASETS)
     _check_registered("model", cfg.model.name, MODELS)
     _check_registered("method", cfg.method.name, METHODS)
-    _check_method_values(cfg.method, prefix="method")
+    check_method_values(cfg.method, prefix="method")
     _check_schedule(cfg.schedule)
     if cfg.data.num_classes < 2:
         raise ConfigError(f"data.num_classes must be at least 2, got {cfg.data.num_classes}")
@@ -54,7 +54,7 @@ def _check_registered(group: str, name: str, registry: dict[str, Any]) -> None:
         raise ConfigError(f"unknown {group} '{name}'; valid: {', '.join(sorted(registry))}")
 
 
-def _check_method_values(method: DictConfig, prefix: str) -> None:
+def check_method_values(method: DictConfig, prefix: str) -> None:
     for key, value in method.items():
         if key == "alpha" or str(key).endswith("_alpha"):
             if not isinstance(value, (int, float)) or value <= 0:

@@ -94,7 +94,7 @@ def _assert_one_line_error(result, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
-        (["method=foo"], "valid: cutmix, manifoldmix, mixup, vanilla"),
+        (["method=foo"], "unknown method 'foo'; valid: " + ", ".join(group_options("method"))),
         (["-m", "method=mixup,foo"], "unknown method 'foo'"),
         (["model=r1"], "unknown model 'r1'"),
         (["method=mixup", "method.alpha=-0.5"], "method.alpha must be a positive number"),
