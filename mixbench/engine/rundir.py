@@ -24,6 +24,8 @@ from mixbench.config import CONFIG_DIR, GROUPS
 RUNTIME_KEYS = {
     "device", "precision", "channels_last", "compile", "num_workers", "eval_batch_size", "runs_root",
     "force", "progress", "data.root", "data.download", "data.resident",
+    "reference_table",  # set by experiment files: which published table a run is compared with
+    "samples", "checkpoint", "out",  # tools/show_mix.py
 }
 _SAFE = re.compile(r"^[A-Za-z0-9._=,+-]+$")
 _MAX_SUFFIX = 60

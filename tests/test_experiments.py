@@ -1,0 +1,375 @@
+"""Experiment files (configs/experiment/) and the published tables they reproduce (results/paper/, mixbench.paper).
+
+Static checks parse the YAML files and the Hydra sweep strings; each experiment is composed once as
+``tools/train.py`` would.  Everything here runs in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from mixbench import paper
+from mixbench.config import CONFIG_DIR, GROUPS, group_options, validate
+from mixbench.methods import METHODS
+from tests.conftest import compose_config
+
+EXPERIMENT_DIR = CONFIG_DIR / "experiment"
+NON_TABLE_EXPERIMENTS = {"quickstart"}  # experiments that reproduce no published table
+EXPERIMENTS = sorted(path.stem for path in EXPERIMENT_DIR.glob("*.yaml"))
+TABLE_EXPERIMENTS = [name for name in EXPERIMENTS if name not in NON_TABLE_EXPERIMENTS]
+TABLES = paper.reference_tables()
+SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_tables.yaml"
+TRANSCRIBED_KEYS = ("source", "metric", "protocol", "columns", "alpha", "rows")
+SEEDS = ["0", "1", "2"]
+ROOT_DEFAULTS = {
+    key: value
+    for entry in OmegaConf.load(CONFIG_DIR / "train.yaml").defaults
+    if not isinstance(entry, str)
+    for key, value in entry.items()
+    if key in GROUPS
+}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+@lru_cache(maxsize=1)
+def _parser() -> OverridesParser:
+    return OverridesParser.create()
+
+
+@cache
+def experiment_file(name: str) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(EXPERIMENT_DIR / f"{name}.yaml"))  # type: ignore[return-value]
+
+
+@cache
+def sweep_params(name: str) -> dict[str, list[str]]:
+    """``hydra.sweeper.params`` of an experiment, each sweep string expanded with Hydra's own parser."""
+    params = experiment_file(name).get("hydra", {}).get("sweeper", {}).get("params", {})
+    parser = _parser()
+    expanded: dict[str, list[str]] = {}
+    for key, value in params.items():
+        override = parser.parse_overrides([f"{key}={value}"])[0]
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        expanded[key] = [str(v) for v in values]
+    return expanded
+
+
+def default_choices(name: str) -> dict[str, str]:
+    """The groups an experiment selects: ``override /<group>: <option>`` over the root config's defaults."""
+    choices = {}
+    for entry in experiment_file(name).get("defaults", []):
+        for key, value in entry.items():
+            choices[key.replace("override ", "").strip().lstrip("/")] = value
+    return choices
+
+
+@cache
+def stock(group: str, option: str) -> dict[str, Any]:
+    return paper.flatten(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml")))
+
+
+def normalised(group: str, option: str, options: dict[str, Any]) -> tuple:
+    """Options that differ from the shipped config (what names a run directory), hashable."""
+    reference = stock(group, option)
+    flat = {k: tuple(v) if isinstance(v, list) else v for k, v in paper.flatten(options).items()}
+    return tuple(sorted((k, v) for k, v in flat.items() if k not in reference or reference[k] != v))
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+@cache
+def experiment_jobs(name: str) -> list[dict[str, Any]]:
+    """Every job of an experiment's grid (seeds collapsed): groups chosen and the options set."""
+    body, params = experiment_file(name), sweep_params(name)
+    choices = {**ROOT_DEFAULTS, **default_choices(name)}
+    swept = {k: v for k, v in params.items() if k != "seed"}
+    jobs = []
+    for combination in itertools.product(*swept.values()) if swept else [()]:
+        job = {group: choices.get(group) for group in GROUPS}
+        options = {group: dict(body.get(group) or {}) for group in ("method", "schedule", "model")}
+        for key, value in zip(swept, combination, strict=True):
+            if key in GROUPS:
+                job[key] = value
+            else:
+                group, _, sub = key.partition(".")
+                options[group] = paper._merge(options[group], _nest(sub, _parse_scalar(value)))
+        job["options"] = options
+        jobs.append(job)
+    return jobs
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    head, _, rest = dotted.partition(".")
+    return {head: _nest(rest, value) if rest else value}
+
+
+def job_key(job: dict[str, Any]) -> tuple:
+    options = job["options"]
+    return (job["data"], job["model"], job["schedule"], job["method"],
+            normalised("method", job["method"], {k: v for k, v in options["method"].items() if k != "name"}),
+            normalised("schedule", job["schedule"], options["schedule"]),
+            normalised("model", job["model"], options["model"]))
+
+
+def cell_key(cell: paper.Cell) -> tuple:
+    return (cell.data, cell.model, cell.schedule, cell.method,
+            normalised("method", cell.method, cell.options),
+            normalised("schedule", cell.schedule, cell.schedule_options),
+            normalised("model", cell.model, cell.model_options))
+
+
+def method_configs_exist(cell: paper.Cell) -> bool:
+    """The cell's method (and, for a wrapper, its base) has a configs/method file."""
+    methods = group_options("method")
+    base = cell.options.get("base")
+    return cell.method in methods and (base is None or base in methods)
+
+
+@cache
+def published_cells(table: str, accuracy_only: bool = False) -> list[paper.Cell]:
+    """Runnable cells that have a published number (a top-1 accuracy or error only, if asked)."""
+    return [
+        c for c in paper.cells(table)
+        if c.runnable and paper.raw_value(table, c.row, c.column) is not None
+        and (not accuracy_only or paper.column_metric(table, c.column) in (paper.ACCURACY, paper.ERROR))
+    ]
+
+
+# --------------------------------------------------------------------------------------- experiment files
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_validates(name: str) -> None:
+    cfg = compose_config([f"experiment={name}"])
+    validate(cfg)
+    OmegaConf.to_container(cfg, resolve=True)
+    for group, option in default_choices(name).items():
+        assert cfg[group].name == option
+    if name in NON_TABLE_EXPERIMENTS:
+        return
+    assert cfg.reference_table in TABLES, f"{name}: reference_table {cfg.reference_table} is not in results/paper"
+    assert cfg.runs_root == f"runs/{name}"
+    assert name in paper.experiments(cfg.reference_table), f"{cfg.reference_table} does not list {name}"
+
+
+@pytest.mark.parametrize("name", TABLE_EXPERIMENTS)
+def test_experiment_file_has_the_package_header_and_a_comment(name: str) -> None:
+    lines = (EXPERIMENT_DIR / f"{name}.yaml").read_text().splitlines()
+    assert lines[0] == "# @package _global_"
+    assert lines[1].startswith("# ") and ("Table" in lines[1] or "table" in lines[1])
+    assert any(f"results/paper/{experiment_file(name)['reference_table']}.yaml" in line for line in lines)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_grid_names_only_existing_configs(name: str) -> None:
+    params = sweep_params(name)
+    for group, option in default_choices(name).items():
+        assert option in group_options(group), f"{name}: defaults name {group} {option}, which has no config"
+    for group in GROUPS:
+        for option in params.get(group, []):
+            assert option in group_options(group), f"{name}: the grid names {group} '{option}', which has no config"
+    for base in params.get("method.base", []):
+        assert base in group_options("method"), f"{name}: the grid names method.base '{base}', which has no config"
+    if name not in NON_TABLE_EXPERIMENTS:
+        assert params.get("seed") == SEEDS, f"{name}: the grid must run seeds 0,1,2"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_options_set_by_an_experiment_exist_in_every_config_of_its_grid(name: str) -> None:
+    """``method: {alpha: 0.2}`` next to a swept ``method: vanilla,...`` would give vanilla an alpha it rejects."""
+    body = experiment_file(name)
+    for job in experiment_jobs(name):
+        for group in ("method", "schedule", "model"):
+            reference = stock(group, job[group])
+            for key in paper.flatten(body.get(group) or {}):
+                if group == "method" and key.startswith("base_options."):
+                    assert job["method"] == "sumix"
+                    continue
+                assert key in reference, f"{name}: {group}.{key} is not an option of configs/{group}/{job[group]}.yaml"
+
+
+# ------------------------------------------------------------------------------------- results/paper files
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_reference_file_is_well_formed(table: str) -> None:
+    data = paper.load_reference(table)
+    assert data["name"] == table and data["source"]
+    rows = data["rows"]
+    for row, entry in rows.items():
+        if isinstance(entry, list):
+            assert len(entry) == len(data["columns"]), f"{table}: row {row} has {len(entry)} values"
+    columns = data.get("columns") or sorted({c for e in rows.values() if isinstance(e, dict) for c in e})
+    for column in columns:
+        assert paper.column_metric(data, column)
+    if "metric" in data:
+        assert data["metric"] in (paper.ACCURACY, paper.ERROR)
+
+
+@pytest.mark.skipif(not SHARED_REFERENCE.is_file(), reason="shared/reference/paper_tables.yaml is not beside the repo")
+def test_reference_files_are_the_shared_reference_transcribed() -> None:
+    shared = yaml.safe_load(SHARED_REFERENCE.read_text())
+    assert set(shared) == set(TABLES)
+    for table, reference in shared.items():
+        data = paper.load_reference(table)
+        assert {k: data[k] for k in TRANSCRIBED_KEYS if k in data} == reference, table
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_mapping_names_existing_configs_and_every_row_and_column(table: str) -> None:
+    data = paper.load_reference(table)
+    mapping = data["mixbench"]
+    assert set(mapping["rows"]) == set(data["rows"]), f"{table}: mixbench.rows must map every row"
+    listed = data.get("columns") or sorted({c for e in data["rows"].values() if isinstance(e, dict) for c in e})
+    assert set(mapping["columns"]) == set(listed), f"{table}: mixbench.columns must map every column"
+    specs = list(mapping["columns"].values()) + ([mapping["single_value"]] if "single_value" in mapping else [])
+    for spec in specs:
+        for group in ("data", "model", "schedule"):
+            if spec.get(group) is not None:
+                assert spec[group] in group_options(group), f"{table}: {group} '{spec[group]}' has no config"
+        if None in (spec.get("data"), spec.get("model"), spec.get("schedule")):
+            assert spec.get("reason"), f"{table}: a column without a configuration needs a reason"
+    for row, spec in mapping["rows"].items():
+        if spec.get("method") is None:
+            assert spec.get("reason"), f"{table}: row {row} maps to no method and gives no reason"
+            continue
+        for target in [spec] + list((spec.get("cells") or {}).values()):
+            method = target.get("method", spec["method"])
+            assert method in METHODS, f"{table}: row {row} names method '{method}', which mixbench does not implement"
+            base = target.get("options", {}).get("base")
+            assert base is None or base in METHODS, f"{table}: row {row} names base '{base}'"
+        for column in spec.get("cells") or {}:
+            assert column in mapping["columns"], f"{table}: row {row} has cells for unknown column {column}"
+    for experiment in mapping.get("experiments", []):
+        assert experiment in TABLE_EXPERIMENTS, f"{table}: lists experiment '{experiment}', which has no file"
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_every_runnable_published_cell_is_in_a_grid_of_the_table(table: str) -> None:
+    """The table's experiments train every runnable cell with a published accuracy or error.
+
+    Cost-only cells (AlignMixup Table 2's Co-Mixup) need no 300-epoch grid; a method whose config is missing is
+    not required yet (this test fails once its config lands, until a grid trains it).
+    """
+    jobs = {job_key(job) for experiment in paper.experiments(table) for job in experiment_jobs(experiment)}
+    missing = [
+        f"[{c.row}, {c.column}]"
+        for c in published_cells(table, accuracy_only=True)
+        if method_configs_exist(c) and cell_key(c) not in jobs
+    ]
+    assert not missing, f"{table}: no experiment trains {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("name", TABLE_EXPERIMENTS)
+def test_every_job_of_an_experiment_is_a_cell_of_its_table(name: str) -> None:
+    table = experiment_file(name)["reference_table"]
+    cells = {cell_key(c) for c in published_cells(table)}
+    stray = [job_key(job) for job in experiment_jobs(name) if job_key(job) not in cells]
+    assert not stray, f"{name}: jobs that match no published cell of {table}: {stray}"
+
+
+@pytest.mark.parametrize(
+    ("table", "row", "column", "expected"),
+    [
+        ("openmixup_cifar100_tiny_cub", "cutmix", "cifar100/rx50",
+         {"method.alpha": 0.2, "schedule.optimizer.weight_decay": 5.0e-4, "schedule.name": "openmixup_cifar"}),
+        ("sumix_eccv24_t1", "cutmix+sumix", "tiny_imagenet/rx50",
+         {"method.name": "sumix", "method.base": "cutmix", "method.base_options.alpha": 0.2, "method.gamma": 1.0}),
+        ("alignmixup_cvpr22_t6_ablation", "alignmixup {A}", "aligned",
+         {"method.name": "alignmixup", "method.input_mix_prob": 0.0, "model.name": "r18"}),
+    ],
+)
+def test_cell_overrides_compose_to_the_mapped_configuration(table, row, column, expected) -> None:
+    cfg = compose_config(paper.cell_overrides(paper.cell(table, row, column)))
+    validate(cfg)
+    for key, value in expected.items():
+        assert OmegaConf.select(cfg, key) == value, key
+
+
+def test_cells_that_cannot_run_say_why() -> None:
+    assert not paper.cell("sumix_eccv24_t3_vit", "cutmix+sumix", "cifar100/swin_t").runnable
+    not_runnable = paper.cell("openmixup_cifar100_tiny_cub", "vanilla", "cub200/resnet18")
+    assert not not_runnable.runnable and "ImageNet-stem" in not_runnable.reason
+    assert "AdaIN" in paper.cell("alignmixup_cvpr22_t1", "stylemix", "cifar10/r18").reason
+    with pytest.raises(ValueError, match="not runnable"):
+        paper.cell_overrides(not_runnable)
+
+
+# ------------------------------------------------------------------------------------------------ loader
+
+
+def test_error_tables_are_converted_to_accuracy() -> None:
+    assert paper.load_reference("alignmixup_cvpr22_t1")["metric"] == paper.ERROR
+    assert paper.raw_value("alignmixup_cvpr22_t1", "vanilla", "cifar100/r18") == 23.24
+    # exact, not 76.76000000000001
+    assert paper.published_value("alignmixup_cvpr22_t1", "vanilla", "cifar100/r18") == 76.76
+    assert paper.published_value("alignmixup_cvpr22_t1", "mixup", "cifar10/r18") == 95.97
+    assert paper.published_value("alignmixup_cvpr22_t2_imagenet", "alignmixup_ae", "top1_err") == 81.17
+    assert paper.published_value("alignmixup_cvpr22_t3_robustness", "vanilla", "pgd/cifar10/r18") == 0.01
+
+
+def test_accuracy_tables_are_returned_as_published() -> None:
+    assert paper.published_value("openmixup_cifar100_tiny_cub", "cutmix", "cifar100/resnet18") == 78.17
+    assert paper.published_value("sumix_eccv24_t5_robustness", "fmix", "clean_acc/sumix") == 80.20
+    assert paper.published_value("sumix_eccv24_t5_robustness", "fmix", "fgsm_err/sumix") == 10.92  # error column
+
+
+def test_not_reported_is_none_and_unknown_names_fail() -> None:
+    assert paper.published_value("alignmixup_cvpr22_t2_imagenet", "comixup", "top1_err") is None
+    assert paper.published_value("openmixup_cifar100_tiny_cub", "gridmix", "tiny_imagenet/rx50") is None
+    with pytest.raises(KeyError, match="unknown reference table"):
+        paper.load_reference("no_such_table")
+    with pytest.raises(KeyError, match="no row"):
+        paper.published_value("alignmixup_cvpr22_t1", "no_such_method", "cifar10/r18")
+    with pytest.raises(KeyError, match="no column"):
+        paper.published_value("alignmixup_cvpr22_t1", "mixup", "imagenet/r18")
+
+
+def test_quantities_that_are_not_accuracies_are_refused() -> None:
+    with pytest.raises(ValueError, match="params_M"):
+        paper.published_value("alignmixup_cvpr22_t2_imagenet", "vanilla", "params_M")
+    with pytest.raises(ValueError, match="auroc"):
+        paper.published_value("alignmixup_cvpr22_t4_ood", "vanilla", "isun/auroc")
+    assert paper.raw_value("alignmixup_cvpr22_t2_imagenet", "puzzlemix", "ms_per_batch") == 846
+
+
+def test_single_number_rows_and_named_columns() -> None:
+    table = "alignmixup_cvpr22_t6_ablation"
+    assert paper.published_value(table, "vanilla") == 76.76
+    assert paper.published_value(table, "alignmixup {x,A}", "aligned") == 81.71
+    with pytest.raises(KeyError, match="single number"):
+        paper.published_value(table, "vanilla", "aligned")
+    assert paper.cell(table, "vanilla").model == "r18"
+
+
+def test_the_tables_agree_where_they_report_the_same_configuration() -> None:
+    """Cross-checks of the transcription and of the error/accuracy convention."""
+    t1, logs = "alignmixup_cvpr22_t1", "alignmixup_official_logs"
+    for column in paper.load_reference(t1)["columns"]:  # the paper's numbers are the best epoch of the logs
+        best = paper.published_value(logs, "alignmixup_best", column)
+        assert paper.published_value(t1, "alignmixup", column) == best
+    for row in ("vanilla", "manifoldmix", "stylecutmix"):
+        single = paper.published_value("alignmixup_cvpr22_t6_ablation", row)
+        assert single == paper.published_value(t1, row, "cifar100/r18")
+    for row in ("cutmix", "fmix", "saliencymix", "resizemix"):  # SUMix's base rows are OpenMixup's numbers
+        for column in ("cifar100/resnet18", "cifar100/rx50", "tiny_imagenet/resnet18", "tiny_imagenet/rx50"):
+            assert paper.published_value("sumix_eccv24_t1", row, column) == paper.published_value(
+                "openmixup_cifar100_tiny_cub", row, column)
+
+
+def test_loaded_tables_are_copies() -> None:
+    first = paper.load_reference("alignmixup_cvpr22_t1")
+    first["rows"]["vanilla"][0] = -1
+    assert paper.load_reference("alignmixup_cvpr22_t1")["rows"]["vanilla"][0] == 5.19
