@@ -1,0 +1,51 @@
+"""Time one training step of every method on every model on this device -> results/bench/<device>.md|csv.
+
+    python tools/bench.py                                   # all methods; CUDA: r18, wrn16_8, rx50 at batch 128
+                                                            # CPU: r18 at 32 px, batch 32, 5 timed steps
+    python tools/bench.py --methods mixup,cutmix --models r18 --steps 50
+    python tools/bench.py --models swin_t --image-size 224 --batch-size 64 schedule=vit_cifar
+    python tools/bench.py --data digits model.width=8 device=cpu --out /tmp/bench
+
+Any further ``key=value`` is a ``tools/train.py`` override applied to every row (device=, precision=,
+channels_last=, schedule=, model.width=, ...).  Batches are synthetic and already on the device, so no dataset
+is needed and the data pipeline is not timed; see mixbench/bench.py for what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mixbench.bench import resolve_request, run_benchmark, to_markdown, write_report
+from mixbench.cli import fail
+from mixbench.config import ConfigError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="all", help="all, or comma-separated names (vanilla is always added)")
+    parser.add_argument("--models", help="comma-separated model configs (default: depends on the device)")
+    parser.add_argument("--data", default="cifar100", help="data config giving image size, classes, normalisation")
+    parser.add_argument("--batch-size", type=int, help="default: 128 on CUDA, 32 on CPU")
+    parser.add_argument("--image-size", type=int, help="training resolution in px (default: the data config's)")
+    parser.add_argument("--steps", type=int, help="timed steps per row (default: 20 on CUDA, 5 on CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on CUDA, 2 on CPU)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="folder of <device>.md and .csv")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
+    args, overrides = parser.parse_known_args()
+    try:
+        request, runtime = resolve_request(
+            args.methods, args.models, args.data, args.batch_size, args.image_size, args.steps, args.warmup,
+            args.compile, overrides,
+        )
+        report = run_benchmark(request, runtime)
+    except ConfigError as error:
+        fail(str(error))
+    markdown_path, csv_path = write_report(report, args.out)
+    print(to_markdown(report), end="")
+    print(f"wrote {markdown_path} and {csv_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
