@@ -20,8 +20,7 @@ from mixbench.cli import check_overrides, fail
 from mixbench.config import ConfigError
 from mixbench.data import DatasetMissingError
 from mixbench.engine.trainer import RunFailed, train
-
-FAILED_JOBS: list[str] = []
+from mixbench.sweep import FAILED_JOBS
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
@@ -29,11 +28,19 @@ def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except (ConfigError, DatasetMissingError, RunFailed) as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # report, and let the other jobs of the grid run
+        if _in_process_sweep():  # report, and let the other jobs of the grid run
             print(f"error: {error}", file=sys.stderr, flush=True)
             FAILED_JOBS.append(" ".join(HydraConfig.get().overrides.task))
             return
         fail(str(error), code=1 if isinstance(error, RunFailed) else 2)
+
+
+def _in_process_sweep() -> bool:
+    """A grid run job after job in this process (Hydra's basic launcher): a failure must not end the grid.
+
+    Under other launchers (the GPU pool, Slurm) each job is its own process and fails with its exit code."""
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and str(hydra_cfg.launcher.get("_target_", "")).endswith("BasicLauncher")
 
 
 if __name__ == "__main__":
@@ -43,4 +50,4 @@ if __name__ == "__main__":
         fail(str(error))
     main()
     if FAILED_JOBS:
-        fail(f"{len(FAILED_JOBS)} job(s) failed: " + "; ".join(FAILED_JOBS), code=1)
+        fail(f"{len(FAILED_JOBS)} job(s) of the sweep failed: " + "; ".join(FAILED_JOBS), code=1)

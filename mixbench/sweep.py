@@ -1,0 +1,218 @@
+"""A local device pool for sweeps: every job a fresh process pinned to one GPU, the next job starting when a
+slot frees up.
+
+    python tools/train.py -m experiment=<table> hydra/launcher=gpus                   # every visible GPU
+    python tools/train.py -m experiment=<table> hydra/launcher=gpus hydra.launcher.gpus=[0,2] \\
+        hydra.launcher.jobs_per_gpu=2
+
+The Hydra side (tools/hydra_plugins/mixbench_launchers/gpu_pool.py) turns each job of the grid into the
+command line of a single run (``python tools/train.py <the job's overrides>``) and hands the list to
+:func:`run_pool`, which knows nothing about Hydra:
+
+* a *slot* is one device id repeated ``jobs_per_gpu`` times; a job runs with ``CUDA_VISIBLE_DEVICES=<id>``, so
+  inside it the GPU is ``cuda:0`` and the trainer needs no device option;
+* jobs start in grid order as slots free up, each writes its output to ``<log_dir>/<index>.log``;
+* a job that fails (non-zero exit) does not stop the others; failures are returned and reported at the end;
+* a complete run is skipped by the trainer itself (and an interrupted one resumes from its checkpoint), so
+  re-launching the same sweep finishes only what is missing.
+
+Why subprocesses instead of Hydra's in-process basic launcher: one CUDA context per job and per GPU, a crash
+(even a segfault or out-of-memory kill) stays inside its job, and memory is returned to the GPU when a job ends.
+Each job gets ``OMP_NUM_THREADS = cpus // slots`` unless the caller set it, so that concurrent jobs do not
+oversubscribe the node's cores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+POLL_SECONDS = 0.2
+# Jobs of the current sweep that failed, as "#<index> <overrides>: <last line>": filled by the launchers
+# (the pool's and, for Hydra's in-process one, tools/train.py) and reported once by tools/train.py.
+FAILED_JOBS: list[str] = []
+
+
+class PoolError(ValueError):
+    """A bad pool setting (no device to run on, a malformed list); the message names the fix."""
+
+
+@dataclass
+class Job:
+    index: int
+    command: list[str]
+    label: str  # what the report shows: the job's overrides
+    log_path: Path
+
+
+@dataclass
+class JobResult:
+    job: Job
+    returncode: int
+    device: str
+    seconds: float
+    last_line: str = ""  # the last non-empty line of the job's log (its error when it failed)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass
+class _Running:
+    job: Job
+    device: str
+    process: subprocess.Popen
+    log: object
+    started: float = field(default_factory=time.monotonic)
+
+
+def visible_devices(environ: dict[str, str] | None = None) -> list[str]:
+    """The GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every GPU torch counts."""
+    environ = os.environ if environ is None else environ
+    declared = environ.get("CUDA_VISIBLE_DEVICES")
+    if declared is not None:
+        return [d.strip() for d in declared.split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def resolve_devices(gpus: str | int | Sequence[int | str], visible: Sequence[str] | None = None) -> list[str]:
+    """Turn the ``gpus`` setting into device ids.
+
+    ``all``: every visible GPU; an integer ``n``: the first ``n`` visible GPUs; a list such as ``[0, 2]``:
+    exactly those ids, taken as given (so a CPU machine can pretend to have devices, with ``device=cpu``).
+    """
+    if isinstance(gpus, str):
+        if gpus.strip().lower() != "all":
+            raise PoolError(
+                f"hydra.launcher.gpus={gpus!r} is not understood; use all, a count such as 2, or a list such as [0,1]"
+            )
+    elif isinstance(gpus, bool) or not isinstance(gpus, int):  # a list (Hydra gives a ListConfig)
+        devices = [str(g) for g in gpus]
+        if not devices:
+            raise PoolError(
+                "hydra.launcher.gpus is empty; use all, a count such as 2, or a list such as [0,1]"
+            )
+        if len(set(devices)) != len(devices):
+            raise PoolError(
+                f"hydra.launcher.gpus lists a device twice ({devices}); use jobs_per_gpu to share one"
+            )
+        return devices
+    visible = list(visible_devices() if visible is None else visible)
+    if not visible:
+        raise PoolError(
+            "no GPU is visible for hydra/launcher=gpus; run the sweep without it (one job after another), or "
+            "name devices with hydra.launcher.gpus=[0,1] (with device=cpu to pretend on a CPU machine)"
+        )
+    if isinstance(gpus, int):
+        if not 1 <= gpus <= len(visible):
+            raise PoolError(
+                f"hydra.launcher.gpus={gpus} but {len(visible)} GPU(s) are visible; use 1..{len(visible)}"
+            )
+        return visible[:gpus]
+    return visible
+
+
+def threads_per_job(slots: int, environ: dict[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    if "OMP_NUM_THREADS" in environ:
+        return environ["OMP_NUM_THREADS"]
+    return str(max(1, (os.cpu_count() or 1) // max(1, slots)))
+
+
+def run_pool(
+    jobs: Sequence[Job],
+    devices: Sequence[str],
+    jobs_per_device: int = 1,
+    echo: Callable[[str], None] = print,
+) -> list[JobResult]:
+    """Run ``jobs`` on ``devices`` (``jobs_per_device`` at a time on each); results in job order.
+
+    Interrupting (Ctrl-C) terminates the running jobs (their last checkpoints stay: re-launch resumes them).
+    """
+    if jobs_per_device < 1:
+        raise PoolError(f"hydra.launcher.jobs_per_gpu must be at least 1, got {jobs_per_device}")
+    slots = [device for _ in range(jobs_per_device) for device in devices]
+    threads = threads_per_job(len(slots))
+    pending = list(jobs)
+    running: list[_Running] = []
+    free = list(slots)
+    results: dict[int, JobResult] = {}
+    echo(f"sweep: {len(jobs)} job(s) on device(s) {', '.join(devices)} ({jobs_per_device} per device)")
+    try:
+        while pending or running:
+            while pending and free:
+                device = free.pop(0)
+                job = pending.pop(0)
+                running.append(_start(job, device, threads))
+                echo(f"[gpu {device}] start #{job.index}: {job.label}")
+            time.sleep(POLL_SECONDS)
+            for entry in list(running):
+                code = entry.process.poll()
+                if code is None:
+                    continue
+                entry.log.close()
+                running.remove(entry)
+                free.append(entry.device)
+                result = JobResult(
+                    entry.job,
+                    code,
+                    entry.device,
+                    time.monotonic() - entry.started,
+                    _last_line(entry.job.log_path),
+                )
+                results[entry.job.index] = result
+                outcome = "done" if result.ok else f"FAILED (exit {code}): {result.last_line}"
+                echo(f"[gpu {entry.device}] {outcome} #{entry.job.index} in {result.seconds:.0f} s")
+    except KeyboardInterrupt:
+        for entry in running:
+            entry.process.terminate()
+        for entry in running:
+            entry.process.wait()
+            entry.log.close()
+        raise
+    return [results[job.index] for job in jobs]
+
+
+def _start(job: Job, device: str, threads: str) -> _Running:
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(job.log_path, "w")  # noqa: SIM115 (closed when the job ends)
+    environ = dict(os.environ, CUDA_VISIBLE_DEVICES=device, OMP_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=environ)
+    return _Running(job, device, process, log)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def report(results: Sequence[JobResult]) -> str:
+    """The end-of-sweep summary: counts, then one line per failed job with its log."""
+    failed = [r for r in results if not r.ok]
+    lines = [f"sweep finished: {len(results) - len(failed)} of {len(results)} job(s) succeeded"]
+    for result in failed:
+        lines.append(
+            f"  failed #{result.job.index} (exit {result.returncode}) {result.job.label}: {result.last_line}  "
+            f"[log: {result.job.log_path}]"
+        )
+    if failed:
+        lines.append(
+            "  fix the cause and run the same command again: complete runs are skipped, others resume"
+        )
+    return "\n".join(lines)
+
+
+def python_command(script: str | Path, overrides: Sequence[str]) -> list[str]:
+    """The command line of one job: this interpreter, the entry script, the job's overrides."""
+    return [sys.executable, str(script), *overrides]
