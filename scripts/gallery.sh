@@ -4,8 +4,10 @@
 # trained for a few epochs so that their figures show a trained network rather than random weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-PY=.venv/bin/python
+if [[ -z "${PY:-}" ]]; then  # PY=<python> uses an environment that already has mixbench's requirements
+  bash scripts/setup.sh
+  PY=.venv/bin/python
+fi
 COMMON=(data.image_size=32 model.width=16 schedule.epochs=${GALLERY_EPOCHS:-10} runs_root=runs/gallery)
 NETWORK_DEPENDENT=(puzzlemix comixup alignmixup alignmixup_ae automix adautomix)
 methods=$($PY -c "from mixbench.methods import METHODS; print(' '.join(n for n, c in sorted(METHODS.items()) if not getattr(c, 'needs_external_weights', False)))")
