@@ -237,7 +237,117 @@ def cell_overrides(target: Cell) -> list[str]:
     return overrides
 
 
+# ------------------------------------------------------------------------ runs <-> cells, and what is compared
+
+CONFIGURED_GROUPS = ("method", "schedule", "model")  # groups whose options (not only the name) identify a cell
+UNSTATED = "unstated"
+
+
+def published_statistic(table: str | dict[str, Any], row: str) -> str:
+    """Which statistic of a run the paper published for ``row``.
+
+    One of ``best`` (best test epoch), ``last``, ``median_last10``, ``best_last10`` or ``unstated``: the row's
+    own ``statistic`` where it has one (``published_statistic: per_row``), else the table's.
+    """
+    mapping = _table(table)["mixbench"]
+    return mapping["rows"][row].get("statistic") or mapping.get("published_statistic", UNSTATED)
+
+
+def is_top1_cell(target: Cell) -> bool:
+    """Whether the cell is a clean top-1 accuracy or error, i.e. comparable with a run's ``top1``.
+
+    Cells that need another evaluation of the trained model (attacks, OOD sets) or hold another quantity
+    (parameters, time, AUROC) are not.
+    """
+    return target.evaluation is None and column_metric(target.table, target.column) in (ACCURACY, ERROR)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(item) for item in value) if isinstance(value, (list, tuple)) else value
+
+
+@functools.cache
+def _stock_config(group: str, name: str) -> dict[str, Any] | None:
+    """``configs/<group>/<name>.yaml`` as a dict, interpolations unresolved (``None`` if there is no such file)."""
+    from omegaconf import OmegaConf
+
+    from mixbench.config import CONFIG_DIR
+
+    path = CONFIG_DIR / group / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else None
+
+
+def _stock_values(group: str, name: str, data_config: dict[str, Any] | None) -> dict[str, Any]:
+    """The shipped ``configs/<group>/<name>.yaml``, flattened, interpolations resolved against ``data_config``.
+
+    (``alignmixup_ae``'s ``image_size: ${data.image_size}`` is stored resolved in a run's config.yaml.)
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    stock = _stock_config(group, name)
+    if stock is None:
+        return {}
+    if "${" not in repr(stock):  # nothing to resolve (all shipped configs but one)
+        return flatten(stock)
+    try:
+        context = OmegaConf.create({"data": data_config or {}, group: stock})
+        values = OmegaConf.to_container(context[group], resolve=True)
+    except OmegaConfBaseException:
+        values = stock
+    return flatten(values)
+
+
+def _differences(group: str, name: str | None, values: dict[str, Any], data_config: dict[str, Any] | None) -> tuple:
+    """``(key, value)`` pairs of ``values`` that differ from the shipped config ``name`` (``name`` ignored)."""
+    from mixbench.engine.rundir import RUNTIME_KEYS
+
+    if name is None:
+        return ()
+    stock = {key: _hashable(value) for key, value in _stock_values(group, name, data_config).items()}
+    given = {key: _hashable(value) for key, value in flatten(values).items()
+             if key != "name" and f"{group}.{key}" not in RUNTIME_KEYS}
+    return tuple(sorted((key, value) for key, value in given.items() if key not in stock or stock[key] != value))
+
+
+def cell_configuration(target: Cell) -> tuple:
+    """A hashable key of what a cell trains: the four config names and the options that differ from them.
+
+    Equal to :func:`run_configuration` of a run trained with ``cell_overrides(target)``.
+    """
+    data_config = _stock_config("data", target.data) if target.data else None
+    options = {"method": target.options, "schedule": target.schedule_options, "model": target.model_options}
+    names = {"method": target.method, "schedule": target.schedule, "model": target.model}
+    return (target.data, target.model, target.schedule, target.method,
+            *(_differences(group, names[group], options[group], data_config) for group in CONFIGURED_GROUPS))
+
+
+def run_configuration(config: dict[str, Any]) -> tuple:
+    """The key of :func:`cell_configuration` for a run's resolved ``config.yaml`` (a dict)."""
+    names = {group: config[group]["name"] for group in ("data", *CONFIGURED_GROUPS)}
+    return (names["data"], names["model"], names["schedule"], names["method"],
+            *(_differences(group, names[group], config[group], config["data"]) for group in CONFIGURED_GROUPS))
+
+
+@functools.cache
+def _runnable_cell_keys(name: str) -> tuple[tuple[Cell, tuple], ...]:
+    return tuple((target, cell_configuration(target)) for target in cells(name) if target.runnable)
+
+
+def matching_cells(table: str | dict[str, Any], config: dict[str, Any]) -> list[Cell]:
+    """The runnable cells of ``table`` that a run with this resolved ``config.yaml`` (a dict) trains.
+
+    Often one; several where a table reports several statistics or evaluations of the same runs
+    (``alignmixup_official_logs``, AlignMixup T3).  Returned cells are copies: change them freely.
+    """
+    keyed = (_runnable_cell_keys(table) if isinstance(table, str)
+             else tuple((target, cell_configuration(target)) for target in cells(table) if target.runnable))
+    key = run_configuration(config)
+    return [copy.deepcopy(target) for target, target_key in keyed if target_key == key]
+
+
 __all__ = [
-    "ACCURACY", "Cell", "ERROR", "PAPER_DIR", "cell", "cell_overrides", "cells", "column_metric", "experiments",
-    "flatten", "load_reference", "published_value", "raw_value", "reference_tables",
+    "ACCURACY", "Cell", "ERROR", "PAPER_DIR", "UNSTATED", "cell", "cell_configuration", "cell_overrides", "cells",
+    "column_metric", "experiments", "flatten", "is_top1_cell", "load_reference", "matching_cells",
+    "published_statistic", "published_value", "raw_value", "reference_tables", "run_configuration",
 ]
