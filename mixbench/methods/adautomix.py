@@ -67,7 +67,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbench.methods.base import Logs, MixPreview, soft_cross_entropy
-from mixbench.methods.mix_block import LearnedMixMethod, attention_scale, init_mix_block, upsample_to
+from mixbench.methods.mix_block import (
+    LearnedMixMethod,
+    attention_readout,
+    check_upsample_mode,
+    init_mix_block,
+    spatial_size,
+    upsample_to,
+)
 from mixbench.methods.registry import register_method
 
 LAM_EMBEDDINGS = ("multiply", "none")
@@ -101,8 +108,7 @@ class MultiSourceMaskGenerator(nn.Module):
             key = self.key(flat).flatten(2).unflatten(0, (num_sources, batch))
             value = self.value(flat).flatten(2).unflatten(0, (num_sources, batch))  # (N, B, 1, hw)
             other_keys = key.sum(dim=0, keepdim=True) - key  # sum over j != i of k_j
-            scores = query.transpose(-1, -2) @ other_keys * attention_scale(self.embed_channels)
-            maps = torch.softmax(scores, dim=-1) @ value.transpose(-1, -2)  # (N, B, hw, 1)
+            maps = attention_readout(query, other_keys, value)  # (N, B, hw, 1)
             maps = maps.reshape(num_sources * batch, 1, height, width)
             upsampled = upsample_to(maps, size, self.upsample).unflatten(0, (num_sources, batch))
             return torch.softmax(upsampled, dim=0)
@@ -196,7 +202,7 @@ class AdAutoMix(LearnedMixMethod):
         for key, value in (("mixup_weight", mixup_weight), ("adversarial_weight", adversarial_weight)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{key} must lie in [0, 1], got {value}")
-        upsample_to(torch.zeros(1, 1, 1, 1), (1, 1), upsample)  # refuses an unknown mode now
+        check_upsample_mode(upsample)  # refuses an unknown mode now, not at step 1
         self.alpha = alpha
         self.num_sources = num_sources
         self.random_num_sources = random_num_sources
@@ -241,7 +247,7 @@ class AdAutoMix(LearnedMixMethod):
     ) -> AdAutoMixLosses:
         ema, generator = self.check_ready()
         adversarial = self.is_adversarial_step() if adversarial is None else adversarial
-        count, batch, size = self.draw_count(), x.shape[0], (x.shape[-2], x.shape[-1])
+        count, batch, size = self.draw_count(), x.shape[0], spatial_size(x)
         draw_mb = self.draw(count, batch, x.device)
         draw_bb = self.draw(count, batch, x.device)
         features = self.teacher_features(x)
@@ -279,7 +285,7 @@ class AdAutoMix(LearnedMixMethod):
             generated_images = mixup_images
         else:
             with torch.no_grad():  # the classifier's loss never reaches the generator
-                masks = generator(features, draw.sources, draw.lams, (x.shape[-2], x.shape[-1]))
+                masks = generator(features, draw.sources, draw.lams, spatial_size(x))
             generated_images = combine(masks, x, draw.sources)
         targets = smooth(soft_targets(y, draw.sources, draw.lams, self.num_classes), self.label_smoothing)
         generated = soft_cross_entropy(model(generated_images).float(), targets)
@@ -306,14 +312,9 @@ class AdAutoMix(LearnedMixMethod):
     @torch.no_grad()
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
         """Each source, its mask from the generator (EMA teacher in eval mode), and the generated image."""
-        ema, generator = self.check_ready()
+        _, generator = self.check_ready()
         draw = self.draw(self.num_sources, x.shape[0], x.device)
-        was_training = ema.training
-        ema.eval()
-        try:
-            masks = generator(self.teacher_features(x), draw.sources, draw.lams, (x.shape[-2], x.shape[-1]))
-        finally:
-            ema.train(was_training)
+        masks = generator(self.preview_features(x), draw.sources, draw.lams, spatial_size(x))
         rows: dict[str, torch.Tensor] = {}
         for index in range(draw.sources.shape[0]):
             rows[f"source {index + 1}"] = x[draw.sources[index]]

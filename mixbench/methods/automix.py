@@ -53,7 +53,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbench.methods.base import Logs, MixedBatch, MixPreview, mixed_cross_entropy
-from mixbench.methods.mix_block import LearnedMixMethod, attention_scale, init_mix_block, upsample_to
+from mixbench.methods.mix_block import (
+    LearnedMixMethod,
+    attention_readout,
+    check_upsample_mode,
+    init_mix_block,
+    spatial_size,
+    upsample_to,
+)
 from mixbench.methods.registry import register_method
 
 
@@ -77,9 +84,8 @@ class PixelMixBlock(nn.Module):
             batch, _, height, width = z.shape
             query = self.query_key(z_self).flatten(2)  # (B, d, hw)
             key = self.query_key(z_partner).flatten(2)
-            attention = torch.softmax(query.transpose(1, 2) @ key * attention_scale(self.embed_channels), dim=-1)
-            value = self.value(z_partner).flatten(2).transpose(1, 2)  # (B, hw, 1)
-            logits = (attention @ value).transpose(1, 2).reshape(batch, 1, height, width)
+            value = self.value(z_partner).flatten(2)  # (B, 1, hw)
+            logits = attention_readout(query, key, value).transpose(1, 2).reshape(batch, 1, height, width)
             return torch.sigmoid(upsample_to(logits, size, self.upsample))
 
     def _with_lam(self, z: torch.Tensor, perm: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +147,7 @@ class AutoMix(LearnedMixMethod):
         )
         if not 0.0 <= lam_margin < 0.5:
             raise ValueError(f"lam_margin must lie in [0, 0.5), got {lam_margin}")
-        upsample_to(torch.zeros(1, 1, 1, 1), (1, 1), upsample)  # refuses an unknown mode now, not at step 1
+        check_upsample_mode(upsample)  # refuses an unknown mode now, not at step 1
         self.alpha = alpha
         self.lam_margin = lam_margin
         self.mask_loss_weight = mask_loss_weight
@@ -151,6 +157,10 @@ class AutoMix(LearnedMixMethod):
 
     def build_mix_block(self, channels: int) -> nn.Module:
         return PixelMixBlock(channels, lam_channel=self.lam_channel, upsample=self.upsample)
+
+    def draw(self, batch_size: int) -> tuple[float, torch.Tensor]:
+        """One ``(lam, perm)``: lam ~ Beta(alpha, alpha), then a pairing of the batch."""
+        return float(self.rng.beta(self.alpha)), self.rng.permutation(batch_size)
 
     def compute_losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoMixLosses:
         lam_mb, lam_bb = float(self.rng.beta(self.alpha)), float(self.rng.beta(self.alpha))
@@ -176,7 +186,7 @@ class AutoMix(LearnedMixMethod):
         if lam <= self.lam_margin or lam >= 1.0 - self.lam_margin:
             return MixedBatch(x=mix_pair(x, perm, 1.0 - lam), y_a=y, y_b=y[perm], lam=lam, perm=perm)
         with torch.no_grad():  # detached: the backbone's loss never reaches the Mix Block
-            share = mix_block(features, perm, lam, (x.shape[-2], x.shape[-1]))
+            share = mix_block(features, perm, lam, spatial_size(x))
         return MixedBatch(x=mix_pair(x, perm, share), y_a=y, y_b=y[perm], lam=lam, perm=perm, mask=share)
 
     def mix_block_terms(
@@ -184,7 +194,7 @@ class AutoMix(LearnedMixMethod):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the EMA teacher's mixed CE on the live mask, the weighted mask loss, the mask): trains the Mix Block."""
         ema, mix_block = self.check_ready()
-        share = mix_block(features, perm, lam, (x.shape[-2], x.shape[-1]))
+        share = mix_block(features, perm, lam, spatial_size(x))
         teacher_logits = ema(mix_pair(x, perm, share))
         mix_block_mix = mixed_cross_entropy(teacher_logits, y, y[perm], lam, self.label_smoothing)
         mask = self.mask_loss_weight * mask_ratio_loss(share, lam, self.mask_loss_margin)
@@ -192,12 +202,12 @@ class AutoMix(LearnedMixMethod):
 
     def mix_with_model(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
         """The backbone branch alone (for wrappers such as SUMix): one draw of ``(lam, perm)``, detached mask."""
-        lam, perm = float(self.rng.beta(self.alpha)), self.rng.permutation(x.shape[0])
+        lam, perm = self.draw(x.shape[0])
         return self.backbone_batch(self.teacher_features(x), x, y, lam, perm)
 
     def mix_block_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The Mix Block branch alone (for wrappers): EMA mixed CE + mask loss on an independent draw."""
-        lam, perm = float(self.rng.beta(self.alpha)), self.rng.permutation(x.shape[0])
+        lam, perm = self.draw(x.shape[0])
         mix_block_mix, mask, _ = self.mix_block_terms(self.teacher_features(x), x, y, lam, perm)
         return mix_block_mix + mask
 
@@ -218,15 +228,9 @@ class AutoMix(LearnedMixMethod):
     @torch.no_grad()
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
         """The Mix Block's mask for a random pairing and lam, on the EMA teacher's features (eval mode)."""
-        ema, mix_block = self.check_ready()
-        lam = float(self.rng.beta(self.alpha))
-        perm = self.rng.permutation(x.shape[0])
-        was_training = ema.training
-        ema.eval()
-        try:
-            share = mix_block(self.teacher_features(x), perm, lam, (x.shape[-2], x.shape[-1]))
-        finally:
-            ema.train(was_training)
+        _, mix_block = self.check_ready()
+        lam, perm = self.draw(x.shape[0])
+        share = mix_block(self.preview_features(x), perm, lam, spatial_size(x))
         rows = {"source a": x, "source b": x[perm], "mask (share of b)": share, "mixed": mix_pair(x, perm, share)}
         note = f"lam {lam:.2f}; batch share of b {float(share.mean()):.2f} (the mask loss asks for ~{1 - lam:.2f})"
         return MixPreview(rows=rows, lam=torch.full((x.shape[0],), lam), note=note)

@@ -8,7 +8,10 @@
   learning rate and SGD momentum when the recipe gives them (``mix_block_lr``, ``mix_block_momentum``;
   ``None`` = the backbone's);
 * both networks are evaluated every epoch: ``""`` (online) and ``"ema"`` (teacher), written as ``top1`` and
-  ``ema_top1``; the published numbers take the better of the two, which this benchmark never does silently.
+  ``ema_top1``; the published numbers take the better of the two, which this benchmark never does silently;
+* the Mix Blocks' common maths: mask logits read by spatial attention over the feature grid
+  (:func:`attention_readout`) and upsampled to the image (:func:`upsample_to`), and previews drawn from the
+  teacher's features in eval mode (:meth:`LearnedMixMethod.preview_features`).
 
 The Mix Block's initial weights come from torch's global generator, which the trainer seeds for the initial
 weights of the run (``setup`` runs right after the model is built); every per-step random choice comes from
@@ -25,25 +28,17 @@ from torch import nn
 
 from mixbench.methods.base import MixMethod
 from mixbench.methods.ema import EmaModel
+from mixbench.methods.stage_probe import evaluating, stage_shape
 from mixbench.models.base import StagedNet
 
 FEATURE_STAGE = 3  # default: the Mix Block reads the hidden state after the third stage (CIFAR R18: 256x8x8)
 PROBE_SIZE = 32  # side of the dummy image used to find the stage's channel count
+UPSAMPLE_MODES = ("nearest", "bilinear")
 
 
-@torch.no_grad()
 def stage_channels(model: StagedNet, stage: int) -> int:
     """Channels of ``model``'s hidden state at ``stage``, found with one dummy forward pass in eval mode."""
-    model.check_stage(stage)
-    reference = next(model.parameters())
-    probe = torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE, device=reference.device, dtype=reference.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        hidden = model.forward_features(probe, stage)
-    finally:
-        model.train(was_training)
-    return int(hidden.shape[1])
+    return int(stage_shape(model, stage, PROBE_SIZE)[0])
 
 
 def init_mix_block(block: nn.Module, std: float = 0.01) -> None:
@@ -60,13 +55,33 @@ def attention_scale(channels: int) -> float:
     return 1.0 / math.sqrt(channels)
 
 
+def attention_readout(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``softmax(q^T k / sqrt(d)) v^T``: each query position's attention-weighted value, (..., hw, 1).
+
+    ``query`` and ``key`` (..., d, hw) embed the positions of the feature grid, ``value`` (..., 1, hw) is one
+    logit per position; the softmax runs over the key positions.  Both Mix Blocks read their mask logits so.
+    """
+    scores = query.transpose(-1, -2) @ key * attention_scale(query.shape[-2])
+    return torch.softmax(scores, dim=-1) @ value.transpose(-1, -2)
+
+
+def check_upsample_mode(mode: str) -> None:
+    """Raise a ``ValueError`` naming the valid modes when :func:`upsample_to` cannot use ``mode``."""
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"unknown upsampling mode '{mode}'; valid: {', '.join(UPSAMPLE_MODES)}")
+
+
 def upsample_to(maps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """Feature-grid maps (B, 1, h, w) resized to the image size (``nearest`` or ``bilinear``)."""
+    check_upsample_mode(mode)
     if mode == "nearest":
         return F.interpolate(maps, size=size, mode="nearest")
-    if mode == "bilinear":
-        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-    raise ValueError(f"unknown upsampling mode '{mode}'; valid: nearest, bilinear")
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def spatial_size(x: torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of a batch (B, C, H, W): the size a Mix Block's masks are upsampled to."""
+    return x.shape[-2], x.shape[-1]
 
 
 class LearnedMixMethod(MixMethod):
@@ -75,14 +90,10 @@ class LearnedMixMethod(MixMethod):
     required_stages: tuple[int, ...] = (FEATURE_STAGE,)
 
     def __init__(
-        self,
-        feature_stage: int = FEATURE_STAGE,
-        mix_block_lr: float | None = None,
-        mix_block_momentum: float | None = None,
-        ema_momentum: float = 0.999,
-        ema_end_momentum: float = 0.999999,
-        ema_constant_fraction: float = 0.1,
+        self, feature_stage: int, mix_block_lr: float | None, mix_block_momentum: float | None,
+        ema_momentum: float, ema_end_momentum: float, ema_constant_fraction: float,
     ) -> None:
+        """The options every learned method takes; their defaults live in each method's signature (its config)."""
         super().__init__()
         if feature_stage < 1:
             raise ValueError(f"feature_stage must be a hidden stage (>= 1), got {feature_stage}")
@@ -142,6 +153,13 @@ class LearnedMixMethod(MixMethod):
         """The EMA teacher's hidden state at ``feature_stage`` of the clean batch (no gradient to anything)."""
         ema, _ = self.check_ready()
         return ema.module.forward_features(x, self.feature_stage)
+
+    @torch.no_grad()
+    def preview_features(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`teacher_features` with the teacher in eval mode (its running statistics), for previews."""
+        ema, _ = self.check_ready()
+        with evaluating(ema):
+            return self.teacher_features(x)
 
     def momentum_log(self) -> torch.Tensor:
         ema, _ = self.check_ready()
