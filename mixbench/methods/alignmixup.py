@@ -63,6 +63,9 @@ Defaults (CIFAR, Tiny-ImageNet, ImageNet): alpha 2.0, input-mixup probability 0.
 threshold 0.1.  Logged per step: ``lam``, ``feature_mix`` (1 on AlignMix steps), ``keep_a_geometry``,
 ``sinkhorn_iterations`` and ``row_sum_error`` (mean |row sum of R - 1|); the last two are 0 on input-mixup
 steps, so their epoch means divided by the mean of ``feature_mix`` are the per-AlignMix-step values.
+
+AlignMixup/AE (:mod:`mixbench.methods.alignmixup_ae`) shares the draws, the Sinkhorn options and the aligned
+mixing step through :class:`AlignMixMethod`.
 """
 
 from __future__ import annotations
@@ -168,6 +171,16 @@ def alignment_logs(result: SinkhornResult, assignment_rows: int) -> Logs:
     return {"sinkhorn_iterations": result.iterations.float().mean(), "row_sum_error": row_error}
 
 
+def unaligned_logs() -> Logs:
+    """The alignment logs of a step that aligned nothing: zeros (see the module docstring on epoch means)."""
+    return {"sinkhorn_iterations": torch.zeros(()), "row_sum_error": torch.zeros(())}
+
+
+def mix_with_partners(values: torch.Tensor, perm: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
+    """``lam * v + (1 - lam) * v[perm]``: plain mixup of images or embeddings with their partners."""
+    return lam * values + (1.0 - lam) * values[perm]
+
+
 def move_patches(images: torch.Tensor, weights: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Images whose patch ``i`` (cell of the h x w feature grid) is ``sum_j weights[:, i, j] * patch_j``: the
     pixel-space picture of applying an assignment to feature positions."""
@@ -193,12 +206,40 @@ def alignment_preview(model: nn.Module, x: torch.Tensor, draw: AlignMixDraw, opt
         "source b": partner,
         "b aligned to a (A'R^T)": move_patches(partner, assignment, grid),
         "a aligned to b (AR)": move_patches(x, assignment.transpose(1, 2), grid),
-        "input mixup": draw.lam * x + (1 - draw.lam) * partner,
+        "input mixup": mix_with_partners(x, draw.perm, draw.lam),
     }
 
 
+class AlignMixMethod(MixMethod):
+    """What AlignMixup and AlignMixup/AE share: per step ``lam ~ Beta(alpha, alpha)`` and a pairing, the
+    Sinkhorn options, the last feature tensor of a CNN as the tensor to align, and the aligned-mixing step."""
+
+    def __init__(
+        self, alpha: float, eps: float, max_iter: int, threshold: float, sinkhorn: SinkhornMode,
+        converged_tol: float, converged_max_iter: int,
+    ) -> None:
+        """The options both variants take; their defaults live in each method's signature (its config)."""
+        super().__init__()
+        self.alpha = alpha
+        self.sinkhorn = SinkhornOptions(eps, int(max_iter), threshold, sinkhorn, converged_tol, int(converged_max_iter))
+
+    def check_model(self, model: nn.Module) -> None:
+        model.check_stage(last_feature_stage(model))
+
+    def draw_lam_and_pairing(self, batch_size: int) -> tuple[float, torch.Tensor]:
+        """lam ~ Beta(alpha, alpha), then a pairing of the batch, from the run's generators."""
+        return float(self.rng.beta(self.alpha)), self.rng.permutation(batch_size)
+
+    def aligned_mix(self, features: torch.Tensor, perm: torch.Tensor, lam: float | torch.Tensor,
+                    keep_first_geometry: bool, logs: Logs) -> torch.Tensor:
+        """:func:`align_mix` of ``features`` with ``features[perm]``; its Sinkhorn statistics go to ``logs``."""
+        mixed, result = align_mix(features, perm, lam, keep_first_geometry, self.sinkhorn)
+        logs.update(alignment_logs(result, features.shape[-2] * features.shape[-1]))
+        return mixed
+
+
 @register_method
-class AlignMixup(MixMethod):
+class AlignMixup(AlignMixMethod):
     name = "alignmixup"
 
     def __init__(
@@ -212,16 +253,11 @@ class AlignMixup(MixMethod):
         converged_tol: float = 1e-3,
         converged_max_iter: int = 1000,
     ) -> None:
-        super().__init__()
+        super().__init__(alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter)
         if not 0.0 <= input_mix_prob <= 1.0:
             raise ValueError(f"input_mix_prob must lie in [0, 1], got {input_mix_prob}")
-        self.alpha = alpha
         self.input_mix_prob = input_mix_prob
-        self.sinkhorn = SinkhornOptions(eps, int(max_iter), threshold, sinkhorn, converged_tol, int(converged_max_iter))
         self.mix_stage: int | None = None  # set by setup(); read from the model when setup was skipped
-
-    def check_model(self, model: nn.Module) -> None:
-        model.check_stage(last_feature_stage(model))
 
     def setup(self, model: nn.Module, num_classes: int) -> None:
         """Remember the stage to align, so that the step needs no attribute of a (possibly wrapped) model."""
@@ -229,8 +265,7 @@ class AlignMixup(MixMethod):
 
     def draw(self, batch_size: int) -> AlignMixDraw:
         """This step's lam, pairing, branch and direction, from the run's generators."""
-        lam = float(self.rng.beta(self.alpha))
-        perm = self.rng.permutation(batch_size)
+        lam, perm = self.draw_lam_and_pairing(batch_size)
         input_mix = self.rng.uniform() < self.input_mix_prob
         keep_first_geometry = (not input_mix) and self.rng.uniform() < 0.5
         return AlignMixDraw(lam, perm, input_mix, keep_first_geometry)
@@ -242,13 +277,11 @@ class AlignMixup(MixMethod):
         logs: Logs = {"lam": torch.tensor(draw.lam), "feature_mix": torch.tensor(float(not draw.input_mix)),
                       "keep_a_geometry": torch.tensor(float(draw.keep_first_geometry))}
         if draw.input_mix:
-            logits = model(lam * x + (1.0 - lam) * x[draw.perm])
-            logs.update({"sinkhorn_iterations": torch.zeros(()), "row_sum_error": torch.zeros(())})
+            logits = model(mix_with_partners(x, draw.perm, lam))
+            logs.update(unaligned_logs())
         else:
             def mix_fn(features: torch.Tensor) -> torch.Tensor:
-                mixed, result = align_mix(features, draw.perm, lam, draw.keep_first_geometry, self.sinkhorn)
-                logs.update(alignment_logs(result, features.shape[-2] * features.shape[-1]))
-                return mixed
+                return self.aligned_mix(features, draw.perm, lam, draw.keep_first_geometry, logs)
 
             stage = self.mix_stage if self.mix_stage is not None else last_feature_stage(model)
             logits = model(x, mix_stage=stage, mix_fn=mix_fn)

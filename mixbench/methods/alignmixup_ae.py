@@ -63,15 +63,16 @@ from torch import nn
 
 from mixbench.methods.alignmixup import (
     AlignMixDraw,
+    AlignMixMethod,
     SinkhornMode,
-    SinkhornOptions,
-    align_mix,
-    alignment_logs,
     alignment_preview,
     last_feature_stage,
+    mix_with_partners,
+    unaligned_logs,
 )
-from mixbench.methods.base import Logs, MixMethod, MixPreview, mixed_cross_entropy
+from mixbench.methods.base import Logs, MixPreview, mixed_cross_entropy
 from mixbench.methods.registry import register_method
+from mixbench.methods.stage_probe import stage_shape
 
 LEVELS = ("input", "feature", "embedding")
 MIN_DECODER_WIDTH = 32
@@ -142,7 +143,7 @@ class EmbeddingClassifier(nn.Module):
 
 
 @register_method
-class AlignMixupAE(MixMethod):
+class AlignMixupAE(AlignMixMethod):
     name = "alignmixup_ae"
 
     def __init__(
@@ -161,37 +162,27 @@ class AlignMixupAE(MixMethod):
         converged_tol: float = 1e-3,
         converged_max_iter: int = 1000,
     ) -> None:
-        super().__init__()
+        super().__init__(alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter)
         unknown = sorted(set(levels) - set(LEVELS))
         if not levels or unknown:
             raise ValueError(f"levels must be a non-empty subset of {', '.join(LEVELS)}; got {list(levels)}")
         if not 0.0 <= reconstruction_prob <= 1.0:
             raise ValueError(f"reconstruction_prob must lie in [0, 1], got {reconstruction_prob}")
-        self.alpha = alpha
         self.levels = tuple(levels)
         self.embedding_dim = int(embedding_dim)
         self.reconstruction_prob = reconstruction_prob
         self.reconstruction_weight = reconstruction_weight
         self.decoder_width = int(decoder_width)
         self.image_size = int(image_size)
-        self.sinkhorn = SinkhornOptions(eps, int(max_iter), threshold, sinkhorn, converged_tol, int(converged_max_iter))
         self.embed: nn.Linear | None = None
         self.classifier: nn.Linear | None = None
         self.decoder: ResidualDecoder | None = None
-
-    def check_model(self, model: nn.Module) -> None:
-        model.check_stage(last_feature_stage(model))
 
     def setup(self, model: nn.Module, num_classes: int) -> None:
         """Size ``f``, ``g`` and ``D`` from the last feature tensor of a dummy ``image_size`` batch."""
         self.check_model(model)
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()  # no BatchNorm statistics from the dummy batch
-        with torch.no_grad():
-            dummy = torch.zeros(1, 3, self.image_size, self.image_size, device=device)
-            channels, height, width = model.forward_features(dummy, last_feature_stage(model)).shape[1:]
-        model.train(was_training)
+        channels, height, width = stage_shape(model, last_feature_stage(model), self.image_size)
         upsamplings = max(round(math.log2(self.image_size / height)), 0)
         self.embed = nn.Linear(channels, self.embedding_dim).to(device)
         self.classifier = nn.Linear(self.embedding_dim, num_classes).to(device)
@@ -217,8 +208,7 @@ class AlignMixupAE(MixMethod):
     def draw(self, batch_size: int) -> AEDraw:
         """This step's level, lam, pairing, reconstruction flag and AlignMix direction."""
         level = self.rng.choice(list(self.levels))
-        lam = float(self.rng.beta(self.alpha))
-        perm = self.rng.permutation(batch_size)
+        lam, perm = self.draw_lam_and_pairing(batch_size)
         reconstruct = self.rng.uniform() < self.reconstruction_prob
         keep_first_geometry = level == "feature" and self.rng.uniform() < 0.5
         return AEDraw(level, lam, perm, reconstruct, keep_first_geometry)
@@ -242,17 +232,16 @@ class AlignMixupAE(MixMethod):
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The mixed embedding the classifier reads, and (on reconstruction steps) the clean one."""
         stage = last_feature_stage(model)
-        logs.update({"sinkhorn_iterations": torch.zeros(()), "row_sum_error": torch.zeros(())})
+        logs.update(unaligned_logs())
         if draw.level == "input":
-            embedding = self.embedding(model.forward_features(lam * x + (1.0 - lam) * x[draw.perm], stage))
+            embedding = self.embedding(model.forward_features(mix_with_partners(x, draw.perm, lam), stage))
             clean = self.embedding(model.forward_features(x, stage)) if draw.reconstruct else None
             return embedding, clean
         features = model.forward_features(x, stage)
         if draw.level == "embedding":
             clean = self.embedding(features)
-            return lam * clean + (1.0 - lam) * clean[draw.perm], clean
-        mixed, result = align_mix(features, draw.perm, lam, draw.keep_first_geometry, self.sinkhorn)
-        logs.update(alignment_logs(result, features.shape[-2] * features.shape[-1]))
+            return mix_with_partners(clean, draw.perm, lam), clean
+        mixed = self.aligned_mix(features, draw.perm, lam, draw.keep_first_geometry, logs)
         return self.embedding(mixed), self.embedding(features) if draw.reconstruct else None
 
     @torch.no_grad()
@@ -260,12 +249,12 @@ class AlignMixupAE(MixMethod):
         """The alignments (as moved image patches), the input mix, the reconstruction ``D(e)`` of the clean
         images and the decoding of the embedding mix (decoded images are never shown to the classifier)."""
         self._require_setup()
-        lam = float(self.rng.beta(self.alpha))
-        draw = AlignMixDraw(lam, self.rng.permutation(x.shape[0]), input_mix=False, keep_first_geometry=True)
+        lam, perm = self.draw_lam_and_pairing(x.shape[0])
+        draw = AlignMixDraw(lam, perm, input_mix=False, keep_first_geometry=True)
         rows = alignment_preview(model, x, draw, self.sinkhorn)
         embedding = self.embedding(model.forward_features(x, last_feature_stage(model)))
         size = tuple(x.shape[-2:])
         rows["reconstruction D(e)"] = self.decoder(embedding, size)
-        rows["decoded embedding mix"] = self.decoder(lam * embedding + (1 - lam) * embedding[draw.perm], size)
+        rows["decoded embedding mix"] = self.decoder(mix_with_partners(embedding, perm, lam), size)
         note = "mixing levels " + ", ".join(self.levels) + "; decoded rows illustrate D only"
         return MixPreview(rows=rows, lam=torch.full((x.shape[0],), lam), note=note)
