@@ -56,9 +56,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixMethod, MixPreview, soft_cross_entropy
+from mixbench.methods.base import Logs, MixPreview, soft_cross_entropy
 from mixbench.methods.gradient_saliency import check_grid, input_gradient_saliency, pool_saliency
 from mixbench.methods.registry import register_method
+from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, upsample_cells
 from mixbench.rng import MixRandom
 
 UNAVAILABLE_COST = (
@@ -389,7 +390,7 @@ class CoMixed:
 
 
 @register_method
-class CoMixup(MixMethod):
+class CoMixup(SaliencyGuidedMixMethod):
     name = "comixup"
 
     def __init__(
@@ -407,19 +408,20 @@ class CoMixup(MixMethod):
         clean_lam: float = 1.0,
         sweeps: int = 2,
     ) -> None:
-        super().__init__()
+        super().__init__(clean_lam)
         if grid < 1 or m_part < 2 or n_iter < 1:
             raise ValueError(
                 f"comixup needs grid >= 1, m_part >= 2, n_iter >= 1; got {grid}, {m_part}, {n_iter}"
             )
         self.alpha, self.grid, self.m_part = alpha, int(grid), int(m_part)
         self.beta, self.gamma, self.tau, self.eta, self.omega = beta, gamma, tau, eta, omega
-        self.n_iter, self.set_resolve = int(n_iter), bool(set_resolve)
-        self.clean_lam, self.sweeps = clean_lam, int(sweeps)
+        self.n_iter, self.set_resolve, self.sweeps = int(n_iter), bool(set_resolve), int(sweeps)
 
-    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        saliency = input_gradient_saliency(model, x, y, keep_graph=self.clean_lam > 0)
-        mixed = self.mix_with_saliency(x, saliency.maps)
+    def mixed_loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, saliency_maps: torch.Tensor
+    ) -> tuple[torch.Tensor, Logs]:
+        """Soft CE on the area-share targets (the step: ``SaliencyGuidedMixMethod``)."""
+        mixed = self.mix_with_saliency(x, saliency_maps)
         logits = model(mixed.x)
         loss = soft_cross_entropy(logits, mixed.targets(y, logits.shape[1], self.label_smoothing))
         weights = mixed.weights.detach()
@@ -427,10 +429,6 @@ class CoMixup(MixMethod):
             "lam": weights.amax(dim=1).mean(),  # share of each output's main input
             "inputs_per_output": (weights > 0).sum(dim=1).to(torch.float32).mean(),
         }
-        if self.clean_lam > 0:
-            clean = F.cross_entropy(saliency.logits, y, label_smoothing=self.label_smoothing)
-            loss = loss + self.clean_lam * clean
-            logs["clean_loss"] = clean.detach()
         return loss, logs
 
     def build_problem(self, saliency_maps: torch.Tensor) -> AssignmentProblem:
@@ -484,14 +482,12 @@ class CoMixup(MixMethod):
             weights = mixed.weights
             main = weights.argmax(dim=1)
             main_share = mixed.shares.gather(3, main.view(-1, 1, 1, 1).expand(-1, self.grid, self.grid, 1))
-            height, width = x.shape[-2:]
-            main_map = main_share.permute(0, 3, 1, 2).repeat_interleave(height // self.grid, 2)
             rows = {
                 "inputs": x,
                 "saliency": maps.unsqueeze(1),
                 "outputs": mixed.x,
                 "main input of output": x[main],
-                "its share per cell": main_map.repeat_interleave(width // self.grid, 3),
+                "its share per cell": upsample_cells(main_share.squeeze(-1), *x.shape[-2:]),
             }
         used = (weights > 0).sum(dim=1).float().mean().item()
         note = f"{self.grid}x{self.grid} cells, partitions of {self.m_part}; {used:.1f} inputs per output"

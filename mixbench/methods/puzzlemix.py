@@ -74,9 +74,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixedBatch, MixMethod, MixPreview, mixed_cross_entropy
+from mixbench.methods.base import Logs, MixedBatch, MixPreview, mixed_cross_entropy
 from mixbench.methods.gradient_saliency import input_gradient_saliency, pool_saliency
 from mixbench.methods.registry import register_method
+from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, upsample_cells
 
 PRIOR_EPS = 1e-8  # inside the official prior's log
 SMOOTHNESS_SCALE = 16.0  # beta' = beta / k / 16 (official normalisation)
@@ -335,14 +336,6 @@ def move_cells(
     return moved.reshape(batch, channels, height, width)
 
 
-def upsample_cells(grid_values: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, 1, H, W) nearest-neighbour enlargement of a (B, k, k) grid."""
-    rows, columns = grid_values.shape[-2:]
-    return (
-        grid_values.repeat_interleave(height // rows, 1).repeat_interleave(width // columns, 2).unsqueeze(1)
-    )
-
-
 def largest_divisor_up_to(number: int, limit: int) -> int:
     """The largest divisor of ``number`` that is at most ``limit`` (at least 1)."""
     return max(d for d in range(1, max(min(number, limit), 1) + 1) if number % d == 0)
@@ -363,7 +356,7 @@ class PuzzleMixed:
 
 
 @register_method
-class PuzzleMix(MixMethod):
+class PuzzleMix(SaliencyGuidedMixMethod):
     name = "puzzlemix"
 
     def __init__(
@@ -382,7 +375,7 @@ class PuzzleMix(MixMethod):
         pixel_std: float = 0.25,
         solver_sweeps: int = 2,
     ) -> None:
-        super().__init__()
+        super().__init__(clean_lam)
         if not grid_sizes or min(grid_sizes) < 2:
             raise ValueError(f"puzzlemix grid_sizes must be sizes >= 2, got {list(grid_sizes)}")
         label_values(n_labels)  # validates n_labels
@@ -394,22 +387,18 @@ class PuzzleMix(MixMethod):
         self.transport = bool(transport)
         self.transport_size = int(transport_size)
         self.t_eps = t_eps
-        self.clean_lam = clean_lam
         self.pixel_std = pixel_std
         self.solver_sweeps = int(solver_sweeps)
 
     # -- the step ----------------------------------------------------------------------------------------
-    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        saliency = input_gradient_saliency(model, x, y, keep_graph=self.clean_lam > 0)
-        mixed = self.mix_with_saliency(x, y, saliency.maps)
+    def mixed_loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, saliency_maps: torch.Tensor
+    ) -> tuple[torch.Tensor, Logs]:
+        """Mixed CE with each sample's final mask mean as its lam (the step: ``SaliencyGuidedMixMethod``)."""
+        mixed = self.mix_with_saliency(x, y, saliency_maps)
         batch = mixed.batch
         loss = mixed_cross_entropy(model(batch.x), batch.y_a, batch.y_b, batch.lam, self.label_smoothing)
-        logs = {"lam": batch.lam.mean(), "grid": torch.full((), float(mixed.grid), device=x.device)}
-        if self.clean_lam > 0:
-            clean = F.cross_entropy(saliency.logits, y, label_smoothing=self.label_smoothing)
-            loss = loss + self.clean_lam * clean
-            logs["clean_loss"] = clean.detach()
-        return loss, logs
+        return loss, {"lam": batch.lam.mean(), "grid": torch.full((), float(mixed.grid), device=x.device)}
 
     def mix_with_model(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
         """The mixed batch alone (for wrappers such as SUMix): saliency from ``model``, then the mix."""
