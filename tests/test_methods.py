@@ -21,17 +21,12 @@ from mixbench.methods.mixup import Mixup
 from mixbench.methods.vanilla import Vanilla
 from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
+from tests.conftest import LinearNet, StageRecorder, hand_ce
 
 BATCH, SIZE, CLASSES = 8, 16, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def bound(method: MixMethod, seed: int, label_smoothing: float = 0.0) -> MixMethod:
@@ -45,24 +40,9 @@ def batch(seed: int = 0, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(BATCH, 3, size, size, generator=g), torch.arange(BATCH)
 
 
-def hand_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy written out: ``logsumexp(z) - z_y``."""
-    return torch.logsumexp(logits, dim=1) - logits[torch.arange(len(y)), y]
-
-
 def tiny_r18() -> nn.Module:
     torch.manual_seed(0)
     return build_model("r18", num_classes=CLASSES, image_size=SIZE, width=4).eval()
-
-
-class LinearNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(3 * SIZE * SIZE, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
 
 
 # --------------------------------------------------------------------------------------------- mixup
@@ -97,7 +77,7 @@ def test_mixup_lam_follows_beta_alpha_alpha() -> None:
 def test_mixup_training_step_loss_is_lam_ce_ya_plus_one_minus_lam_ce_yb() -> None:
     x, y = batch(3)
     y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])  # repeated labels: y_b must come from the pairing
-    model = LinearNet()
+    model = LinearNet(SIZE, CLASSES)
     loss, logs = bound(Mixup(), 11).training_step(model, x, y)
     ref = bound(Mixup(), 11).mix(x, y)  # same seed: the same lam and pairing (checked above)
     logits = model(ref.x)
@@ -198,28 +178,6 @@ def test_paste_box_copies_only_the_box_and_does_not_modify_input() -> None:
 # ---------------------------------------------------------------------------------------- manifoldmix
 
 
-class Recorder:
-    """Wraps a StagedNet's forward_features/forward_from to record the stage and the states passed on."""
-
-    def __init__(self, model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[tuple[str, int, torch.Tensor]] = []
-        features, continue_from = model.forward_features, model.forward_from
-
-        def forward_features(x, stage):
-            h = features(x, stage)
-            self.calls.append(("features", stage, h.detach().clone()))
-            return h
-
-        def forward_from(h, stage):
-            self.calls.append(("from", stage, h.detach().clone()))
-            logits = continue_from(h, stage)
-            self.logits = logits.detach().clone()
-            return logits
-
-        monkeypatch.setattr(model, "forward_features", forward_features)
-        monkeypatch.setattr(model, "forward_from", forward_from)
-
-
 def recover_pairing(mixed: torch.Tensor, h: torch.Tensor, lam: float) -> torch.Tensor:
     """perm such that mixed = lam*h + (1-lam)*h[perm], found by brute force over partners."""
     perm = []
@@ -232,7 +190,7 @@ def recover_pairing(mixed: torch.Tensor, h: torch.Tensor, lam: float) -> torch.T
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_manifoldmix_mixes_only_at_the_configured_stage_and_loss_is_mixed_ce(stage, monkeypatch) -> None:
     model = tiny_r18()
-    rec = Recorder(model, monkeypatch)
+    rec = StageRecorder(model, monkeypatch)
     x = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(stage))
     y = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
     method = bound(ManifoldMix(alpha=2.0, stages=[stage]), 5)
@@ -258,7 +216,7 @@ def test_manifoldmix_mixes_only_at_the_configured_stage_and_loss_is_mixed_ce(sta
 
 def test_manifoldmix_passes_label_smoothing_to_its_mixed_loss(monkeypatch) -> None:
     model = tiny_r18()
-    rec = Recorder(model, monkeypatch)
+    rec = StageRecorder(model, monkeypatch)
     x, _ = batch(1)
     y = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
     loss, logs = bound(ManifoldMix(stages=[1]), 2, label_smoothing=0.2).training_step(model, x, y)
@@ -277,7 +235,7 @@ def test_manifoldmix_draws_stage_from_configured_stages_only(monkeypatch) -> Non
     for stages, seeds in [((2,), 8), ((0, 1, 2), 24), ((1, 3), 12)]:
         seen = set()
         for seed in range(seeds):
-            rec = Recorder(model, monkeypatch)
+            rec = StageRecorder(model, monkeypatch)
             _, logs = bound(ManifoldMix(stages=list(stages)), seed).training_step(model, x, y)
             stage = rec.calls[0][1]
             assert float(logs["stage"]) == stage
@@ -360,7 +318,7 @@ def test_build_method_passes_config_options() -> None:
 
 
 def test_vanilla_loss_is_plain_cross_entropy() -> None:
-    model = LinearNet()
+    model = LinearNet(SIZE, CLASSES)
     x, y = batch(2)
     y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
     loss, _ = bound(Vanilla(), 0).training_step(model, x, y)
@@ -368,7 +326,7 @@ def test_vanilla_loss_is_plain_cross_entropy() -> None:
 
 
 def test_label_smoothing_is_passed_through_to_the_loss() -> None:
-    model = LinearNet()
+    model = LinearNet(SIZE, CLASSES)
     x, _ = batch(2)
     y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
     plain, _ = bound(Vanilla(), 0).training_step(model, x, y)
@@ -384,13 +342,6 @@ def test_label_smoothing_is_passed_through_to_the_loss() -> None:
 
 
 # --------------------------------------------------------------------------------------------- check_model
-
-
-@pytest.fixture(scope="module")
-def swin_meta() -> nn.Module:
-    """Swin-T at 32 px on the meta device: the stage contract without the memory or the init time."""
-    with torch.device("meta"):
-        return build_model("swin_t", num_classes=CLASSES, image_size=32)
 
 
 def test_manifoldmix_on_swin_raises_stage_unavailable(swin_meta) -> None:
@@ -411,7 +362,7 @@ def test_manifoldmix_accepts_cnn_but_not_a_stage_beyond_its_depth() -> None:
 
 
 def test_input_mix_loss_reports_mean_lam() -> None:
-    model = LinearNet()
+    model = LinearNet(SIZE, CLASSES)
     x, y = batch()
     _, logs = bound(CutMix(), 9).training_step(model, x, y)
     ref = bound(CutMix(), 9).mix(x, y)

@@ -28,18 +28,13 @@ from mixbench.methods.alignmixup_ae import AlignMixupAE
 from mixbench.methods.sinkhorn import log_sinkhorn, squared_euclidean_cost
 from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
-from tests.conftest import compose_config
+from tests.conftest import StageRecorder, compose_config, hand_ce
 
 BATCH, SIZE, CLASSES = 6, 32, 10
 LABELS = torch.tensor([0, 1, 2, 3, 3, 1])  # repeated labels: y[perm] must come from the pairing
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def bound(method, seed: int):
@@ -68,10 +63,6 @@ def pairing(seed: int = 0, batch: int = BATCH) -> torch.Tensor:
     """A derangement: no sample is paired with itself."""
     perm = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
     return torch.roll(perm, 1)[torch.argsort(perm)]
-
-
-def hand_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(logits, dim=1) - logits[torch.arange(len(y)), y]
 
 
 def mixed_ce(logits: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
@@ -280,28 +271,6 @@ def test_keep_a_geometry_under_a_pooling_head_gives_plain_feature_mixup_logits()
 # ------------------------------------------------------------------------------------------ the step
 
 
-class Recorder:
-    """Records the stages and tensors a StagedNet is asked for and given (as in tests/test_methods.py)."""
-
-    def __init__(self, model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[tuple[str, int, torch.Tensor]] = []
-        features, continue_from = model.forward_features, model.forward_from
-
-        def forward_features(x, stage):
-            h = features(x, stage)
-            self.calls.append(("features", stage, x.detach().clone() if stage == 0 else h.detach().clone()))
-            return h
-
-        def forward_from(h, stage):
-            self.calls.append(("from", stage, h.detach().clone()))
-            logits = continue_from(h, stage)
-            self.logits = logits.detach().clone()
-            return logits
-
-        monkeypatch.setattr(model, "forward_features", forward_features)
-        monkeypatch.setattr(model, "forward_from", forward_from)
-
-
 def seed_where(predicate, method_factory=AlignMixup) -> int:
     """The first seed whose first draw satisfies ``predicate``."""
     return next(s for s in range(100) if predicate(bound(method_factory(), s).draw(BATCH)))
@@ -322,7 +291,7 @@ def test_input_branch_is_input_mixup_with_mixed_cross_entropy(monkeypatch) -> No
     seed = seed_where(lambda d: d.input_mix)
     draw = bound(AlignMixup(), seed).draw(BATCH)
     model = tiny_r18()
-    record = Recorder(model, monkeypatch)
+    record = StageRecorder(model, monkeypatch)
     x = images(2)
     loss, logs = bound(AlignMixup(), seed).training_step(model, x, LABELS)
     assert [(kind, stage) for kind, stage, _ in record.calls] == [("features", 0), ("from", 0)]
@@ -336,7 +305,7 @@ def test_feature_branch_aligns_the_last_stage_and_continues_from_the_mix(keep_fi
     seed = seed_where(lambda d: not d.input_mix and d.keep_first_geometry == keep_first_geometry)
     draw = bound(AlignMixup(), seed).draw(BATCH)
     model = tiny_r18()
-    record = Recorder(model, monkeypatch)
+    record = StageRecorder(model, monkeypatch)
     loss, logs = bound(AlignMixup(), seed).training_step(model, images(3), LABELS)
     assert [(kind, stage) for kind, stage, _ in record.calls] == [("features", 4), ("from", 4)]
     features, mixed = record.calls[0][2], record.calls[1][2]
@@ -376,7 +345,7 @@ def test_runs_on_wrn16_8_at_8x8_and_on_resnet50_at_224_px(monkeypatch) -> None:
     for name, size, grid in [("wrn16_8", 32, 8), ("resnet50", 224, 7)]:
         torch.manual_seed(0)
         model = build_model(name, num_classes=CLASSES, image_size=size, width=2)
-        record = Recorder(model, monkeypatch)
+        record = StageRecorder(model, monkeypatch)
         with torch.no_grad():
             loss, logs = bound(AlignMixup(input_mix_prob=0.0), 0).training_step(model, images(5, size, 2), LABELS[:2])
         stage = last_feature_stage(model)
@@ -384,12 +353,6 @@ def test_runs_on_wrn16_8_at_8x8_and_on_resnet50_at_224_px(monkeypatch) -> None:
         assert record.calls[1][2].shape[-2:] == (grid, grid)
         assert torch.isfinite(loss) and torch.isfinite(logs["row_sum_error"])
         monkeypatch.undo()
-
-
-@pytest.fixture(scope="module")
-def swin_meta() -> nn.Module:
-    with torch.device("meta"):
-        return build_model("swin_t", num_classes=CLASSES, image_size=32)
 
 
 @pytest.mark.parametrize("name", ["alignmixup", "alignmixup_ae"])

@@ -31,7 +31,7 @@ from mixbench.methods.saliency_spectral import saliency_peaks, spectral_residual
 from mixbench.methods.saliencymix import SaliencyMix
 from mixbench.methods.smoothmix import SmoothMix
 from mixbench.rng import MixRandom
-from tests.conftest import compose_config, tiny_overrides
+from tests.conftest import FixedLam, LinearNet, compose_config, tiny_overrides
 
 BATCH, SIZE, CLASSES = 8, 16, 10
 NAMES = ["fmix", "resizemix", "saliencymix", "gridmix", "smoothmix"]
@@ -39,24 +39,7 @@ BINARY = {"fmix", "resizemix", "saliencymix", "gridmix"}
 DEFAULTS = {"fmix": {"alpha": 1.0}, "gridmix": {"alpha": 1.0}, "saliencymix": {"alpha": 2.0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class FixedLam(MixRandom):
-    """The run's generator with ``beta`` rigged to a known lam, so that a mask can be checked against it."""
-
-    def __init__(self, seed: int, lam: float) -> None:
-        super().__init__(seed)
-        self.lam = lam
-
-    def beta(self, alpha: float, size: int | None = None) -> float:
-        return self.lam
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class Centres(MixRandom):
@@ -143,21 +126,11 @@ def test_same_mixrandom_seed_replays_the_batch_whatever_the_global_seed(name: st
     assert torch.equal(a.x, b.x) and torch.equal(per_sample(a.lam), per_sample(b.lam))
 
 
-class LinearNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(3 * SIZE * SIZE, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_training_step_is_mixed_ce_with_the_reported_label_ratio(name: str) -> None:
     x, _ = batch(4)
     y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
-    model = LinearNet()
+    model = LinearNet(SIZE, CLASSES)
     loss, logs = bound(build_method(name, **DEFAULTS.get(name, {})), 5).training_step(model, x, y)
     ref = bound(build_method(name, **DEFAULTS.get(name, {})), 5).mix(x, y)
     logits = model(ref.x)

@@ -31,13 +31,7 @@ from tests.conftest import compose_config, tiny_overrides
 BATCH, SIZE, CLASSES, TOTAL_STEPS = 8, 16, 10, 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def make(name: str, seed: int = 0, rng: MixRandom | None = None, **options) -> tuple[nn.Module, nn.Module]:
@@ -47,6 +41,13 @@ def make(name: str, seed: int = 0, rng: MixRandom | None = None, **options) -> t
     method = build_method(name, **options)
     method.setup(model, CLASSES)
     method.bind(rng or MixRandom(seed), total_steps=TOTAL_STEPS)
+    return model, method
+
+
+def make_sharp(name: str, rng: MixRandom | None = None, **options) -> tuple[nn.Module, nn.Module]:
+    """:func:`make` with the Mix Block re-drawn at std 0.3, far from its flat init, so that a wrong formula shows."""
+    model, method = make(name, rng=rng, **options)
+    init_mix_block(method.mix_block, std=0.3)
     return model, method
 
 
@@ -223,8 +224,7 @@ def hand_automix_mask(block: nn.Module, z: torch.Tensor, perm: torch.Tensor, siz
 
 
 def test_automix_mask_is_the_mix_block_formula_and_the_share_of_the_partner() -> None:
-    model, method = make("automix")
-    init_mix_block(method.mix_block, std=0.3)  # far from the flat init, so that a wrong formula shows
+    model, method = make_sharp("automix")
     x, y = batch()
     perm = torch.tensor(PERM_A)
     z = method.teacher_features(x)
@@ -236,8 +236,7 @@ def test_automix_mask_is_the_mix_block_formula_and_the_share_of_the_partner() ->
 
 def test_automix_losses_are_the_four_terms_with_lam_on_the_unpermuted_label() -> None:
     lam_mb, lam_bb = 0.3, 0.6
-    model, method = make("automix", rng=ScriptedRandom([lam_mb, lam_bb], [PERM_A, PERM_B]))
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("automix", rng=ScriptedRandom([lam_mb, lam_bb], [PERM_A, PERM_B]))
     x, y = batch()
     seen = model_inputs(model)
     losses = method.compute_losses(model, x, y)
@@ -261,8 +260,7 @@ def test_automix_losses_are_the_four_terms_with_lam_on_the_unpermuted_label() ->
 
 
 def test_automix_gradients_backbone_only_from_its_terms_mix_block_only_from_ema_branch_and_mask_loss() -> None:
-    model, method = make("automix", mask_loss_margin=0.0)  # a margin of 0 keeps the mask loss active
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("automix", mask_loss_margin=0.0)  # a margin of 0 keeps the mask loss active
     x, y = batch()
     losses = method.compute_losses(model, x, y)
     assert not losses.backbone_fell_back_to_mixup and float(losses.mask.detach()) > 0
@@ -277,8 +275,7 @@ def test_automix_gradients_backbone_only_from_its_terms_mix_block_only_from_ema_
 
 @pytest.mark.parametrize("lam_bb", [0.05, 0.08, 0.93])
 def test_automix_lam_margin_falls_back_to_mixup_for_the_backbone(lam_bb: float) -> None:
-    model, method = make("automix", rng=ScriptedRandom([0.4, lam_bb], [PERM_A, PERM_B]))
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("automix", rng=ScriptedRandom([0.4, lam_bb], [PERM_A, PERM_B]))
     x, y = batch()
     seen = model_inputs(model)
     losses = method.compute_losses(model, x, y)
@@ -288,8 +285,7 @@ def test_automix_lam_margin_falls_back_to_mixup_for_the_backbone(lam_bb: float) 
 
 
 def test_automix_uses_the_learned_mask_inside_the_margin() -> None:
-    model, method = make("automix", rng=ScriptedRandom([0.4, 0.5], [PERM_A, PERM_B]))
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("automix", rng=ScriptedRandom([0.4, 0.5], [PERM_A, PERM_B]))
     x, y = batch()
     seen = model_inputs(model)
     assert not method.compute_losses(model, x, y).backbone_fell_back_to_mixup
@@ -298,8 +294,7 @@ def test_automix_uses_the_learned_mask_inside_the_margin() -> None:
 
 
 def test_automix_wrapper_pieces_give_the_backbone_batch_and_the_mix_block_loss() -> None:
-    model, method = make("automix", rng=ScriptedRandom([0.6, 0.3], [PERM_B, PERM_A]), mask_loss_margin=0.0)
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("automix", rng=ScriptedRandom([0.6, 0.3], [PERM_B, PERM_A]), mask_loss_margin=0.0)
     x, y = batch()
     mixed = method.mix_with_model(model, x, y)
     perm = torch.tensor(PERM_B)
@@ -321,8 +316,7 @@ def test_mask_loss_is_zero_within_the_margin_and_counts_the_share_of_x_for_lam()
 
 
 def test_automix_lam_channel_makes_the_mask_depend_on_lam() -> None:
-    model, method = make("automix", lam_channel=True)
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("automix", lam_channel=True)
     x, _ = batch()
     z, perm = method.teacher_features(x), torch.tensor(PERM_A)
     assert not torch.allclose(method.mix_block(z, perm, 0.1, (SIZE, SIZE)), method.mix_block(z, perm, 0.9, (SIZE, SIZE)))
@@ -353,8 +347,7 @@ def hand_adautomix_masks(block: nn.Module, z, sources, lams, size: int, multiply
 
 @pytest.mark.parametrize("lam_embedding", ["multiply", "none"])
 def test_adautomix_masks_follow_the_formula_lie_in_0_1_and_sum_to_1(lam_embedding: str) -> None:
-    model, method = make("adautomix", lam_embedding=lam_embedding)
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("adautomix", lam_embedding=lam_embedding)
     x, _ = batch()
     z = method.teacher_features(x)
     sources = torch.stack([torch.arange(BATCH), torch.tensor(PERM_A), torch.tensor(PERM_B)])
@@ -396,8 +389,7 @@ def test_adautomix_ratios_sum_to_one_and_random_count_covers_two_and_three() -> 
 def test_adautomix_classifier_loss_is_generated_plus_weighted_clean_and_mixup() -> None:
     ratios = np.array([0.5, 0.3, 0.2])
     rng = ScriptedRandom([np.array([0.2, 0.2, 0.6]), ratios], [PERM_B, PERM_A, PERM_A, PERM_B])
-    model, method = make("adautomix", rng=rng)
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("adautomix", rng=rng)
     x, y = batch()
     seen = model_inputs(model)
     losses = method.compute_losses(model, x, y, adversarial=False)
@@ -418,8 +410,7 @@ def test_adautomix_classifier_loss_is_generated_plus_weighted_clean_and_mixup() 
 
 def test_adautomix_lam_margin_falls_back_to_mixup_for_the_classifier() -> None:
     rng = ScriptedRandom([np.array([0.3, 0.3, 0.4]), np.array([0.02, 0.49, 0.49])], [PERM_A, PERM_B] * 2)
-    model, method = make("adautomix", rng=rng)
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("adautomix", rng=rng)
     x, y = batch()
     seen = model_inputs(model)
     losses = method.compute_losses(model, x, y)
@@ -444,8 +435,7 @@ def test_adautomix_generator_loss_signs_on_adversarial_and_cooperative_steps() -
 def generator_step_changes(adversarial_weight: float, adversarial: bool) -> tuple[float, float]:
     """(change of the teacher's mixed CE, change of the similarity) after one normalised gradient step of the
     generator on the step's full loss, with the same draws before and after."""
-    model, method = make("adautomix", adversarial_weight=adversarial_weight)
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("adautomix", adversarial_weight=adversarial_weight)
     x, y = batch()
     method.bind(MixRandom(11), total_steps=TOTAL_STEPS)
     before = method.compute_losses(model, x, y, adversarial=adversarial)
@@ -473,8 +463,7 @@ def test_similarity_regulariser_step_makes_generated_images_closer_to_their_sour
 
 
 def test_backbone_gradient_has_no_adversarial_component_and_generator_gets_only_its_own() -> None:
-    model, method = make("adautomix")
-    init_mix_block(method.mix_block, std=0.3)
+    model, method = make_sharp("adautomix")
     x, y = batch()
     losses = method.compute_losses(model, x, y, adversarial=True)
     online, block = list(model.parameters()), list(method.mix_block.parameters())

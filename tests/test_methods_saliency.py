@@ -38,43 +38,17 @@ from mixbench.methods.puzzlemix import (
     minimise_energy,
     move_cells,
     transport_sources,
-    upsample_cells,
     viterbi,
 )
+from mixbench.methods.saliency_guided import upsample_cells
 from mixbench.models import build_model
 from mixbench.rng import MixRandom
-from tests.conftest import compose_config
+from tests.conftest import FixedLam, LinearNet, compose_config
 
 BATCH, SIZE, CLASSES = 8, 16, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class FixedLam(MixRandom):
-    """The run's generator with lam pinned (every other draw unchanged)."""
-
-    def __init__(self, seed: int, lam: float) -> None:
-        super().__init__(seed)
-        self.lam = lam
-
-    def beta(self, alpha: float, size: int | None = None) -> float:
-        return self.lam
-
-
-class LinearNet(nn.Module):
-    def __init__(self, size: int = SIZE) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(3 * size * size, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def bound(method, seed: int, rng: MixRandom | None = None):
@@ -120,7 +94,7 @@ def test_saliency_equals_autograd_reference_and_leaves_parameter_grads_untouched
 
 
 def test_saliency_of_a_linear_model_is_the_closed_form_gradient_norm() -> None:
-    model = LinearNet()
+    model = LinearNet(SIZE, CLASSES)
     x, y = images(2), torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
     maps = input_gradient_saliency(model, x, y).maps
     with torch.no_grad():
@@ -130,7 +104,7 @@ def test_saliency_of_a_linear_model_is_the_closed_form_gradient_norm() -> None:
 
 
 def test_saliency_keeps_the_graph_for_a_clean_loss_only_when_asked() -> None:
-    model = LinearNet()
+    model = LinearNet(SIZE, CLASSES)
     x, y = images(3), torch.arange(BATCH)
     kept = input_gradient_saliency(model, x, y, keep_graph=True)
     F.cross_entropy(kept.logits, y).backward()
@@ -308,7 +282,7 @@ def test_puzzlemix_skips_grid_sizes_that_do_not_divide_the_image_and_refuses_bad
 
 
 def test_puzzlemix_step_is_mixed_ce_plus_clean_ce_and_leaves_parameter_grads_alone() -> None:
-    model = LinearNet()
+    model = LinearNet(SIZE, CLASSES)
     x, y = images(8), torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
     plain, logs = puzzle(11).training_step(model, x, y)
     assert all(p.grad is None for p in model.parameters()), "the saliency backward reached the parameters"
@@ -428,7 +402,7 @@ def test_resolve_duplicates_charges_one_input_to_each_of_two_identical_outputs()
 
 
 def test_comixup_step_is_soft_ce_plus_clean_ce_and_leaves_parameter_grads_alone() -> None:
-    model = LinearNet()
+    model = LinearNet(SIZE, CLASSES)
     x, y = images(12), torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
     loss, logs = comixup(4, clean_lam=0.0).training_step(model, x, y)
     assert all(p.grad is None for p in model.parameters()), "the saliency backward reached the parameters"
