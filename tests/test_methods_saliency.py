@@ -446,3 +446,21 @@ def test_configs_hold_the_official_defaults_and_build(name: str) -> None:
         "comixup": {"alpha": 2.0, "beta": 0.32, "gamma": 1.0, "tau": 0.83, "eta": 0.05, "m_part": 20},
     }[name]
     assert {key: getattr(method, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_puzzlemix_output_keeps_the_batch_memory_layout_even_with_one_pixel_cells(channels_last: bool) -> None:
+    """Grid 16 on 16 px makes one-pixel cells, whose mixing once produced a channels_last batch from a
+    contiguous one (and a strided-conv backward on the CPU then crashed)."""
+    from mixbench.methods.puzzlemix import PuzzleMix
+    from mixbench.rng import MixRandom
+
+    method = PuzzleMix(grid_sizes=[16], transport=True)
+    method.bind(MixRandom(0))
+    x = torch.randn(4, 3, 16, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    maps = torch.rand(4, 16, 16)
+    mixed = method.mix_with_saliency(x, torch.arange(4), maps).batch.x
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert mixed.is_contiguous(memory_format=fmt)

@@ -42,6 +42,17 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+def in_layout_of(mixed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``mixed`` in the memory format of the batch ``x`` (channels_last or contiguous).
+
+    Mixing by reshapes and permutes of cells can leave a tensor whose strides follow neither layout (or, when a
+    cell is one pixel, channels_last on a contiguous batch); the model then runs slower kernels, and on the
+    CPU in torch 2.14 a strided 1x1 convolution's backward on such an input was seen to corrupt the heap.
+    """
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return mixed.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 @dataclass
 class MixedBatch:
     """A mixed batch: sample ``i`` is ``lam_i`` parts ``y_a[i]`` and ``1 - lam_i`` parts ``y_b[i]``."""

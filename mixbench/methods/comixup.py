@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixPreview, soft_cross_entropy
+from mixbench.methods.base import Logs, MixPreview, in_layout_of, soft_cross_entropy
 from mixbench.methods.gradient_saliency import check_grid, input_gradient_saliency, pool_saliency
 from mixbench.methods.registry import register_method
 from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, upsample_cells
@@ -465,6 +465,7 @@ class CoMixup(SaliencyGuidedMixMethod):
             labels = solve_assignment(problem, self.rng.torch, self.n_iter, self.sweeps, self.set_resolve)
             groups, slots = problem.valid.shape
             outputs = compose(partition(x.float(), groups, slots), labels).flatten(0, 1)[:batch_size]
+            outputs = in_layout_of(outputs, x)
             block_diagonal = torch.einsum("gjpi,gf->gjpfi", labels, torch.eye(groups, device=x.device))
             shares = block_diagonal.reshape(groups * slots, self.grid, self.grid, groups * slots)
         return CoMixed(

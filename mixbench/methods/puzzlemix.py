@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixedBatch, MixPreview, mixed_cross_entropy
+from mixbench.methods.base import Logs, MixedBatch, MixPreview, in_layout_of, mixed_cross_entropy
 from mixbench.methods.gradient_saliency import input_gradient_saliency, pool_saliency
 from mixbench.methods.registry import register_method
 from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, upsample_cells
@@ -451,7 +451,7 @@ class PuzzleMix(SaliencyGuidedMixMethod):
         if self.transport:
             image_a, image_b = self._transport(x, maps, mask, perm, block)
         mask_pixels = upsample_cells(mask, height, width)
-        mixed = mask_pixels * image_a + (1 - mask_pixels) * image_b
+        mixed = in_layout_of(mask_pixels * image_a + (1 - mask_pixels) * image_b, x)
         lam_per_sample = mask.mean(dim=(1, 2))
         batch = MixedBatch(x=mixed, y_a=y, y_b=y[perm], lam=lam_per_sample, perm=perm, mask=1 - mask_pixels)
         return PuzzleMixed(batch=batch, grid=grid, mask=mask, saliency=saliency, energy=energy)
