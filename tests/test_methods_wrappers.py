@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import mixbench.methods.sumix as sumix_module
-from mixbench.config import CONFIG_DIR, to_plain
+from mixbench.config import CONFIG_DIR, ConfigError, to_plain
 from mixbench.methods import METHODS, InputMixMethod, MixMethod, build_method, mixed_cross_entropy
 from mixbench.methods.cutmix import CutMix
 from mixbench.methods.stylemix import StyleCutMix, StyleMix
 from mixbench.methods.sumix import SUMIX_BASES, SUMix, reestimated_ratio, semantic_distances
-from mixbench.methods.switch import Switch
+from mixbench.methods.switch import HEAD_REPLACING_METHODS, Switch
 from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
 from tests.conftest import compose_config, run_cli, tiny_overrides
@@ -204,8 +204,69 @@ def test_reestimated_ratio_follows_the_signed_difference_of_the_specification() 
     assert (lam_new < 0.5).all()
 
 
-def by_hand_sumix_loss(method: SUMix, rec: ForwardRecorder, y: torch.Tensor, perm, lam: float, gamma: float):
-    """METHODS.md's loss, sample by sample, from the recorded logits and features (float64)."""
+def test_absolute_and_signed_distances_agree_where_the_mix_dominates_each_source_and_differ_elsewhere() -> None:
+    g = torch.Generator().manual_seed(11)
+    p_clean = torch.rand(6, 5, generator=g).softmax(1)
+    perm, y = torch.tensor([1, 2, 0, 4, 5, 3]), torch.tensor([0, 1, 2, 3, 4, 0])
+    above = p_clean.max() + torch.rand(6, 5, generator=g)  # p_mix >= p_a and >= p_b everywhere
+    signed = semantic_distances(above, p_clean, perm, y, y[perm], distance="signed")
+    absolute = semantic_distances(above, p_clean, perm, y, y[perm], distance="absolute")
+    for d_signed, d_absolute in zip(signed, absolute, strict=True):
+        torch.testing.assert_close(d_signed, d_absolute)
+    below = above.clone()
+    below[0, 0] = 0.0  # sample 0's own class (y_a = 0) drops below p_a in the mix
+    signed = semantic_distances(below, p_clean, perm, y, y[perm], distance="signed")
+    absolute = semantic_distances(below, p_clean, perm, y, y[perm], distance="absolute")
+    assert not torch.allclose(signed[0][0], absolute[0][0])
+    torch.testing.assert_close(signed[0][1:], absolute[0][1:])  # the other rows still dominate their sources
+
+
+def test_absolute_distance_gives_an_occluded_source_a_smaller_share_than_an_intact_one() -> None:
+    """Sample 0 mixes a (class 0, clean p 0.9) and b (class 1, clean p 0.9); the mix is predicted 0.05 / 0.85:
+    a is occluded, b intact.  With lam = 0.5, the absolute distance moves lam' (a's share) below 0.5; the
+    signed one (the specified default) moves it above, as the module docstring observes."""
+    p_clean = torch.tensor([[0.9, 0.04, 0.03, 0.03], [0.04, 0.9, 0.03, 0.03]])
+    p_mix = torch.tensor([[0.05, 0.85, 0.05, 0.05], [0.85, 0.05, 0.05, 0.05]])
+    y, perm = torch.tensor([0, 1]), torch.tensor([1, 0])
+    lam = torch.full((2,), 0.5)
+    absolute = reestimated_ratio(lam, *semantic_distances(p_mix, p_clean, perm, y, y[perm], "absolute"), y, y[perm])
+    signed = reestimated_ratio(lam, *semantic_distances(p_mix, p_clean, perm, y, y[perm], "signed"), y, y[perm])
+    assert float(absolute[0]) < 0.5 < 1 - float(absolute[0]), "the occluded source kept the larger share"
+    assert float(signed[0]) > 0.5
+    intact = reestimated_ratio(  # the mirror image: a intact (0.85), b occluded (0.05)
+        lam, *semantic_distances(p_mix[[1, 0]], p_clean, perm, y, y[perm], "absolute"), y, y[perm]
+    )
+    assert float(intact[0]) > 0.5
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "Signed", ""])
+def test_sumix_refuses_an_unknown_distance_in_one_line(distance: str) -> None:
+    with pytest.raises(ValueError) as info:
+        SUMix(distance=distance)
+    message = one_line(info)
+    assert "method.distance" in message and "signed" in message and "absolute" in message
+
+
+def test_sumix_with_automix_trains_the_mix_block_and_logs_its_loss() -> None:
+    """The Mix Block is only used under no_grad for the mixed batch; its own loss must join SUMix's."""
+    model = tiny_r18().train()
+    x, y = batch(9)
+    method = ready_sumix(model, seed=2, base="automix")
+    loss, logs = method.training_step(model, x, y)
+    assert math.isfinite(float(logs["mix_block_loss"])) and float(logs["mix_block_loss"]) > 0
+    loss.backward()
+    mix_block = list(method.base.mix_block.parameters())
+    assert mix_block and all(p.grad is not None for p in mix_block)
+    assert sum(float(p.grad.abs().sum()) for p in mix_block) > 0
+    assert all(p.grad is None for p in method.base.ema.module.parameters()), "the EMA teacher stays frozen"
+    assert "mix_block_loss" not in ready_sumix(model, seed=2).training_step(model, x, y)[1]  # cutmix base
+
+
+def by_hand_sumix_loss(
+    method: SUMix, rec: ForwardRecorder, y: torch.Tensor, perm, lam: float, gamma: float, absolute: bool = False
+):
+    """METHODS.md's loss, sample by sample, from the recorded logits and features (float64); ``absolute``
+    takes |p_mix - p_source| in the distances (``distance: absolute``)."""
     clean_logits, mixed_logits = rec.logits[0].double(), rec.logits[1].double()
     clean_h, mixed_h = rec.features[0].double(), rec.features[1].double()
     weight = method.uncertainty_head.weight.detach().double()
@@ -225,7 +286,10 @@ def by_hand_sumix_loss(method: SUMix, rec: ForwardRecorder, y: torch.Tensor, per
         j, y_a, y_b = int(perm[i]), int(y[i]), int(y[perm[i]])
         own_a, own_b = p[i].clone(), p[j].clone()
         own_a[y_b], own_b[y_a] = 0.0, 0.0
-        row_a, row_b = torch.softmax(p_mix[i] - own_a, 0), torch.softmax(p_mix[i] - own_b, 0)
+        difference_a, difference_b = p_mix[i] - own_a, p_mix[i] - own_b
+        if absolute:
+            difference_a, difference_b = difference_a.abs(), difference_b.abs()
+        row_a, row_b = torch.softmax(difference_a, 0), torch.softmax(difference_b, 0)
         d_a, d_b = size * row_a / row_a.norm(), size * row_b / row_b.norm()
         s_a, s_b = math.exp(-float(d_a[y_a])), math.exp(-float(d_b[y_b]))
         ratio = lam * s_a / (lam * s_a + (1 - lam) * s_b)
@@ -267,8 +331,28 @@ def test_sumix_loss_matches_the_per_sample_formula_computed_by_hand(monkeypatch)
     assert abs(float(collapsed) - float(per_sample_main)) > 1e-3
 
 
+@pytest.mark.parametrize("distance", ["signed", "absolute"])
+def test_sumix_loss_with_either_distance_matches_the_by_hand_formula(monkeypatch, distance: str) -> None:
+    model = tiny_r18(confident=True)
+    x, y = batch(1)
+    method = ready_sumix(model, seed=3, gamma=0.5, distance=distance)
+    rec = ForwardRecorder(model, monkeypatch)
+    loss, logs = method.training_step(model, x, y)
+    reference = CutMix()
+    reference.bind(MixRandom(3))
+    mixed = reference.mix(x, y)
+    expected, lam_new = by_hand_sumix_loss(
+        method, rec, y, mixed.perm, mixed.lam, gamma=0.5, absolute=distance == "absolute"
+    )
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(logs["lam_reestimated"]) == pytest.approx(sum(lam_new) / BATCH, rel=1e-5)
+    if distance == "absolute":  # the recorded step has sources whose class probability dropped in the mix
+        signed, _ = by_hand_sumix_loss(method, rec, y, mixed.perm, mixed.lam, gamma=0.5)
+        assert abs(signed - expected) > 1e-4
+
+
 def test_sumix_reduces_to_the_base_mixed_ce_when_gamma_is_zero_and_distances_are_equal(monkeypatch) -> None:
-    def equal_distances(p_mix, p_clean, perm, y_a, y_b):
+    def equal_distances(p_mix, p_clean, perm, y_a, y_b, distance="signed"):
         return torch.zeros_like(p_mix), torch.zeros_like(p_mix)
 
     monkeypatch.setattr(sumix_module, "semantic_distances", equal_distances)
@@ -449,6 +533,53 @@ def test_switch_check_model_raises_when_any_choice_cannot_run(swin_meta) -> None
         Switch(choices=["cutmix", "manifoldmix"]).check_model(swin_meta)
     with pytest.raises(StageUnavailableError, match="sumix"):
         Switch(choices=["cutmix", "sumix"]).check_model(swin_meta)
+
+
+def test_switch_refuses_alignmixup_ae_when_built_naming_it_and_why() -> None:
+    with pytest.raises(ValueError) as info:
+        Switch(choices=["cutmix", "alignmixup_ae"])
+    message = one_line(info)
+    assert "switch cannot use alignmixup_ae" in message and "its own embedding and classifier" in message
+    assert "drop it from method.choices" in message
+
+
+class OwnClassifier(MixMethod):
+    """A stand-in for a method that evaluates a network of its own instead of the model."""
+
+    name = "own_classifier"
+
+    def setup(self, model, num_classes):
+        self.network = nn.Sequential(model, nn.Linear(num_classes, num_classes))
+
+    def eval_models(self, model):
+        return {"": self.network}
+
+
+def test_switch_setup_refuses_any_choice_that_evaluates_another_network_in_one_line() -> None:
+    method = Switch(choices=["mixup", "cutmix"])
+    method.methods["cutmix"] = OwnClassifier()
+    with pytest.raises(ConfigError) as info:
+        method.setup(tiny_r18(), CLASSES)
+    assert "switch cannot use cutmix: it evaluates a network of its own" in one_line(info)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, cls in METHODS.items() if n != "switch" and not getattr(cls, "needs_external_weights", False))
+)
+def test_switch_refuses_exactly_the_methods_that_evaluate_a_network_of_their_own(name: str) -> None:
+    """The construction-time list matches the code: a listed method's eval_models does not return the model,
+    every other method passes the switch's setup check."""
+    model = tiny_r18()
+    if name in HEAD_REPLACING_METHODS:
+        with pytest.raises(ValueError, match=f"switch cannot use {name}"):
+            Switch(choices=[name])
+        alone = build_method(name)  # the class defaults (its config interpolates the dataset's image size)
+        alone.setup(model, CLASSES)
+        assert alone.eval_models(model).get("") is not model
+    else:
+        method = Switch(choices=[name])
+        method.setup(model, CLASSES)
+        assert method.eval_models(model)[""] is model
 
 
 class WithEma(MixMethod):

@@ -20,7 +20,9 @@ of METHODS.md's summary is therefore pinned by the computation of the released c
    "B·l2norm(softmax(p_mix - p_a))": softmax over the C classes of the difference of the two probability
    vectors, the result divided by its Euclidean norm over the classes (each row then has norm 1), times the
    batch size B (the official code multiplies by the per-device batch size, so the sharpness of step 4 grows
-   with the batch size).  The difference is signed, as in the official code (not |p_mix - p_a|).
+   with the batch size).  The difference is signed by default (``distance: signed``), as METHODS.md states
+   and the official code computes; ``distance: absolute`` uses |p_mix,i - p_a,i| instead (see the observation
+   at the end).  The two agree wherever p_mix >= p_a.
 
 4. Re-estimated ratio, per sample.  The class index read is the source's own label:
        s_a,i = exp(-d_a,i[y_a,i]),    s_b,i = exp(-d_b,i[y_b,i])
@@ -53,8 +55,12 @@ The base is built from ``configs/method/<base>.yaml`` plus ``base_options`` and 
 state is checkpointed).  Its mixed batch comes from ``base.mix_with_model(model, x, y)`` when it defines one
 (saliency and learned methods), else from ``base.mix(x, y)``; a base with neither is refused.  ``setup``,
 ``bind``, ``after_step``, ``eval_models``, ``param_groups`` and ``check_model`` are delegated to it.  SUMix's
-loss replaces the base's: terms a base adds in its own ``training_step`` (PuzzleMix's clean loss, AutoMix's
-Mix Block losses) are not part of a SUMix step.
+loss replaces the base's classification loss: PuzzleMix's clean loss is not part of a SUMix step.  A base
+that trains a part of its own defines ``mix_block_loss(x, y)`` (AutoMix: the EMA teacher's mixed CE on the
+live Mix Block mask plus the mask loss, on its own draw of lam and the pairing); that loss is added to
+SUMix's, unweighted as in AutoMix's own step, so that the Mix Block keeps learning, and logged as
+``mix_block_loss``:
+       L_total = L + mix_block_loss(x, y)
 
 Deliberate deviations from the official code (github.com/JinXins/SUMix, ``ClsUncertainMixupHead.IN_loss``):
 
@@ -68,10 +74,12 @@ Deliberate deviations from the official code (github.com/JinXins/SUMix, ``ClsUnc
   (FMix-like bases) we weight each sample's cross-entropy by its own lam.
 * Batched and on the device: no Python loops over samples, no host synchronisation.
 
-Observation, kept as specified: with the signed difference of step 3, a source whose class probability
+Observation, kept as the default: with the signed difference of step 3, a source whose class probability
 dropped in the mix (p_mix[y_a] << p_a[y_a]) gets a *smaller* d and so a *larger* share of the label; a source
 kept intact gets d close to B / sqrt(C) (a nearly uniform softmax row).  The paper motivates lam' as
-lowering the share of an occluded source; the signed formula moves it the other way.
+lowering the share of an occluded source; the signed formula moves it the other way.  With
+``distance: absolute`` the occluded source's large |p_mix[y_a] - p_a[y_a]| gives it the larger d and so the
+smaller share, as the paper's motivation describes (an option, not the specified default).
 """
 
 from __future__ import annotations
@@ -97,20 +105,36 @@ from mixbench.models.base import StagedNet, StageUnavailableError
 from mixbench.rng import MixRandom
 
 SUMIX_BASES = ("cutmix", "fmix", "saliencymix", "resizemix", "puzzlemix", "automix")
+DISTANCES = ("signed", "absolute")
 DUMMY_SIZE = 32  # side of the dummy input that measures the last stage's channel count
 HEAD_INIT_STD = 0.01
 
 
 def semantic_distances(
-    p_mix: torch.Tensor, p_clean: torch.Tensor, perm: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor
+    p_mix: torch.Tensor,
+    p_clean: torch.Tensor,
+    perm: torch.Tensor,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    distance: str = "signed",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d_a, d_b), each (B, C): ``B * l2norm(softmax(p_mix - p_source))`` with the partner's class zeroed."""
+    """(d_a, d_b), each (B, C): ``B * l2norm(softmax(p_mix - p_source))`` with the partner's class zeroed;
+    ``distance="absolute"`` takes ``|p_mix - p_source|`` instead of the signed difference."""
+    check_distance(distance)
     p_a = p_clean.scatter(1, y_b[:, None], 0.0)
     p_b = p_clean[perm].scatter(1, y_a[:, None], 0.0)
+    difference_a, difference_b = p_mix - p_a, p_mix - p_b
+    if distance == "absolute":
+        difference_a, difference_b = difference_a.abs(), difference_b.abs()
     batch = p_mix.shape[0]
-    d_a = batch * F.normalize(F.softmax(p_mix - p_a, dim=1), dim=1)
-    d_b = batch * F.normalize(F.softmax(p_mix - p_b, dim=1), dim=1)
+    d_a = batch * F.normalize(F.softmax(difference_a, dim=1), dim=1)
+    d_b = batch * F.normalize(F.softmax(difference_b, dim=1), dim=1)
     return d_a, d_b
+
+
+def check_distance(distance: str) -> None:
+    if distance not in DISTANCES:
+        raise ValueError(f"method.distance must be one of {', '.join(DISTANCES)}, got '{distance}'")
 
 
 def reestimated_ratio(
@@ -173,16 +197,23 @@ class SUMix(MixMethod):
     name = "sumix"
 
     def __init__(
-        self, base: str = "cutmix", gamma: float = 0.5, base_options: Mapping[str, Any] | None = None
+        self,
+        base: str = "cutmix",
+        gamma: float = 0.5,
+        base_options: Mapping[str, Any] | None = None,
+        distance: str = "signed",
     ) -> None:
         super().__init__()
         if gamma < 0:
             raise ValueError(f"method.gamma must be non-negative, got {gamma}")
+        check_distance(distance)
         self.base_name = base
         self.base = build_base(base, base_options)
         self.gamma = float(gamma)
+        self.distance = distance
         self.required_stages = self.base.required_stages
         self.uses_model = _defines(self.base, "mix_with_model")
+        self.trains_base = callable(getattr(self.base, "mix_block_loss", None))
         self.last_stage: int | None = None
         self.uncertainty_head: nn.Linear | None = None
 
@@ -245,6 +276,10 @@ class SUMix(MixMethod):
             "lam_reestimated": lam_new.mean(),
             "uncertainty_loss": regulariser.detach(),
         }
+        if self.trains_base:  # the base's own trainable part (AutoMix's Mix Block) keeps its loss
+            mix_block = self.base.mix_block_loss(x, y)
+            loss = loss + mix_block
+            logs["mix_block_loss"] = mix_block.detach()
         return loss, logs
 
     def base_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
@@ -260,14 +295,13 @@ class SUMix(MixMethod):
             )
         return batch.perm
 
-    @staticmethod
     def _distances(
-        clean_logits: torch.Tensor, mixed_logits: torch.Tensor, batch: MixedBatch, perm: torch.Tensor
+        self, clean_logits: torch.Tensor, mixed_logits: torch.Tensor, batch: MixedBatch, perm: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(d_a, d_b) from stop-gradient softmax predictions of the clean and the mixed batch."""
         p_clean = F.softmax(clean_logits.detach().float(), dim=1)
         p_mixed = F.softmax(mixed_logits.detach().float(), dim=1)
-        return semantic_distances(p_mixed, p_clean, perm, batch.y_a, batch.y_b)
+        return semantic_distances(p_mixed, p_clean, perm, batch.y_a, batch.y_b, distance=self.distance)
 
     def _forward_capturing(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of ``x`` and the last stage's features they come from, in one call to ``model``."""

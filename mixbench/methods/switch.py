@@ -12,6 +12,15 @@ shares the run's generator, and every choice's ``after_step`` runs after every s
 online network whether or not its method was drawn).  ``check_model`` and ``required_stages`` are the union
 over the choices: the switch runs on a model only if every choice does.
 
+Every choice must train and evaluate the model itself, with its own head: after ``setup``, a choice's
+``eval_models(model)`` must list ``model`` as the online network ``""`` (extra networks such as an EMA copy
+are fine).  A choice that classifies through a network of its own breaks this: the switch would train two
+different classifiers on alternate steps and evaluate one.  The registered method that does so,
+``alignmixup_ae`` (its own embedding ``f`` and classifier ``g`` replace the model's head, its decoder adds a
+reconstruction loss, and it evaluates ``g(f(GAP(F(x))))``), is refused when the switch is built
+(``HEAD_REPLACING_METHODS``); any other choice that breaks the rule is refused by :meth:`Switch.setup`, which
+checks ``eval_models`` of every choice once the model exists.  Both refusals are one line.
+
 Logs: ``choice`` (the drawn index), ``choice_<name>`` (1 for the drawn choice, else 0: its epoch mean is that
 choice's share of the steps) and each choice's own logs as ``<name>_<key>``.  The trainer averages a key over
 all the steps of an epoch, so the mean of ``<name>_<key>`` over the steps that drew ``<name>`` is
@@ -31,13 +40,18 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from mixbench.config import CONFIG_DIR, check_method_values
+from mixbench.config import CONFIG_DIR, ConfigError, check_method_values
 from mixbench.methods.base import Logs, MixMethod, MixPreview
 from mixbench.methods.registry import METHODS, register_method
 from mixbench.models.base import StagedNet, StageUnavailableError
 from mixbench.rng import MixRandom
 
 PROBABILITY_TOLERANCE = 1e-6
+# Registered methods whose eval_models evaluates a network of their own instead of the model (see above).
+HEAD_REPLACING_METHODS = {
+    "alignmixup_ae": "it classifies through its own embedding and classifier (the model's head goes unused), "
+    "adds a decoder's reconstruction loss, and evaluates that network instead of the model",
+}
 
 
 def method_defaults(name: str) -> dict[str, Any]:
@@ -105,6 +119,12 @@ def _checked_choices(choices: Sequence[str]) -> list[str]:
         raise ValueError(f"method.choices={names} names a method twice; each method may appear once")
     if "switch" in names:
         raise ValueError("method.choices may not contain switch itself")
+    for name in names:
+        if name in HEAD_REPLACING_METHODS:
+            raise ValueError(
+                f"method.choices: switch cannot use {name}: {HEAD_REPLACING_METHODS[name]}, while the other "
+                "choices train and evaluate the model's own head; drop it from method.choices"
+            )
     return names
 
 
@@ -137,8 +157,16 @@ class Switch(MixMethod):
 
     # -- delegation to every choice ------------------------------------------------------------------
     def setup(self, model: StagedNet, num_classes: int) -> None:
+        """Set up every choice, then refuse one whose evaluated network is not ``model`` (see the module)."""
         for method in self.methods.values():
             method.setup(model, num_classes)
+        for name, method in self.methods.items():
+            if method.eval_models(model).get("") is not model:
+                raise ConfigError(
+                    f"method.choices: switch cannot use {name}: it evaluates a network of its own instead of "
+                    "the model, while the other choices train and evaluate the model's own head; "
+                    "drop it from method.choices"
+                )
 
     def bind(self, rng: MixRandom, label_smoothing: float = 0.0, total_steps: int = 1) -> None:
         super().bind(rng, label_smoothing, total_steps)
