@@ -7,6 +7,7 @@ overrides first and turn any problem into one line naming the fix.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 
 from hydra import compose, initialize_config_dir
@@ -69,8 +70,13 @@ def _one_line(error: BaseException | None) -> str:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print ``error: message`` on stderr and exit with ``code``."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """Print ``error: message`` on stderr and exit with ``code``.
+
+    Under torchrun every process meets the same error (:mod:`mixbench.engine.distributed`); only rank 0
+    prints it, the others exit with the same code silently.
+    """
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 

@@ -75,7 +75,11 @@ def build_loaders(
     rank: int = 0,
     world_size: int = 1,
 ) -> DataBundle:
-    """Train and test loaders: device-resident when the data is small and the policy is ``crop_flip``."""
+    """Train and test loaders: device-resident when the data is small and the policy is ``crop_flip``.
+
+    ``rank`` / ``world_size``: this process's shards (see :mod:`mixbench.data.loaders`); the batch sizes are
+    per process (the trainer passes the global batch divided by ``world_size``).
+    """
     normalizer = Normalizer(data_cfg.mean, data_cfg.std, device, channels_last)
     train_split, test_split = load_split(data_cfg, "train"), load_split(data_cfg, "test")
     shard = {"rank": rank, "world_size": world_size}

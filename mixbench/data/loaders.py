@@ -8,7 +8,13 @@
   (or for augmentations that only exist on PIL images); batches are copied non-blocking.
 
 Both yield ``(x, y)`` with ``x`` float, normalised, on the device (channels_last when asked), and both
-shuffle with a generator reseeded each epoch by :meth:`set_epoch`, sharded over ``world_size`` ranks.
+shuffle with a generator reseeded each epoch by :meth:`set_epoch`, sharded over ``world_size`` processes:
+
+* training shards (:func:`shard_indices`) cut one shuffled order, the same on every process, into equal
+  parts, padded with a few repeats so that every process takes the same number of steps (DDP needs that);
+  the augmentation draws differ per process;
+* evaluation shards (:func:`evaluation_shard`) hold every test image exactly once over all processes,
+  without repeats (sizes differ by at most one), so that summed counts give the accuracy over the split.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mixbench.data.base import ArraySplit
+from mixbench.rng import derive_seed
 
 
 class Normalizer:
@@ -56,10 +63,28 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
 
 
 def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """The slice of a (shared) order that ``rank`` reads: every ``world_size``-th index, equal counts."""
+    """The slice of a (shared) order that ``rank`` trains on: every ``world_size``-th index, equal counts.
+
+    The order is padded with its first indices to a multiple of ``world_size``: a few images appear twice
+    per epoch, which is harmless for training and keeps the step count equal on every process.
+    """
     per_rank = math.ceil(len(order) / world_size)
     padded = torch.cat([order, order[: per_rank * world_size - len(order)]])
     return padded[rank::world_size]
+
+
+def evaluation_shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """The slice of ``order`` that ``rank`` evaluates: every ``world_size``-th index, no padding.
+
+    Over all ranks each index appears exactly once (padding would count repeated images twice in the
+    accuracy); shard sizes differ by at most one, and a rank may get none when ``len(order) < world_size``.
+    """
+    return order[rank::world_size]
+
+
+def shard_size(size: int, rank: int, world_size: int, pad: bool) -> int:
+    """Length of :func:`shard_indices` (``pad``) or :func:`evaluation_shard` of an order of ``size``."""
+    return math.ceil(size / world_size) if pad else len(range(rank, size, world_size))
 
 
 class DeviceTensorLoader:
@@ -92,9 +117,10 @@ class DeviceTensorLoader:
         self.epoch_seed = 0
 
     def set_epoch(self, seed: int) -> None:
-        """Reseed shuffling and augmentation (identical on every rank, so shards are disjoint)."""
+        """Reseed shuffling (the same order on every rank, so shards are disjoint) and augmentation (one
+        stream per rank when there are several; ``seed`` itself for a single process)."""
         self.epoch_seed = seed
-        self.generator.manual_seed(seed)
+        self.generator.manual_seed(seed if self.world_size == 1 else derive_seed(seed, self.rank))
 
     def _order(self) -> torch.Tensor:
         n = len(self.labels)
@@ -104,11 +130,12 @@ class DeviceTensorLoader:
         else:
             order = torch.arange(n)
         if self.world_size > 1:
-            order = shard_indices(order, self.rank, self.world_size)
+            shard = shard_indices if self.train else evaluation_shard
+            order = shard(order, self.rank, self.world_size)
         return order.to(self.device)
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.labels) / self.world_size)
+        n = shard_size(len(self.labels), self.rank, self.world_size, pad=self.train)
         return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -155,11 +182,16 @@ class TransformedDataset(Dataset):
 
 
 class EpochShardSampler(Sampler[int]):
-    """Shuffles with a per-epoch seed and keeps this rank's shard (a DistributedSampler you reseed)."""
+    """Shuffles with a per-epoch seed and keeps this rank's shard (a DistributedSampler you reseed).
 
-    def __init__(self, size: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> None:
+    ``pad``: training shards of equal length (:func:`shard_indices`); otherwise evaluation shards that hold
+    each index exactly once over the ranks (:func:`evaluation_shard`).
+    """
+
+    def __init__(self, size: int, shuffle: bool, rank: int = 0, world_size: int = 1, pad: bool = True) -> None:
         self.size, self.shuffle = size, shuffle
         self.rank, self.world_size = rank, world_size
+        self.pad = pad
         self.seed = 0
 
     def set_epoch(self, seed: int) -> None:
@@ -171,11 +203,12 @@ class EpochShardSampler(Sampler[int]):
         else:
             order = torch.arange(self.size)
         if self.world_size > 1:
-            order = shard_indices(order, self.rank, self.world_size)
+            shard = shard_indices if self.pad else evaluation_shard
+            order = shard(order, self.rank, self.world_size)
         return iter(order.tolist())
 
     def __len__(self) -> int:
-        return math.ceil(self.size / self.world_size)
+        return shard_size(self.size, self.rank, self.world_size, self.pad)
 
 
 class WorkerLoader:
@@ -192,7 +225,7 @@ class WorkerLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.sampler = EpochShardSampler(len(dataset), shuffle=train, rank=rank, world_size=world_size)
+        self.sampler = EpochShardSampler(len(dataset), shuffle=train, rank=rank, world_size=world_size, pad=train)
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -209,7 +242,8 @@ class WorkerLoader:
         self.sampler.set_epoch(seed)
         # Worker RNGs (random crops) derive from the DataLoader's base seed, drawn from torch's global
         # generator when the epoch's iterator starts (workers are not persistent, so this happens every
-        # epoch); the trainer seeds that generator per epoch, so a resumed epoch sees the same crops.
+        # epoch); the trainer seeds that generator per epoch (and per rank), so a resumed epoch sees the
+        # same crops and the ranks see different ones.
 
     def __len__(self) -> int:
         return len(self.loader)

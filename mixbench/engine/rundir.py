@@ -24,6 +24,7 @@ from mixbench.config import CONFIG_DIR, GROUPS
 RUNTIME_KEYS = {
     "device", "precision", "channels_last", "compile", "num_workers", "eval_batch_size", "runs_root",
     "force", "progress", "data.root", "data.download", "data.resident",
+    "sync_bn",  # how a run is spread over processes, like their number: recorded in summary.json instead
     "reference_table",  # set by experiment files: which published table a run is compared with
     "samples", "checkpoint", "out",  # tools/show_mix.py
 }

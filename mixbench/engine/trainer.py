@@ -10,10 +10,16 @@ method's, the loader's) is reseeded from ``(seed, e)``.  The checkpoint written 
 epoch therefore only needs weights, optimizer state and the per-epoch history: a run killed at any moment
 and started again with the same command continues from the last completed epoch and ends with the same
 numbers as an uninterrupted one (on the CPU; GPU kernels are not all bitwise deterministic).
+
+Several processes (``torchrun --nproc_per_node=N tools/train.py ...``): one run, DDP over the model and the
+method together, ``schedule.batch_size`` the global batch, disjoint shards, rank 0 alone writing the run
+directory; :mod:`mixbench.engine.distributed` says what is shared and why.  One process never starts a
+process group and keeps its seeds and numbers.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import resource
@@ -33,6 +39,20 @@ from tqdm import tqdm
 from mixbench.config import ConfigError, to_plain, validate
 from mixbench.data import DataBundle, build_loaders, check_dataset
 from mixbench.engine.checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
+from mixbench.engine.distributed import (
+    Launch,
+    all_reduce_sum,
+    broadcast_from_main,
+    check_launch,
+    convert_sync_batchnorm,
+    data_parallel_step,
+    gather_objects,
+    launch_from_environment,
+    on_every_rank,
+    on_main,
+    process_group,
+    sync_buffers,
+)
 from mixbench.engine.evaluate import evaluate
 from mixbench.engine.optim import build_lr_schedule, build_optimizer, parameter_groups
 from mixbench.engine.rundir import identity_mismatch, run_directory
@@ -59,13 +79,29 @@ class Runtime:
 
 
 def resolve_runtime(cfg: DictConfig) -> Runtime:
-    """Device, precision and memory format from the config's ``auto`` defaults."""
+    """Device, precision and memory format from the config's ``auto`` defaults.
+
+    Under torchrun with several processes each process takes the GPU ``cuda:LOCAL_RANK``.
+    """
     if cfg.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device=cuda was asked for but no CUDA GPU is visible; use device=cpu or device=auto")
+    launch = launch_from_environment()
+    if launch.distributed and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(
+                f"device={cfg.device}: under torchrun each process uses cuda:LOCAL_RANK; "
+                "use device=cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
+            )
+        if launch.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"torchrun started local rank {launch.local_rank} but only {torch.cuda.device_count()} GPU(s) are "
+                "visible; lower --nproc_per_node"
+            )
+        device = torch.device("cuda", launch.local_rank)
     on_cuda = device.type == "cuda"
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if on_cuda else "fp32")
     if precision not in ("bf16", "fp32"):
@@ -75,34 +111,49 @@ def resolve_runtime(cfg: DictConfig) -> Runtime:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume, or skip) the configuration ``cfg``; returns its summary."""
+    """Run (or resume, or skip) the configuration ``cfg``; returns its summary.
+
+    Under torchrun every process calls this; they share one run (see :mod:`mixbench.engine.distributed`).
+    """
     validate(cfg)
     runtime = resolve_runtime(cfg)
+    launch = launch_from_environment()
+    check_launch(cfg, launch, runtime.device)
+    with process_group(launch, runtime.device):
+        return _train(cfg, runtime, launch)
+
+
+def _train(cfg: DictConfig, runtime: Runtime, launch: Launch) -> dict[str, Any]:
     run_dir = run_directory(cfg)
-    existing = _existing_summary(run_dir, to_plain(cfg), force=bool(cfg.force))
+    existing = on_main(lambda: _existing_summary(run_dir, to_plain(cfg), force=bool(cfg.force)))
     if existing is not None:
         return existing
-    _warn_if_other_recipe(cfg)
-    check_dataset(cfg.data)
+    if launch.is_main:
+        _warn_if_other_recipe(cfg)
+    on_every_rank(lambda: check_dataset(cfg.data))
     torch.manual_seed(derive_seed(int(cfg.seed), INIT_STREAM))  # the same seed gives the same initial weights
-    model, method = build_model_and_method(cfg, runtime)
-    data = build_loaders(
-        cfg.data,
-        augment=cfg.schedule.augment,
-        batch_size=int(cfg.schedule.batch_size),
-        eval_batch_size=int(cfg.eval_batch_size),
-        input_size=input_size(cfg),
-        device=runtime.device,
-        channels_last=runtime.channels_last,
-        num_workers=int(cfg.num_workers),
+    model, method = on_every_rank(lambda: build_model_and_method(cfg, runtime))
+    data = on_every_rank(
+        lambda: build_loaders(
+            cfg.data,
+            augment=cfg.schedule.augment,
+            batch_size=int(cfg.schedule.batch_size) // launch.world_size,  # the global batch, split evenly
+            eval_batch_size=int(cfg.eval_batch_size),
+            input_size=input_size(cfg),
+            device=runtime.device,
+            channels_last=runtime.channels_last,
+            num_workers=int(cfg.num_workers),
+            rank=launch.rank,
+            world_size=launch.world_size,
+        )
     )
     if len(data.train) == 0:
         raise ConfigError(
             f"schedule.batch_size={cfg.schedule.batch_size} exceeds the {data.num_train} training images; lower it"
         )
-    if cfg.force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    return Trainer(cfg, runtime, run_dir, model, method, data).fit()
+    if cfg.force:
+        on_main(lambda: shutil.rmtree(run_dir) if run_dir.exists() else None)
+    return Trainer(cfg, runtime, run_dir, model, method, data, launch).fit()
 
 
 def input_size(cfg: DictConfig) -> int:
@@ -171,6 +222,8 @@ def build_model_and_method(cfg: DictConfig, runtime: Runtime) -> tuple[nn.Module
         ) from error
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     model = model.to(runtime.device, memory_format=memory_format)
+    if bool(cfg.get("sync_bn", False)) and launch_from_environment().distributed:
+        model = convert_sync_batchnorm(model)  # before setup, so that EMA copies and hooks see the final layers
     method.setup(model, int(cfg.data.num_classes))
     method = method.to(runtime.device)
     return model, method
@@ -187,9 +240,11 @@ class Trainer:
         model: nn.Module,
         method: MixMethod,
         data: DataBundle,
+        launch: Launch | None = None,
     ) -> None:
         self.cfg, self.runtime, self.run_dir = cfg, runtime, run_dir
         self.model, self.method, self.data = model, method, data
+        self.launch = launch or Launch()
         self.schedule = cfg.schedule
         self.window = int(cfg.schedule.metric_window)
         self.rng = MixRandom(int(cfg.seed), runtime.device)
@@ -201,6 +256,8 @@ class Trainer:
         self.optimizer = build_optimizer(groups, cfg.schedule.optimizer)
         self.lr_schedule = build_lr_schedule(self.optimizer, cfg.schedule, len(data.train))
         self.step_model = torch.compile(model) if runtime.compile else model
+        # method.training_step(step_model, x, y) as one module; inside DDP when there are several processes
+        self.step = data_parallel_step(self.step_model, method, runtime.device)
         self.history: list[dict[str, Any]] = []
         self.wall_time = 0.0
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -208,13 +265,17 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(OmegaConf.to_yaml(self.cfg, resolve=True), self.run_dir / CONFIG)
+        main = self.launch.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(OmegaConf.to_yaml(self.cfg, resolve=True), self.run_dir / CONFIG)
         start_epoch = self._resume()
-        self.writer = _tensorboard_writer(self.run_dir / "tb", purge_step=start_epoch)
+        if main:
+            self.writer = _tensorboard_writer(self.run_dir / "tb", purge_step=start_epoch)
         epochs = int(self.schedule.epochs)
         where = f"resuming at epoch {start_epoch + 1}" if start_epoch else "starting"
-        print(f"{where}: {self.run_dir} ({epochs} epochs on {self.runtime.device})", flush=True)
+        processes = f" × {self.launch.world_size} processes" if self.launch.distributed else ""
+        self._print(f"{where}: {self.run_dir} ({epochs} epochs on {self.runtime.device}{processes})")
         self._write_summary("running")
         try:
             for epoch in range(start_epoch, epochs):
@@ -237,11 +298,13 @@ class Trainer:
         train_seconds = time.perf_counter() - started
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": train_stats.pop("lr")}
         record.update(train_stats)
+        sync_buffers(self.step)  # every process evaluates (and rank 0 saves) rank 0's BatchNorm statistics
         for label, network in self.method.eval_models(self.model).items():
             prefix = f"{label}_" if label else ""
-            scores = evaluate(network, self.data.test, self.runtime.autocast_dtype)
+            scores = evaluate(network, self.data.test, self.runtime.autocast_dtype, self.launch.distributed)
             record.update({f"{prefix}top1": scores["top1"], f"{prefix}top5": scores["top5"]})
             record[f"{prefix}test_loss"] = scores["loss"]
+            record["test_images"] = scores["images"]  # the whole test split, counted over the processes
         seconds = time.perf_counter() - started
         self.wall_time += seconds
         record["train_seconds"] = round(train_seconds, 3)
@@ -250,13 +313,16 @@ class Trainer:
         return record
 
     def _reseed(self, epoch: int) -> None:
+        """Streams of epoch ``epoch``: 0 torch's global generator (per process), 1 the method's draws (shared
+        by the processes: one draw per global step), 2 the loader (shared order, per-process augmentation)."""
         seed = int(self.cfg.seed)
-        torch.manual_seed(derive_seed(seed, epoch, 0))
+        per_process = (self.launch.rank,) if self.launch.distributed else ()
+        torch.manual_seed(derive_seed(seed, epoch, 0, *per_process))
         self.rng.reseed(derive_seed(seed, epoch, 1))
         self.data.train.set_epoch(derive_seed(seed, epoch, 2))
 
     def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
-        model, method, optimizer = self.step_model, self.method, self.optimizer
+        step_module, method, optimizer = self.step, self.method, self.optimizer
         self.model.train()
         method.train()
         steps = len(self.data.train)
@@ -266,13 +332,15 @@ class Trainer:
         images = 0
         clip = self.schedule.grad_clip
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.schedule.epochs}", leave=False, disable=not self._show_progress())
+        bar = tqdm(
+            total=steps, desc=f"epoch {epoch + 1}/{self.schedule.epochs}", leave=False, disable=not self._show_progress()
+        )
         lr = optimizer.param_groups[0]["lr"]
         for step, (x, y) in enumerate(self.data.train):
             self.lr_schedule.step_update(epoch * steps + step)
             lr = optimizer.param_groups[0]["lr"]
             with torch.autocast(device.type, dtype=self.runtime.autocast_dtype or torch.float32, enabled=self.runtime.autocast_dtype is not None):
-                loss, logs = method.training_step(model, x, y)
+                loss, logs = step_module(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
@@ -290,11 +358,28 @@ class Trainer:
         bar.close()
         if self.runtime.device.type == "cuda":
             torch.cuda.synchronize(device)
-        stats: dict[str, Any] = {"lr": lr, "train_loss": loss_sum.item() / steps, "train_images": images}
-        stats.update({f"train_{key}": float(value) / steps for key, value in log_sums.items()})
+        return {"lr": lr, **self._epoch_means(loss_sum, log_sums, images, steps)}
+
+    def _epoch_means(
+        self, loss_sum: torch.Tensor, log_sums: dict[str, torch.Tensor], images: int, steps: int
+    ) -> dict[str, Any]:
+        """Mean loss and logs per step over the processes, and the number of images they trained on.
+
+        A log key that some process never produced this epoch (a branch it did not draw) counts as 0 there.
+        """
+        keys = list(dict.fromkeys(key for keys in gather_objects(list(log_sums)) for key in keys))
+        zero = torch.zeros((), device=loss_sum.device)
+        values = [loss_sum, *(log_sums.get(key, zero) for key in keys), torch.tensor(float(images))]
+        totals = all_reduce_sum(torch.stack([value.double().to(loss_sum.device) for value in values])).tolist()
+        per_step = steps * self.launch.world_size
+        stats: dict[str, Any] = {"train_loss": totals[0] / per_step, "train_images": int(totals[-1])}
+        stats.update({f"train_{key}": total / per_step for key, total in zip(keys, totals[1:-1], strict=True)})
         return stats
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+        """Stop on a non-finite loss; with several processes the sum over them decides, the same everywhere."""
+        if self.launch.distributed:
+            loss_sum = all_reduce_sum(loss_sum.detach().clone())
         if not torch.isfinite(loss_sum):
             kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch had completed"
             raise RunFailed(
@@ -303,26 +388,37 @@ class Trainer:
             )
 
     def _show_progress(self) -> bool:
+        if not self.launch.is_main:
+            return False
         if self.cfg.progress == "auto":
             return sys.stderr.isatty()
         return bool(self.cfg.progress)
 
+    def _print(self, line: str) -> None:
+        if self.launch.is_main:
+            print(line, flush=True)
+
     # -- the run directory ---------------------------------------------------------------------------
     def _resume(self) -> int:
+        """Load the checkpoint, if any: rank 0 reads the file and sends its bytes to the other processes."""
         path = self.run_dir / CHECKPOINT
-        if not path.exists():
+        payload = broadcast_from_main(path.read_bytes() if self.launch.is_main and path.exists() else None)
+        if payload is None:
             return 0
-        state = load_checkpoint(path, map_location=self.runtime.device)
+        state = load_checkpoint(io.BytesIO(payload), map_location=self.runtime.device)  # weights_only=True
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         self.wall_time = float(state["wall_time"])
         self.started_at = state.get("started_at", self.started_at)
-        self._write_metrics()  # the checkpoint is the truth: drop lines of an epoch that did not finish
+        if self.launch.is_main:
+            self._write_metrics()  # the checkpoint is the truth: drop lines of an epoch that did not finish
         return int(state["epoch"])
 
     def _save(self, epochs_done: int) -> None:
+        if not self.launch.is_main:
+            return
         state = {
             "format": 1,
             "epoch": epochs_done,
@@ -342,15 +438,16 @@ class Trainer:
         atomic_write_text(text, self.run_dir / METRICS)
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.launch.is_main:
+            return
         epoch = record["epoch"]
         extra = "".join(
             f"  {key[:-5]} top-1 {value:.2f}" for key, value in record.items() if key.endswith("_top1") and key != "top1"
         )
-        print(
+        self._print(
             f"epoch {epoch}/{self.schedule.epochs}  loss {record['train_loss']:.4f}  top-1 {record['top1']:.2f}  "
             f"top-5 {record['top5']:.2f}{extra}  lr {record['lr']:.4g}  {record['seconds']:.1f} s  "
-            f"{record['images_per_s']:.0f} img/s",
-            flush=True,
+            f"{record['images_per_s']:.0f} img/s"
         )
         if self.writer is not None:
             for key, value in record.items():
@@ -382,8 +479,11 @@ class Trainer:
                 "params": sum(p.numel() for p in self.model.parameters()),
                 "method_params": sum(p.numel() for p in self.method.parameters() if p.requires_grad),
                 "peak_memory_mb": _peak_memory_mb(self.runtime.device),
-                "peak_memory_of": "cuda allocated" if self.runtime.device.type == "cuda" else "process RSS",
+                "peak_memory_of": ("cuda allocated" if self.runtime.device.type == "cuda" else "process RSS")
+                + (" (rank 0)" if self.launch.distributed else ""),
                 "device": _device_name(self.runtime.device),
+                "world_size": self.launch.world_size,
+                "sync_bn": bool(self.cfg.get("sync_bn", False)) and self.launch.distributed,
                 "precision": "bf16" if self.runtime.autocast_dtype else "fp32",
                 "channels_last": self.runtime.channels_last,
                 "versions": _versions(),
@@ -393,10 +493,12 @@ class Trainer:
                 "message": message,
             }
         )
+        if not self.launch.is_main:
+            return summary
         atomic_write_json(summary, self.run_dir / SUMMARY)
         if status == "complete":
             value = summary[f"median_last{self.window}_top1"]
-            print(f"complete: {self.run_dir}  median top-1 of the last {self.window} epochs {value:.2f}", flush=True)
+            self._print(f"complete: {self.run_dir}  median top-1 of the last {self.window} epochs {value:.2f}")
         return summary
 
 
