@@ -19,7 +19,9 @@ memory and the parameters of the model and of the method's own trainable parts (
 EMA copy is not trainable and not counted).  Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU,
 reset before the row's objects are built; on a CPU it is the growth of the process's peak resident set
 (``VmHWM``, reset through ``/proc/self/clear_refs``) over its resident set at the row's start, after freed
-memory has been handed back to the system; where that is not available the column says ``—``.
+memory has been handed back to the system; where that is not available the column says ``—``.  Vanilla is
+timed again after each model's other rows and its row notes the second time: when the two differ by more than
+15% the header warns that the device's speed changed during the run (on a shared machine, other processes).
 
 A method that needs weights mixbench does not ship (``needs_external_weights``) is listed as skipped with the
 reason; a method that a model cannot serve (a feature-space method on a transformer that only exposes its
@@ -60,6 +62,7 @@ from mixbench.rng import MixRandom
 REFERENCE_METHOD = "vanilla"
 SELECTED_BY_FLAGS = {"data": "--data", "model": "--models", "method": "--methods"}
 NO_VALUE = "—"
+UNSTABLE_DRIFT = 0.15  # vanilla re-timed at the end differing by more than this marks the run as unreliable
 
 
 @dataclass(frozen=True)
@@ -378,7 +381,9 @@ def run_benchmark(request: BenchRequest, runtime: Runtime, log: Callable[[str], 
     # One untimed vanilla step first: one-off process costs (thread pools, kernel caches, the CUDA context)
     # would otherwise land in the first row's time and memory.
     bench_row(configs[request.models[0], REFERENCE_METHOD], runtime, steps=1, warmup=1)
+    started_at = time.strftime("%Y-%m-%d %H:%M")
     rows: list[BenchRow] = []
+    drifts: list[float] = []
     for model in request.models:
         model_rows = []
         for method in request.methods:
@@ -390,6 +395,8 @@ def run_benchmark(request: BenchRequest, runtime: Runtime, log: Callable[[str], 
         for row in model_rows:
             if row.step_ms is not None and reference.step_ms is not None:
                 row.ratio_to_vanilla = row.step_ms / reference.step_ms
+        if len(model_rows) > 1 and reference.step_ms is not None:
+            drifts.append(_retime_reference(reference, configs[model, REFERENCE_METHOD], runtime, request, log))
         rows += model_rows
     first = configs[request.models[0], request.methods[0]]
     device = device_name(runtime.device)
@@ -404,19 +411,37 @@ def run_benchmark(request: BenchRequest, runtime: Runtime, log: Callable[[str], 
         "data": f"{request.data} ({int(first.data.num_classes)} classes, synthetic)",
         "optimizer": f"{first.schedule.optimizer.name} (schedule {first.schedule.name})",
         "steps timed": f"{request.steps} after {request.warmup} warm-up",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "date": started_at,
         "git commit": git_commit(),
     }
     if runtime.device.type == "cpu" and load is not None:  # other processes share the cores' time
         facts["load average (1 min)"] = f"{load:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     if request.overrides:
         facts["overrides"] = " ".join(request.overrides)
+    if drifts and max(abs(drift) for drift in drifts) > UNSTABLE_DRIFT:
+        worst = max(drifts, key=abs)
+        facts["warning"] = (
+            f"vanilla re-timed after the other methods differs by {100 * worst:+.0f}%: the device's speed changed "
+            "during the run (other processes?), so the step times and ratios are not reliable"
+        )
     memory_of = (
         "torch.cuda.max_memory_allocated, reset before each row is built"
         if runtime.device.type == "cuda"
         else "growth of the process's peak resident set (VmHWM) over its size at the row's start, approximate"
     )
     return BenchReport(rows, device, device_slug(runtime.device), facts, memory_of)
+
+
+def _retime_reference(
+    reference: BenchRow, cfg: DictConfig, runtime: Runtime, request: BenchRequest, log: Callable[[str], None]
+) -> float:
+    """Time vanilla again after the model's other rows; note it on vanilla's row and return the relative
+    change, a check that the device kept its speed while the rows were timed."""
+    again = bench_row(cfg, runtime, request.steps, request.warmup)
+    drift = again.step_ms / reference.step_ms - 1.0
+    reference.note = f"re-timed after the other methods: {again.step_ms:.1f} ms ({100 * drift:+.0f}%)"
+    log(f"{reference.model} vanilla again: {again.step_ms:.1f} ms")
+    return drift
 
 
 def write_report(report: BenchReport, out_dir: Path) -> tuple[Path, Path]:
