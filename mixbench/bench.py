@@ -78,7 +78,7 @@ class DeviceDefaults:
 DEFAULTS = {
     # All methods on the three CIFAR CNNs: 86 s on an H100 (bf16, channels_last, torch 2.11).
     "cuda": DeviceDefaults(models=("r18", "wrn16_8", "rx50"), batch_size=128, steps=20, warmup=5),
-    # A few minutes on 2 CPU cores: the published PreActResNet18 at CIFAR's 32 px, a small batch.
+    # The published PreActResNet18 at CIFAR's 32 px, a small batch: 6 minutes on 2 idle AMD EPYC cores.
     "cpu": DeviceDefaults(models=("r18",), batch_size=32, steps=5, warmup=2),
 }
 
