@@ -8,7 +8,8 @@ if [[ -z "${PY:-}" ]]; then  # PY=<python> uses an environment that already has 
   bash scripts/setup.sh
   PY=.venv/bin/python
 fi
-COMMON=(data.image_size=32 model.width=16 schedule.epochs=${GALLERY_EPOCHS:-10} runs_root=runs/gallery)
+EPOCHS=${GALLERY_EPOCHS:-10}
+COMMON=(data.image_size=32 model.width=16 schedule.epochs=$EPOCHS schedule.metric_window=$((EPOCHS < 10 ? EPOCHS : 10)) runs_root=runs/gallery)
 NETWORK_DEPENDENT=(puzzlemix comixup alignmixup alignmixup_ae automix adautomix)
 methods=$($PY -c "from mixbench.methods import METHODS; print(' '.join(n for n, c in sorted(METHODS.items()) if not getattr(c, 'needs_external_weights', False)))")
 for method in $methods; do

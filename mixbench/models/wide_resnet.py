@@ -12,10 +12,12 @@ Layout details follow AlignMixup's ``cifar10_100/models/WideResnet.py`` (itself 
 * the shortcut reads the block's raw input ``x`` (identity, or a 1x1 conv with bias when the shape changes),
   not the pre-activated one.
 
-Stage contract: stages 1..3 are the outputs of the three groups of blocks.  The final BN-ReLU belongs to
-the head, so the stage-3 state of WRN16-8 is the ``512x8x8`` residual sum *before* that BN-ReLU.  (The
-official AlignMixup encoder includes the BN-ReLU and aligns after it; a method that wants that tensor
-applies ``model.final_bn`` and ReLU itself.)
+Stage contract: stages 1..2 are the outputs of the first two groups of blocks; stage 3 is the third group
+followed by the final BN-ReLU, so the stage-3 state of WRN16-8 is the activated ``512x8x8`` tensor that the
+classifier pools.  This is the tensor the official AlignMixup encoder aligns (its encoder ends with the
+BN-ReLU) and the one OpenMixup's WRN backbone hands to its heads; without the BN-ReLU, methods that read
+the last stage (AlignMixup, AutoMix's Mix Block, SUMix, AlignMixup/AE's embedding) would see an unnormalised
+residual sum.  The head is pooling and the Linear classifier.
 
 Initialisation is PyTorch's default, as in the official code.  Dropout (rate ``dropout``, default 0 as in
 AlignMixup) sits between the two convolutions of a block, after the first conv.
@@ -87,15 +89,16 @@ class WideResNet(StagedNet):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
         self.feature_channels = 4 * width
+        # The stages as the contract sees them; a plain list (not registered again), the modules are the above.
+        self._stages = [self.layer1, self.layer2, nn.Sequential(self.layer3, self.final_bn, self.relu)]
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv1(x)
 
     def stage_modules(self) -> list[nn.Module]:
-        return [self.layer1, self.layer2, self.layer3]
+        return self._stages
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.relu(self.final_bn(h))
         return self.fc(torch.flatten(self.pool(h), 1))
 
 
