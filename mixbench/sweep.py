@@ -169,8 +169,9 @@ def run_pool(
                     _last_line(entry.job.log_path),
                 )
                 results[entry.job.index] = result
-                outcome = "done" if result.ok else f"FAILED (exit {code}): {result.last_line}"
-                echo(f"[gpu {entry.device}] {outcome} #{entry.job.index} in {result.seconds:.0f} s")
+                failure = "" if result.ok else f" (exit {code}): {result.last_line}"
+                outcome = "done" if result.ok else "FAILED"
+                echo(f"[gpu {entry.device}] {outcome} #{entry.job.index} in {result.seconds:.0f} s{failure}")
     except KeyboardInterrupt:
         for entry in running:
             entry.process.terminate()
