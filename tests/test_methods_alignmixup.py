@@ -16,6 +16,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from mixbench.data import build_loaders
+from mixbench.engine.optim import build_optimizer, parameter_groups
+from mixbench.engine.trainer import build_model_and_method, resolve_runtime
 from mixbench.methods import build_method
 from mixbench.methods.alignmixup import (
     AlignMixup,
@@ -31,6 +34,7 @@ from mixbench.rng import MixRandom
 from tests.conftest import StageRecorder, compose_config, hand_ce
 
 BATCH, SIZE, CLASSES = 6, 32, 10
+STABILITY_STEPS = 20
 LABELS = torch.tensor([0, 1, 2, 3, 3, 1])  # repeated labels: y[perm] must come from the pairing
 
 
@@ -401,11 +405,17 @@ def test_ae_setup_sizes_its_modules_from_the_model_without_touching_it() -> None
     assert model.training, "setup must restore the model's mode"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "dummy batch changed BN stats"
     assert method.embed.in_features == model.feature_channels and method.embed.out_features == 24
+    assert method.feature_norm.num_features == model.feature_channels
     assert method.classifier.out_features == CLASSES
     decoded = method.decoder(torch.randn(BATCH, 24), (16, 16))
     assert decoded.shape == (BATCH, 3, 16, 16)
-    grouped = {id(p) for group in method.param_groups(0.1, 1e-4) for p in group["params"]}
+    groups = method.param_groups(0.1, 1e-4)
+    grouped = {id(p) for group in groups for p in group["params"]}
     assert grouped == {id(p) for p in method.parameters()} and grouped
+    decoder = {id(p) for p in method.decoder.parameters()}
+    for group in groups:  # the decoder alone learns at decoder_lr_scale (0.1) times the run's rate
+        in_decoder = {id(p) in decoder for p in group["params"]}
+        assert len(in_decoder) == 1 and group["lr"] == pytest.approx(0.01 if in_decoder == {True} else 0.1)
 
 
 def decoder_gradients(method: AlignMixupAE) -> list[torch.Tensor | None]:
@@ -461,7 +471,9 @@ def test_ae_evaluated_network_is_backbone_then_embedding_then_classifier() -> No
     network = method.eval_models(model)[""]
     network.eval()
     with torch.no_grad():
-        expected = method.classifier(method.embed(model.forward_features(x, 4).mean(dim=(-2, -1))))
+        method.eval()
+        pooled = method.feature_norm(model.forward_features(x, 4).mean(dim=(-2, -1)))
+        expected = method.classifier(method.embed(pooled))
         torch.testing.assert_close(network(x), expected)
 
 
@@ -471,3 +483,33 @@ def test_ae_preview_adds_reconstructions_to_the_alignment_rows() -> None:
     preview = bound(method, 0).preview(model.eval(), x, LABELS)
     assert {"source a", "b aligned to a (A'R^T)", "reconstruction D(e)", "decoded embedding mix"} <= set(preview.rows)
     assert all(row.shape == x.shape for row in preview.rows.values())
+
+
+def test_ae_stays_finite_at_the_recipe_rate_on_wrn16_8() -> None:
+    """SGD lr 0.1, momentum 0.9 on WRN16-8 (width 8, digits, the decoder on every step): before the decoder's
+    slower rate and the BatchNorm before f, the reconstruction loss overshot (to about 100 within three dozen
+    steps) and its gradient sent the classifier to NaN."""
+    cfg = compose_config(["experiment=quickstart", "method=alignmixup_ae", "model=wrn16_8", "model.width=8",
+                          "device=cpu", "method.reconstruction_prob=1.0"])
+    runtime = resolve_runtime(cfg)
+    torch.manual_seed(0)
+    model, method = build_model_and_method(cfg, runtime)
+    data = build_loaders(cfg.data, augment=cfg.schedule.augment, batch_size=64, eval_batch_size=64,
+                         input_size=cfg.data.image_size, device=runtime.device, channels_last=False, num_workers=0)
+    method.bind(MixRandom(0), total_steps=1000)
+    optimizer_cfg = cfg.schedule.optimizer
+    assert optimizer_cfg.name == "sgd" and optimizer_cfg.lr == 0.1 and optimizer_cfg.momentum == 0.9
+    optimizer = build_optimizer(parameter_groups(model, optimizer_cfg) + method.param_groups(0.1, 5e-4),
+                                optimizer_cfg)
+    data.train.set_epoch(0)
+    losses, reconstructions = [], []
+    for _, (x, y) in zip(range(STABILITY_STEPS), data.train, strict=False):
+        loss, logs = method.training_step(model, x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        reconstructions.append(float(logs["reconstruction"]))
+    assert len(losses) == STABILITY_STEPS
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert max(reconstructions) < 3.0, reconstructions  # images are normalised: about 1 for a blank decoder
