@@ -18,10 +18,12 @@ from mixbench.models.preact_resnet import PreActBlock
 from mixbench.models.timm_models import swin_window_size
 from mixbench.models.wide_resnet import WideBasicBlock, wrn28_10
 
-CNNS = ["r18", "wrn16_8", "wrn28_8", "resnet18", "rx50", "resnet50"]
+CNNS = ["r18", "wrn16_8", "wrn28_8", "resnet18", "rx50", "resnet50", "resnet18_imagenet", "rx50_imagenet"]
 TIMM_MODELS = ["swin_t", "deit_s"]
-DEFAULT_WIDTH = {"r18": 64, "wrn16_8": 128, "wrn28_8": 128, "resnet18": 64, "rx50": 64, "resnet50": 64}
-SMALL_WIDTH = {"r18": 8, "wrn16_8": 8, "wrn28_8": 8, "resnet18": 8, "rx50": 16, "resnet50": 8}
+DEFAULT_WIDTH = {"r18": 64, "wrn16_8": 128, "wrn28_8": 128, "resnet18": 64, "rx50": 64, "resnet50": 64,
+                 "resnet18_imagenet": 64, "rx50_imagenet": 64}
+SMALL_WIDTH = {"r18": 8, "wrn16_8": 8, "wrn28_8": 8, "resnet18": 8, "rx50": 16, "resnet50": 8,
+               "resnet18_imagenet": 8, "rx50_imagenet": 16}
 
 
 def expected_stage_shapes(name: str, width: int) -> list[tuple[int, int, int]]:
@@ -32,7 +34,9 @@ def expected_stage_shapes(name: str, width: int) -> list[tuple[int, int, int]]:
         stages = [(width * 2**i, 32 >> i, 32 >> i) for i in range(3)]
     elif name == "rx50":
         stages = [(4 * width * 2**i, 32 >> i, 32 >> i) for i in range(4)]
-    else:  # resnet50: the ImageNet stem divides the resolution by 4
+    elif name == "resnet18_imagenet":  # the ImageNet stem divides the resolution by 4
+        stages = [(width * 2**i, 8 >> i, 8 >> i) for i in range(4)]
+    else:  # resnet50, rx50_imagenet: ImageNet stem, bottlenecks expand by 4
         stages = [(4 * width * 2**i, 8 >> i, 8 >> i) for i in range(4)]
     return [(3, 32, 32), *stages]
 
@@ -99,8 +103,8 @@ def test_stage_shapes_and_contract_at_small_width(name: str) -> None:
 @pytest.mark.parametrize("name", CNNS)
 def test_width_option_scales_every_stage(name: str) -> None:
     x = torch.empty(2, 3, 32, 32, device="meta")
-    narrow = stage_shapes(meta_model(name, width=8 if name != "rx50" else 16), x)
-    wide = stage_shapes(meta_model(name, width=16 if name != "rx50" else 32), x)
+    narrow = stage_shapes(meta_model(name, width=SMALL_WIDTH[name]), x)
+    wide = stage_shapes(meta_model(name, width=2 * SMALL_WIDTH[name]), x)
     assert [2 * s[0] for s in narrow[1:]] == [s[0] for s in wide[1:]]
     assert [s[1:] for s in narrow] == [s[1:] for s in wide]
 
@@ -125,6 +129,8 @@ def test_cnns_expose_every_stage(name: str) -> None:
         ("resnet18", 100, 11_220_132, 11.2e6),
         ("rx50", 100, 23_177_124, 23.2e6),
         ("resnet50", 1000, 25_557_032, 25.6e6),
+        ("resnet18_imagenet", 1000, 11_689_512, 11.7e6),
+        ("rx50_imagenet", 1000, 25_028_904, 25.0e6),
     ],
 )
 def test_parameter_counts(name: str, num_classes: int, count: int, published: float) -> None:
@@ -180,8 +186,9 @@ def test_wrn_stem_and_blocks_have_biases_and_dropout_option_reaches_blocks() -> 
     assert rates == {0.3}
 
 
-def test_rx50_uses_32_groups_of_4_channels() -> None:
-    model = meta_model("rx50")
+@pytest.mark.parametrize("name", ["rx50", "rx50_imagenet"])
+def test_rx50_uses_32_groups_of_4_channels(name: str) -> None:
+    model = meta_model(name)
     first = model.layer1[0].conv2
     assert (first.groups, first.in_channels) == (32, 128)
 
@@ -220,6 +227,38 @@ def test_resnet50_matches_torchvision_names_shapes_and_outputs() -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference(x))
+
+
+@pytest.mark.parametrize(
+    ("name", "torchvision_builder"),
+    [("resnet18_imagenet", torchvision.models.resnet18), ("rx50_imagenet", torchvision.models.resnext50_32x4d)],
+)
+def test_imagenet_stem_models_are_torchvision_resnet18_and_resnext50(name: str, torchvision_builder) -> None:
+    """Same parameter count, names and shapes as torchvision's model; its state dict loads strictly (the form
+    of its ImageNet weights) and then both compute the same function."""
+    torch.manual_seed(0)
+    reference = torchvision_builder(weights=None).eval()
+    ours = build_model(name, 1000, 224).eval()
+    assert count_parameters(ours) == count_parameters(reference)
+    assert shapes(ours.state_dict()) == shapes(reference.state_dict())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_imagenet_weights_file_fine_tunes_with_a_new_classifier(tmp_path) -> None:
+    """``model.pretrained_path`` with a torchvision ResNet-18 file: every tensor but the 1000-way fc is loaded
+    into a CUB-200 model, whose 200-way fc stays at init."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model("resnet18_imagenet", 200, 224, pretrained_path=str(path))
+    assert model.fc.weight.shape == (200, 512)
+    for key, value in reference.state_dict().items():
+        if not key.startswith("fc."):
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
 
 
 def cifar_stem(model: torchvision.models.ResNet) -> torchvision.models.ResNet:

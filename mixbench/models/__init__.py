@@ -22,7 +22,13 @@ from torch import nn
 
 from mixbench.models.base import StagedNet, StageUnavailableError
 from mixbench.models.preact_resnet import preact_resnet18
-from mixbench.models.resnet import resnet18_cifar, resnet50, resnext50_32x4d_cifar
+from mixbench.models.resnet import (
+    resnet18_cifar,
+    resnet18_imagenet,
+    resnet50,
+    resnext50_32x4d_cifar,
+    resnext50_32x4d_imagenet,
+)
 from mixbench.models.timm_models import deit_s, swin_t
 from mixbench.models.wide_resnet import wrn16_8, wrn28_8
 
@@ -35,6 +41,8 @@ MODELS: dict[str, Callable[..., StagedNet]] = {
     "resnet18": resnet18_cifar,
     "rx50": resnext50_32x4d_cifar,
     "resnet50": resnet50,
+    "resnet18_imagenet": resnet18_imagenet,
+    "rx50_imagenet": resnext50_32x4d_imagenet,
     "swin_t": swin_t,
     "deit_s": deit_s,
 }

@@ -19,7 +19,9 @@ Two stems:
 Builders take ``image_size`` for a uniform signature only: the network pools globally and works at any size.
 
 Parameters: ``resnet50`` (ImageNet stem, 1000 classes) 25,557,032; ``resnet18`` (CIFAR stem,
-100 classes) 11,220,132; ``rx50`` (CIFAR stem, 100 classes) 23,177,124.
+100 classes) 11,220,132; ``rx50`` (CIFAR stem, 100 classes) 23,177,124; ``resnet18_imagenet`` and
+``rx50_imagenet`` (ImageNet stem, 1000 classes) 11,689,512 and 25,028,904, as torchvision's ``resnet18`` and
+``resnext50_32x4d`` (the fine-grained tables fine-tune these from ImageNet weights).
 """
 
 from __future__ import annotations
@@ -182,3 +184,14 @@ def resnext50_32x4d_cifar(num_classes: int, image_size: int = 32, width: int | N
 def resnet50(num_classes: int, image_size: int = 224, width: int | None = None) -> ResNet:
     """ResNet-50 with the ImageNet stem (torchvision layout): bottlenecks [3, 4, 6, 3]."""
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem="imagenet", width=64 if width is None else width)
+
+
+def resnet18_imagenet(num_classes: int, image_size: int = 224, width: int | None = None) -> ResNet:
+    """ResNet-18 with the ImageNet stem (torchvision's ``resnet18``): basic blocks [2, 2, 2, 2]."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem="imagenet", width=64 if width is None else width)
+
+
+def resnext50_32x4d_imagenet(num_classes: int, image_size: int = 224, width: int | None = None) -> ResNet:
+    """ResNeXt-50 32x4d with the ImageNet stem (torchvision's ``resnext50_32x4d``): bottlenecks [3, 4, 6, 3]."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem="imagenet", width=64 if width is None else width,
+                  groups=32, width_per_group=4)
