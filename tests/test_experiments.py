@@ -289,6 +289,10 @@ def test_every_job_of_an_experiment_is_a_cell_of_its_table(name: str) -> None:
          {"method.name": "sumix", "method.base": "cutmix", "method.base_options.alpha": 0.2, "method.gamma": 1.0}),
         ("alignmixup_cvpr22_t6_ablation", "alignmixup {A}", "aligned",
          {"method.name": "alignmixup", "method.input_mix_prob": 0.0, "model.name": "r18"}),
+        ("openmixup_cifar100_tiny_cub", "automix", "cub200/rx50",
+         {"model.name": "rx50_imagenet", "schedule.name": "finegrained", "schedule.lr_schedule.min_lr": 0.0}),
+        ("sumix_eccv24_t2_finegrained", "cutmix+sumix", "aircraft/resnet18",
+         {"model.name": "resnet18_imagenet", "data.name": "aircraft", "method.base_options.alpha": 0.2}),
     ],
 )
 def test_cell_overrides_compose_to_the_mapped_configuration(table, row, column, expected) -> None:
@@ -300,8 +304,9 @@ def test_cell_overrides_compose_to_the_mapped_configuration(table, row, column, 
 
 def test_cells_that_cannot_run_say_why() -> None:
     assert not paper.cell("sumix_eccv24_t3_vit", "cutmix+sumix", "cifar100/swin_t").runnable
-    not_runnable = paper.cell("openmixup_cifar100_tiny_cub", "vanilla", "cub200/resnet18")
-    assert not not_runnable.runnable and "ImageNet-stem" in not_runnable.reason
+    not_runnable = paper.cell("adautomix_iclr24_vit", "adautomix", "cifar100/convnext_t")  # a column's reason
+    assert not not_runnable.runnable and "convnext_t" in not_runnable.reason
+    assert "SAMix" in paper.cell("openmixup_cifar100_tiny_cub", "samix", "cub200/resnet18").reason  # a row's
     assert "AdaIN" in paper.cell("alignmixup_cvpr22_t1", "stylemix", "cifar10/r18").reason
     with pytest.raises(ValueError, match="not runnable"):
         paper.cell_overrides(not_runnable)
