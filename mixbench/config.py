@@ -45,6 +45,11 @@ def validate(cfg: DictConfig) -> None:
     _check_registered("method", cfg.method.name, METHODS)
     check_method_values(cfg.method, prefix="method")
     _check_schedule(cfg.schedule)
+    if cfg.schedule.get("requires_pretrained") and not cfg.model.get("pretrained_path"):
+        raise ConfigError(
+            f"schedule {cfg.schedule.name} fine-tunes ImageNet weights: set model.pretrained_path=<a local "
+            f"torchvision weights file for {cfg.model.name}> (nothing is downloaded), or pick another schedule"
+        )
     if cfg.data.num_classes < 2:
         raise ConfigError(f"data.num_classes must be at least 2, got {cfg.data.num_classes}")
 

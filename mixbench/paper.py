@@ -323,7 +323,13 @@ def cell_configuration(target: Cell) -> tuple:
 
 
 def run_configuration(config: dict[str, Any]) -> tuple:
-    """The key of :func:`cell_configuration` for a run's resolved ``config.yaml`` (a dict)."""
+    """The key of :func:`cell_configuration` for a run's resolved ``config.yaml`` (a dict).
+
+    Under a schedule that ``requires_pretrained`` (fine-tuning; validation refuses it without weights) the
+    weights file only says where the ImageNet weights are, so it is not part of the key.
+    """
+    if config.get("schedule", {}).get("requires_pretrained") and "pretrained_path" in config.get("model", {}):
+        config = {**config, "model": {k: v for k, v in config["model"].items() if k != "pretrained_path"}}
     names = {group: config[group]["name"] for group in ("data", *CONFIGURED_GROUPS)}
     return (names["data"], names["model"], names["schedule"], names["method"],
             *(_differences(group, names[group], config[group], config["data"]) for group in CONFIGURED_GROUPS))

@@ -42,6 +42,10 @@ def test_every_option_composes_with_the_defaults_and_validates(group: str) -> No
         cfg = compose_config([f"{group}={option}"])
         assert cfg[group].name == option
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        if cfg.schedule.get("requires_pretrained"):  # fine-tuning: refused in one line without weights
+            with pytest.raises(ConfigError, match="fine-tunes ImageNet weights: set model.pretrained_path="):
+                validate(cfg)
+            cfg = compose_config([f"{group}={option}", "model.pretrained_path=/weights.pth"])
         validate(cfg)
 
 

@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from mixbench import paper
-from mixbench.config import CONFIG_DIR, GROUPS, group_options, validate
+from mixbench.config import CONFIG_DIR, GROUPS, ConfigError, group_options, validate
 from mixbench.methods import METHODS
 from tests.conftest import compose_config
 
@@ -150,10 +150,33 @@ def published_cells(table: str, accuracy_only: bool = False) -> list[paper.Cell]
 # --------------------------------------------------------------------------------------- experiment files
 
 
+WEIGHTS = "/nonexistent/imagenet_weights.pth"  # validation checks that a path is set; loading happens later
+
+
+def compose_validated(overrides: list[str]):
+    """Compose and validate; a fine-tuning schedule is first refused without weights (one line naming
+    model.pretrained_path), then validated with a weights path, as a user would run it."""
+    cfg = compose_config(overrides)
+    if cfg.schedule.get("requires_pretrained"):
+        with pytest.raises(ConfigError, match="set model.pretrained_path="):
+            validate(cfg)
+        cfg = compose_config([*overrides, f"model.pretrained_path={WEIGHTS}"])
+    validate(cfg)
+    return cfg
+
+
+def test_a_fine_tuned_run_matches_its_cell_whatever_its_weights_file() -> None:
+    """The weights file of a fine-tuning run is where the ImageNet weights are, not a different recipe."""
+    target = paper.cell("openmixup_cifar100_tiny_cub", "mixup", "cub200/resnet18")
+    cfg = compose_config([*paper.cell_overrides(target), f"model.pretrained_path={WEIGHTS}"])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert paper.run_configuration(config) == paper.cell_configuration(target)
+    assert paper.matching_cells("openmixup_cifar100_tiny_cub", config)
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_validates(name: str) -> None:
-    cfg = compose_config([f"experiment={name}"])
-    validate(cfg)
+    cfg = compose_validated([f"experiment={name}"])
     OmegaConf.to_container(cfg, resolve=True)
     for group, option in default_choices(name).items():
         assert cfg[group].name == option
@@ -296,8 +319,7 @@ def test_every_job_of_an_experiment_is_a_cell_of_its_table(name: str) -> None:
     ],
 )
 def test_cell_overrides_compose_to_the_mapped_configuration(table, row, column, expected) -> None:
-    cfg = compose_config(paper.cell_overrides(paper.cell(table, row, column)))
-    validate(cfg)
+    cfg = compose_validated(paper.cell_overrides(paper.cell(table, row, column)))
     for key, value in expected.items():
         assert OmegaConf.select(cfg, key) == value, key
 
