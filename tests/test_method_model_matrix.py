@@ -49,13 +49,7 @@ CNN_SIZE, SWIN_SIZE, BATCH, CLASSES = 16, 32, 4, 100  # cifar100's 100 classes
 CPU = Runtime(device=torch.device("cpu"), autocast_dtype=None, channels_last=False, compile=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see tests/conftest.py
 
 
 def cli_config(method: str, model: str, *extra: str) -> DictConfig:

@@ -32,13 +32,7 @@ from tests.conftest import compose_config, run_cli, tiny_overrides
 BATCH, SIZE, CLASSES = 8, 16, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see tests/conftest.py
 
 
 def tiny_r18(confident: bool = False) -> nn.Module:
