@@ -89,12 +89,12 @@ def resolve_devices(gpus: str | int | Sequence[int | str], visible: Sequence[str
     ``all``: every visible GPU; an integer ``n``: the first ``n`` visible GPUs; a list such as ``[0, 2]``:
     exactly those ids, taken as given (so a CPU machine can pretend to have devices, with ``device=cpu``).
     """
-    if isinstance(gpus, str):
-        if gpus.strip().lower() != "all":
+    if isinstance(gpus, (str, bool)):
+        if not isinstance(gpus, str) or gpus.strip().lower() != "all":
             raise PoolError(
                 f"hydra.launcher.gpus={gpus!r} is not understood; use all, a count such as 2, or a list such as [0,1]"
             )
-    elif isinstance(gpus, bool) or not isinstance(gpus, int):  # a list (Hydra gives a ListConfig)
+    elif not isinstance(gpus, int):  # a list (Hydra gives a ListConfig)
         devices = [str(g) for g in gpus]
         if not devices:
             raise PoolError(

@@ -90,6 +90,8 @@ def test_devices_resolve_from_all_a_count_or_a_list() -> None:
         resolve_devices([1, 1])
     with pytest.raises(PoolError, match="not understood"):
         resolve_devices("some")
+    with pytest.raises(PoolError, match="not understood"):
+        resolve_devices(True)
 
 
 def _table_rows(table_md: str) -> list[str]:
