@@ -152,7 +152,9 @@ def resolve_request(
     method_names = sorted(METHODS) if methods in (None, "all") else _split(methods)
     for name in method_names:
         check_group_choice("method", name)
-    method_names = [REFERENCE_METHOD] + [name for name in dict.fromkeys(method_names) if name != REFERENCE_METHOD]
+    method_names = [REFERENCE_METHOD] + [
+        name for name in dict.fromkeys(method_names) if name != REFERENCE_METHOD
+    ]
     request = BenchRequest(
         methods=method_names,
         models=list(dict.fromkeys(model_names)),
@@ -187,7 +189,9 @@ def _compose(overrides: list[str]) -> DictConfig:
     try:
         return compose(config_name="train", overrides=overrides)
     except Exception as error:  # Hydra and OmegaConf errors: one line
-        raise ConfigError(f"the overrides {' '.join(overrides)} do not compose: {_first_line(error)}") from error
+        raise ConfigError(
+            f"the overrides {' '.join(overrides)} do not compose: {_first_line(error)}"
+        ) from error
 
 
 def _first_line(error: BaseException) -> str:
@@ -281,7 +285,9 @@ class TrainingStep:
     """One optimizer step as the trainer's inner loop takes it; the loss and the method's logs are summed on
     the device as there (the learning-rate schedule, a host-side assignment per step, is left out)."""
 
-    def __init__(self, cfg: DictConfig, runtime: Runtime, model: nn.Module, method: MixMethod, total_steps: int) -> None:
+    def __init__(
+        self, cfg: DictConfig, runtime: Runtime, model: nn.Module, method: MixMethod, total_steps: int
+    ) -> None:
         method.bind(
             MixRandom(int(cfg.seed), runtime.device),
             label_smoothing=float(cfg.schedule.label_smoothing),
@@ -303,7 +309,9 @@ class TrainingStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         device, autocast_dtype = self.runtime.device, self.runtime.autocast_dtype
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
             loss, logs = self.method.training_step(self.step_model, x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -373,7 +381,9 @@ def _release_freed_host_memory() -> None:
 
 
 # -- the whole benchmark -----------------------------------------------------------------------------------
-def run_benchmark(request: BenchRequest, runtime: Runtime, log: Callable[[str], None] | None = None) -> BenchReport:
+def run_benchmark(
+    request: BenchRequest, runtime: Runtime, log: Callable[[str], None] | None = None
+) -> BenchReport:
     """Measure every row of ``request``; ratios are to vanilla on the same model."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     configs = compose_row_configs(request)
@@ -396,7 +406,9 @@ def run_benchmark(request: BenchRequest, runtime: Runtime, log: Callable[[str], 
             if row.step_ms is not None and reference.step_ms is not None:
                 row.ratio_to_vanilla = row.step_ms / reference.step_ms
         if len(model_rows) > 1 and reference.step_ms is not None:
-            drifts.append(_retime_reference(reference, configs[model, REFERENCE_METHOD], runtime, request, log))
+            drifts.append(
+                _retime_reference(reference, configs[model, REFERENCE_METHOD], runtime, request, log)
+            )
         rows += model_rows
     first = configs[request.models[0], request.methods[0]]
     device = device_name(runtime.device)
@@ -483,9 +495,15 @@ def git_commit() -> str:
     """The short commit of the working tree, marked when tracked files differ from it."""
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here
+        )
         changes = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, cwd=here
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=here,
         )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -532,9 +550,25 @@ def _number(value: float | int | None, pattern: str) -> str:
 
 
 CSV_COLUMNS = (
-    "model", "method", "status", "step_ms", "images_per_s", "ratio_to_vanilla", "peak_memory_mb", "model_params",
-    "method_params", "note", "device", "precision", "channels_last", "batch_size", "image_size", "steps",
-    "torch", "git_commit", "peak_memory_of",
+    "model",
+    "method",
+    "status",
+    "step_ms",
+    "images_per_s",
+    "ratio_to_vanilla",
+    "peak_memory_mb",
+    "model_params",
+    "method_params",
+    "note",
+    "device",
+    "precision",
+    "channels_last",
+    "batch_size",
+    "image_size",
+    "steps",
+    "torch",
+    "git_commit",
+    "peak_memory_of",
 )
 
 

@@ -63,7 +63,9 @@ def check_method_values(method: DictConfig, prefix: str) -> None:
     for key, value in method.items():
         if key == "alpha" or str(key).endswith("_alpha"):
             if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{prefix}.{key} must be a positive number (Beta(alpha, alpha)), got {value}")
+                raise ConfigError(
+                    f"{prefix}.{key} must be a positive number (Beta(alpha, alpha)), got {value}"
+                )
         if key.endswith("prob") and isinstance(value, (int, float)) and not 0 <= value <= 1:
             raise ConfigError(f"{prefix}.{key} must lie in [0, 1], got {value}")
 
@@ -85,7 +87,9 @@ def _check_schedule(schedule: DictConfig) -> None:
     if optimizer.lr <= 0:
         raise ConfigError(f"schedule.optimizer.lr must be positive, got {optimizer.lr}")
     if schedule.lr_schedule.name not in ("step", "cosine"):
-        raise ConfigError(f"unknown schedule.lr_schedule.name '{schedule.lr_schedule.name}'; valid: step, cosine")
+        raise ConfigError(
+            f"unknown schedule.lr_schedule.name '{schedule.lr_schedule.name}'; valid: step, cosine"
+        )
     from mixbench.data.transforms import POLICIES
 
     if schedule.augment not in POLICIES:

@@ -11,7 +11,9 @@ from mixbench.data.base import ArraySplit
 from mixbench.methods.base import MixPreview
 
 
-def pick_samples(split: ArraySplit, data_cfg, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pick_samples(
+    split: ArraySplit, data_cfg, count: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` test images, one per class first (lowest index), normalised like training batches."""
     if not isinstance(split, ArraySplit):
         raise ValueError("show_mix draws from in-memory datasets (digits, CIFAR, Tiny-ImageNet)")
@@ -41,7 +43,9 @@ def _displayable(row: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return scaled.expand(-1, 3, -1, -1).permute(0, 2, 3, 1)
 
 
-def draw_preview(preview: MixPreview, mean: Sequence[float], std: Sequence[float], title: str, out: Path) -> None:
+def draw_preview(
+    preview: MixPreview, mean: Sequence[float], std: Sequence[float], title: str, out: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +53,9 @@ def draw_preview(preview: MixPreview, mean: Sequence[float], std: Sequence[float
 
     rows = {name: _displayable(tensor, mean, std) for name, tensor in preview.rows.items()}
     columns = next(iter(rows.values())).shape[0]
-    figure, axes = plt.subplots(len(rows), columns, figsize=(1.3 * columns, 1.4 * len(rows) + 0.6), squeeze=False)
+    figure, axes = plt.subplots(
+        len(rows), columns, figsize=(1.3 * columns, 1.4 * len(rows) + 0.6), squeeze=False
+    )
     for row_index, (name, images) in enumerate(rows.items()):
         for column in range(columns):
             axis = axes[row_index][column]

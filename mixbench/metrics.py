@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import torch
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
+def topk_correct(
+    logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> list[torch.Tensor]:
     """Number of samples whose label is among the top-k logits, for each k (capped at the class count)."""
     max_k = min(max(ks), logits.shape[1])
     top = logits.topk(max_k, dim=1).indices
@@ -29,7 +31,9 @@ def median_last_k(values: Sequence[float], k: int = 10) -> float | None:
     return float(statistics.median(values[-k:]))
 
 
-def summarize_history(history: Sequence[dict], window: int, labels: Sequence[str] = ("",)) -> dict[str, float | int | None]:
+def summarize_history(
+    history: Sequence[dict], window: int, labels: Sequence[str] = ("",)
+) -> dict[str, float | int | None]:
     """Headline numbers of a run from its per-epoch records, for each evaluated network.
 
     ``labels`` name the evaluated networks ("" = online, "ema" = the EMA network of learned methods); the

@@ -84,7 +84,9 @@ def raw_value(table: str | dict[str, Any], row: str, column: str | None = SCALAR
         value = entry[columns.index(column)]
     elif isinstance(entry, dict):
         if column not in entry:
-            raise KeyError(f"row {row!r} of table {data['name']} has no column {column!r}; it has: {', '.join(entry)}")
+            raise KeyError(
+                f"row {row!r} of table {data['name']} has no column {column!r}; it has: {', '.join(entry)}"
+            )
         value = entry[column]
     else:
         if column is not SCALAR_COLUMN:
@@ -93,7 +95,9 @@ def raw_value(table: str | dict[str, Any], row: str, column: str | None = SCALAR
     return None if value is None or value == "-" else value
 
 
-def published_value(table: str | dict[str, Any], method: str, column: str | None = SCALAR_COLUMN) -> float | None:
+def published_value(
+    table: str | dict[str, Any], method: str, column: str | None = SCALAR_COLUMN
+) -> float | None:
     """The published top-1 accuracy (%) of row ``method`` in ``column``; ``None`` where not reported.
 
     Error columns are converted: ``accuracy = 100 - error``.  ``column`` is None for rows given as one number.
@@ -129,12 +133,14 @@ class Cell:
     model: str | None
     schedule: str | None
     method: str | None
-    options: dict[str, Any] = field(default_factory=dict)            # method.<key> overrides
-    schedule_options: dict[str, Any] = field(default_factory=dict)   # schedule.<key> overrides
-    model_options: dict[str, Any] = field(default_factory=dict)      # model.<key> overrides
-    evaluation: str | None = None       # an evaluation of the trained model (fgsm, pgd, ood/<set>, ...), else top-1
-    statistic: str | None = None        # the published statistic when a row says (best, last, median_last10)
-    reason: str | None = None           # why the cell is not runnable
+    options: dict[str, Any] = field(default_factory=dict)  # method.<key> overrides
+    schedule_options: dict[str, Any] = field(default_factory=dict)  # schedule.<key> overrides
+    model_options: dict[str, Any] = field(default_factory=dict)  # model.<key> overrides
+    evaluation: str | None = (
+        None  # an evaluation of the trained model (fgsm, pgd, ood/<set>, ...), else top-1
+    )
+    statistic: str | None = None  # the published statistic when a row says (best, last, median_last10)
+    reason: str | None = None  # why the cell is not runnable
 
     @property
     def runnable(self) -> bool:
@@ -172,12 +178,19 @@ def cell(table: str | dict[str, Any], row: str, column: str | None = SCALAR_COLU
     if reason is None and None in names:
         reason = "no mixbench configuration given"
     return Cell(
-        table=data["name"], row=row, column=column,
-        data=column_spec.get("data"), model=column_spec.get("model"), schedule=column_spec.get("schedule"),
-        method=method, options=options,
+        table=data["name"],
+        row=row,
+        column=column,
+        data=column_spec.get("data"),
+        model=column_spec.get("model"),
+        schedule=column_spec.get("schedule"),
+        method=method,
+        options=options,
         schedule_options=_merge(row_spec.get("schedule_options", {}), extra.get("schedule_options", {})),
         model_options=_merge(column_spec.get("model_options", {}), extra.get("model_options", {})),
-        evaluation=column_spec.get("evaluation"), statistic=row_spec.get("statistic"), reason=reason,
+        evaluation=column_spec.get("evaluation"),
+        statistic=row_spec.get("statistic"),
+        reason=reason,
     )
 
 
@@ -225,11 +238,17 @@ def cell_overrides(target: Cell) -> list[str]:
 
     from mixbench.config import CONFIG_DIR
 
-    overrides = [f"data={target.data}", f"model={target.model}", f"method={target.method}",
-                 f"schedule={target.schedule}"]
-    for group, name, options in (("method", target.method, target.options),
-                                 ("schedule", target.schedule, target.schedule_options),
-                                 ("model", target.model, target.model_options)):
+    overrides = [
+        f"data={target.data}",
+        f"model={target.model}",
+        f"method={target.method}",
+        f"schedule={target.schedule}",
+    ]
+    for group, name, options in (
+        ("method", target.method, target.options),
+        ("schedule", target.schedule, target.schedule_options),
+        ("model", target.model, target.model_options),
+    ):
         stock = flatten(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")))
         for key, value in flatten(options).items():
             plus = "" if key in stock else "+"
@@ -239,7 +258,11 @@ def cell_overrides(target: Cell) -> list[str]:
 
 # ------------------------------------------------------------------------ runs <-> cells, and what is compared
 
-CONFIGURED_GROUPS = ("method", "schedule", "model")  # groups whose options (not only the name) identify a cell
+CONFIGURED_GROUPS = (
+    "method",
+    "schedule",
+    "model",
+)  # groups whose options (not only the name) identify a cell
 UNSTATED = "unstated"
 
 
@@ -298,16 +321,23 @@ def _stock_values(group: str, name: str, data_config: dict[str, Any] | None) -> 
     return flatten(values)
 
 
-def _differences(group: str, name: str | None, values: dict[str, Any], data_config: dict[str, Any] | None) -> tuple:
+def _differences(
+    group: str, name: str | None, values: dict[str, Any], data_config: dict[str, Any] | None
+) -> tuple:
     """``(key, value)`` pairs of ``values`` that differ from the shipped config ``name`` (``name`` ignored)."""
     from mixbench.engine.rundir import RUNTIME_KEYS
 
     if name is None:
         return ()
     stock = {key: _hashable(value) for key, value in _stock_values(group, name, data_config).items()}
-    given = {key: _hashable(value) for key, value in flatten(values).items()
-             if key != "name" and f"{group}.{key}" not in RUNTIME_KEYS}
-    return tuple(sorted((key, value) for key, value in given.items() if key not in stock or stock[key] != value))
+    given = {
+        key: _hashable(value)
+        for key, value in flatten(values).items()
+        if key != "name" and f"{group}.{key}" not in RUNTIME_KEYS
+    }
+    return tuple(
+        sorted((key, value) for key, value in given.items() if key not in stock or stock[key] != value)
+    )
 
 
 def cell_configuration(target: Cell) -> tuple:
@@ -318,8 +348,13 @@ def cell_configuration(target: Cell) -> tuple:
     data_config = _stock_config("data", target.data) if target.data else None
     options = {"method": target.options, "schedule": target.schedule_options, "model": target.model_options}
     names = {"method": target.method, "schedule": target.schedule, "model": target.model}
-    return (target.data, target.model, target.schedule, target.method,
-            *(_differences(group, names[group], options[group], data_config) for group in CONFIGURED_GROUPS))
+    return (
+        target.data,
+        target.model,
+        target.schedule,
+        target.method,
+        *(_differences(group, names[group], options[group], data_config) for group in CONFIGURED_GROUPS),
+    )
 
 
 def run_configuration(config: dict[str, Any]) -> tuple:
@@ -331,8 +366,13 @@ def run_configuration(config: dict[str, Any]) -> tuple:
     if config.get("schedule", {}).get("requires_pretrained") and "pretrained_path" in config.get("model", {}):
         config = {**config, "model": {k: v for k, v in config["model"].items() if k != "pretrained_path"}}
     names = {group: config[group]["name"] for group in ("data", *CONFIGURED_GROUPS)}
-    return (names["data"], names["model"], names["schedule"], names["method"],
-            *(_differences(group, names[group], config[group], config["data"]) for group in CONFIGURED_GROUPS))
+    return (
+        names["data"],
+        names["model"],
+        names["schedule"],
+        names["method"],
+        *(_differences(group, names[group], config[group], config["data"]) for group in CONFIGURED_GROUPS),
+    )
 
 
 @functools.cache
@@ -346,14 +386,34 @@ def matching_cells(table: str | dict[str, Any], config: dict[str, Any]) -> list[
     Often one; several where a table reports several statistics or evaluations of the same runs
     (``alignmixup_official_logs``, AlignMixup T3).  Returned cells are copies: change them freely.
     """
-    keyed = (_runnable_cell_keys(table) if isinstance(table, str)
-             else tuple((target, cell_configuration(target)) for target in cells(table) if target.runnable))
+    keyed = (
+        _runnable_cell_keys(table)
+        if isinstance(table, str)
+        else tuple((target, cell_configuration(target)) for target in cells(table) if target.runnable)
+    )
     key = run_configuration(config)
     return [copy.deepcopy(target) for target, target_key in keyed if target_key == key]
 
 
 __all__ = [
-    "ACCURACY", "Cell", "ERROR", "PAPER_DIR", "UNSTATED", "cell", "cell_configuration", "cell_overrides", "cells",
-    "column_metric", "experiments", "flatten", "is_top1_cell", "load_reference", "matching_cells",
-    "published_statistic", "published_value", "raw_value", "reference_tables", "run_configuration",
+    "ACCURACY",
+    "Cell",
+    "ERROR",
+    "PAPER_DIR",
+    "UNSTATED",
+    "cell",
+    "cell_configuration",
+    "cell_overrides",
+    "cells",
+    "column_metric",
+    "experiments",
+    "flatten",
+    "is_top1_cell",
+    "load_reference",
+    "matching_cells",
+    "published_statistic",
+    "published_value",
+    "raw_value",
+    "reference_tables",
+    "run_configuration",
 ]

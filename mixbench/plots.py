@@ -71,15 +71,25 @@ def run_figure(run_dir: Path) -> Figure:
         prefix = "" if label == ONLINE else f"{label}_"
         color, _ = NETWORK_STYLE.get(label, OTHER_STYLE)
         name = f"{label} " if len(networks) > 1 else ""
-        curve = [(record["epoch"], record[f"{prefix}top1"]) for record in records if f"{prefix}top1" in record]
+        curve = [
+            (record["epoch"], record[f"{prefix}top1"]) for record in records if f"{prefix}top1" in record
+        ]
         if curve:
             accuracy_axes.plot(*zip(*curve, strict=True), color=color, label=f"{name}test top-1")
         median = summary.get(f"{prefix}median_last{window}_top1")
         if span and median is not None:
-            accuracy_axes.hlines(median, *span, colors=color, linestyles="--",
-                                 label=f"{name}median of last {window}: {median:.2f}")
-        test_loss = [(record["epoch"], record[f"{prefix}test_loss"]) for record in records
-                     if f"{prefix}test_loss" in record]
+            accuracy_axes.hlines(
+                median,
+                *span,
+                colors=color,
+                linestyles="--",
+                label=f"{name}median of last {window}: {median:.2f}",
+            )
+        test_loss = [
+            (record["epoch"], record[f"{prefix}test_loss"])
+            for record in records
+            if f"{prefix}test_loss" in record
+        ]
         if test_loss:
             loss_axes.plot(*zip(*test_loss, strict=True), color=color, label=f"{name}test loss")
     train_loss = [(record["epoch"], record["train_loss"]) for record in records if "train_loss" in record]
@@ -87,8 +97,14 @@ def run_figure(run_dir: Path) -> Figure:
         loss_axes.plot(*zip(*train_loss, strict=True), color="tab:gray", label="train loss (mixed objective)")
     for axes in (accuracy_axes, loss_axes):
         if span:
-            axes.axvspan(span[0] - 0.5, span[1] + 0.5, color="gold", alpha=0.25, lw=0,
-                         label=f"metric window (last {window} epochs)")
+            axes.axvspan(
+                span[0] - 0.5,
+                span[1] + 0.5,
+                color="gold",
+                alpha=0.25,
+                lw=0,
+                label=f"metric window (last {window} epochs)",
+            )
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         if records:
@@ -115,7 +131,9 @@ def curve_file_name(row_or_run_dir: Path) -> str:
 def _row_label(row: Row, with_table: bool) -> str:
     """``mixup``, ``alignmixup_cvpr22_t1: mixup`` or ``fmix+sumix (sumix,base=fmix)``, plus what is missing."""
     if row.published:
-        label = f"{row.published.cell.table}: {row.published.cell.row}" if with_table else row.published.cell.row
+        label = (
+            f"{row.published.cell.table}: {row.published.cell.row}" if with_table else row.published.cell.row
+        )
         if row.group is not None and row.published.cell.row != row.method:
             label += f" ({row.method})"
     else:
@@ -137,8 +155,14 @@ def _panels(rows: list[Row]) -> dict[str, list[Row]]:
 
 def _draw_panel(axes, rows: list[Row], networks: list[str], with_table: bool) -> None:
     if not rows:
-        axes.text(0.5, 0.5, "no row: nothing run and no top-1 cell published", transform=axes.transAxes,
-                  ha="center", va="center")
+        axes.text(
+            0.5,
+            0.5,
+            "no row: nothing run and no top-1 cell published",
+            transform=axes.transAxes,
+            ha="center",
+            va="center",
+        )
         axes.set_yticks([])
         return
     offsets = {network: 0.15 * index for index, network in enumerate(networks)}
@@ -152,11 +176,27 @@ def _draw_panel(axes, rows: list[Row], networks: list[str], with_table: bool) ->
             y = position - offsets[network]
             mean, std = mean_std(values)
             axes.scatter(values, [y] * len(values), s=10, color=color, alpha=0.4, lw=0)
-            axes.errorbar(mean, y, xerr=std or 0.0, fmt=marker, color=color, ms=6, capsize=3,
-                          label=f"ours{', ' + network if len(networks) > 1 else ''}: mean ± std over seeds (dots: seeds)")
+            axes.errorbar(
+                mean,
+                y,
+                xerr=std or 0.0,
+                fmt=marker,
+                color=color,
+                ms=6,
+                capsize=3,
+                label=f"ours{', ' + network if len(networks) > 1 else ''}: mean ± std over seeds (dots: seeds)",
+            )
         if row.published_value is not None:
-            axes.scatter(row.published_value, position, marker="D", s=36, facecolor="none", edgecolor="black",
-                         zorder=3, label="published")
+            axes.scatter(
+                row.published_value,
+                position,
+                marker="D",
+                s=36,
+                facecolor="none",
+                edgecolor="black",
+                zorder=3,
+                label="published",
+            )
     axes.set_yticks(range(len(rows)), [_row_label(row, with_table) for row in rows], fontsize=8)
     axes.set_ylim(len(rows) - 0.5, -0.5)
     axes.grid(axis="x", alpha=0.3)
@@ -178,14 +218,22 @@ def plot_table(table: Table, out: Path) -> Path:
         for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     if handles:
-        figure.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize=8, ncols=len(handles))
+        figure.legend(
+            handles.values(), handles.keys(), loc="outside lower center", fontsize=8, ncols=len(handles)
+        )
     published = any(row.published_value is not None for row in table.rows)
-    statistics_used = sorted({STATISTIC_LABEL[row.published.our_statistic if row.published else HEADLINE]
-                              for row in table.rows}) or [STATISTIC_LABEL[HEADLINE]]
+    statistics_used = sorted(
+        {STATISTIC_LABEL[row.published.our_statistic if row.published else HEADLINE] for row in table.rows}
+    ) or [STATISTIC_LABEL[HEADLINE]]
     axes_list[-1].set_xlabel(
         f"top-1 accuracy (%); ours: {' / '.join(statistics_used)}"
-        + ("\n(the statistic the paper published; median of the last 10 where it states none)" if published
-           else " (no published numbers)"), fontsize=9)
+        + (
+            "\n(the statistic the paper published; median of the last 10 where it states none)"
+            if published
+            else " (no published numbers)"
+        ),
+        fontsize=9,
+    )
     figure.suptitle(table.reference_table or table.title, fontsize=10, x=0.01, ha="left")
     _save(figure, out)
     return Path(out)

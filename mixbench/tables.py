@@ -38,11 +38,20 @@ import yaml
 from mixbench import paper
 
 ONLINE = "online"
-HEADLINE = "median"          # per-seed statistics: median (of the metric window), best, last, best_window
-STATISTIC_OF_PUBLISHED = {   # paper.published_statistic -> the per-seed statistic it is compared with
-    "median_last10": "median", paper.UNSTATED: "median", "best": "best", "last": "last", "best_last10": "best_window",
+HEADLINE = "median"  # per-seed statistics: median (of the metric window), best, last, best_window
+STATISTIC_OF_PUBLISHED = {  # paper.published_statistic -> the per-seed statistic it is compared with
+    "median_last10": "median",
+    paper.UNSTATED: "median",
+    "best": "best",
+    "last": "last",
+    "best_last10": "best_window",
 }
-STATISTIC_LABEL = {"median": "median last 10", "best": "best epoch", "last": "last epoch", "best_window": "best of last 10"}
+STATISTIC_LABEL = {
+    "median": "median last 10",
+    "best": "best epoch",
+    "last": "last epoch",
+    "best_window": "best of last 10",
+}
 METHOD_ORDER = ("vanilla", "mixup", "cutmix", "manifoldmix")
 
 
@@ -55,7 +64,7 @@ class SeedRun:
 
     path: Path
     seed: int
-    status: str                 # complete | running | failed
+    status: str  # complete | running | failed
     epochs_done: int
     epochs: int
     window: int
@@ -99,9 +108,14 @@ def read_seed_run(summary_path: Path) -> SeedRun:
             "best_window": max(curve[-window:]) if len(curve) >= window else None,
         }
     return SeedRun(
-        path=summary_path.parent, seed=int(summary["seed"]), status=str(summary["status"]),
-        epochs_done=int(summary["epochs_done"]), epochs=int(summary["epochs"]), window=window,
-        statistics=statistics_by_network, device=f"{summary.get('device')}, {summary.get('precision')}",
+        path=summary_path.parent,
+        seed=int(summary["seed"]),
+        status=str(summary["status"]),
+        epochs_done=int(summary["epochs_done"]),
+        epochs=int(summary["epochs"]),
+        window=window,
+        statistics=statistics_by_network,
+        device=f"{summary.get('device')}, {summary.get('precision')}",
         message=summary.get("message"),
     )
 
@@ -116,7 +130,7 @@ class RunGroup:
     method: str
     schedule: str
     runs: list[SeedRun] = field(default_factory=list)
-    config: dict[str, Any] | None = None   # config.yaml of one of its runs (all seeds share it but the seed)
+    config: dict[str, Any] | None = None  # config.yaml of one of its runs (all seeds share it but the seed)
 
     @property
     def complete_runs(self) -> list[SeedRun]:
@@ -144,8 +158,11 @@ class RunGroup:
 
 def find_summaries(root: Path) -> list[Path]:
     root = Path(root)
-    return sorted(path for path in root.rglob("summary.json")
-                  if not any(part.startswith(".") for part in path.relative_to(root).parts))
+    return sorted(
+        path
+        for path in root.rglob("summary.json")
+        if not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
 
 
 def _group_names(summary_path: Path) -> tuple[str, str, str, str]:
@@ -196,15 +213,16 @@ class Published:
     """A published cell and its number, as compared with our runs."""
 
     cell: paper.Cell
-    value: float | None         # top-1 accuracy (%), error tables converted; None = not reported
-    raw: float | None           # as published
-    metric: str                 # top1_acc | top1_err
-    statistic: str              # best | last | median_last10 | best_last10 | unstated
+    value: float | None  # top-1 accuracy (%), error tables converted; None = not reported
+    raw: float | None  # as published
+    metric: str  # top1_acc | top1_err
+    statistic: str  # best | last | median_last10 | best_last10 | unstated
 
     @classmethod
     def of(cls, target: paper.Cell) -> Published:
         return cls(
-            cell=target, value=paper.published_value(target.table, target.row, target.column),
+            cell=target,
+            value=paper.published_value(target.table, target.row, target.column),
             raw=paper.raw_value(target.table, target.row, target.column),
             metric=paper.column_metric(target.table, target.column),
             statistic=paper.published_statistic(target.table, target.row),
@@ -229,7 +247,7 @@ class Row:
     schedule: str
     group: RunGroup | None = None
     published: Published | None = None
-    note: str = ""              # "not run", "no top-1 cell of <table>", ...
+    note: str = ""  # "not run", "no top-1 cell of <table>", ...
 
     # --- ours
     def values(self, statistic: str = HEADLINE, network: str = ONLINE) -> list[float]:
@@ -291,7 +309,7 @@ class Table:
     title: str
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
-    reference_table: str | None = None    # set when the rows follow one published table
+    reference_table: str | None = None  # set when the rows follow one published table
 
     @property
     def networks(self) -> list[str]:
@@ -307,10 +325,18 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def _row(group: RunGroup | None, published: Published | None = None, note: str = "") -> Row:
     if group is not None:
-        return Row(group.data, group.model, group.method, group.schedule, group=group, published=published, note=note)
+        return Row(
+            group.data, group.model, group.method, group.schedule, group=group, published=published, note=note
+        )
     target = published.cell  # a cell without runs
-    return Row(str(target.data), str(target.model), str(target.method), str(target.schedule),
-               published=published, note=note)
+    return Row(
+        str(target.data),
+        str(target.model),
+        str(target.method),
+        str(target.schedule),
+        published=published,
+        note=note,
+    )
 
 
 def _rows_by_own_reference(groups: list[RunGroup]) -> tuple[list[Row], list[str]]:
@@ -332,9 +358,15 @@ def _rows_by_own_reference(groups: list[RunGroup]) -> tuple[list[Row], list[str]
         if not cells:
             rows.append(_row(group, note=f"no top-1 cell of {name}"))
         rows.extend(_row(group, Published.of(target)) for target in cells)
-    notes = [f"Unknown reference tables (not in results/paper): {', '.join(sorted(unknown_tables))}."] if unknown_tables else []
+    notes = (
+        [f"Unknown reference tables (not in results/paper): {', '.join(sorted(unknown_tables))}."]
+        if unknown_tables
+        else []
+    )
     if without_config:
-        notes.append(f"{without_config} configuration(s) have no config.yaml: not matched with published cells.")
+        notes.append(
+            f"{without_config} configuration(s) have no config.yaml: not matched with published cells."
+        )
     return rows, notes
 
 
@@ -366,8 +398,14 @@ def _rows_of_reference(name: str, groups: list[RunGroup], root: Path) -> tuple[l
         notes.append(f"{unmatched} configuration(s) under {root} train no cell of this table (not shown).")
     not_runnable = [target for target in all_cells if not target.runnable]
     if not_runnable:
-        notes.append("Not trainable in mixbench: " + "; ".join(
-            f"{', '.join(places)} ({reason})" for reason, places in _not_runnable_places(all_cells).items()) + ".")
+        notes.append(
+            "Not trainable in mixbench: "
+            + "; ".join(
+                f"{', '.join(places)} ({reason})"
+                for reason, places in _not_runnable_places(all_cells).items()
+            )
+            + "."
+        )
     other = [target for target in all_cells if target.runnable and not paper.is_top1_cell(target)]
     if other:
         kinds = sorted({target.evaluation or paper.column_metric(name, target.column) for target in other})
@@ -392,8 +430,11 @@ def _not_runnable_places(all_cells: list[paper.Cell]) -> dict[str, list[str]]:
                 named -= {id(target) for target in in_column}
         for row in dict.fromkeys(target.row for target in targets):
             in_row = [target for target in all_cells if target.row == row and id(target) in named]
-            if in_row and all(id(target) in named for target in all_cells
-                              if target.row == row and f"column {target.column}" not in found):
+            if in_row and all(
+                id(target) in named
+                for target in all_cells
+                if target.row == row and f"column {target.column}" not in found
+            ):
                 found.append(row)
                 named -= {id(target) for target in in_row}
         found += [f"{target.row} · {target.column}" for target in targets if id(target) in named]
@@ -405,10 +446,14 @@ def _published_notes(rows: list[Row]) -> list[str]:
     notes = []
     for table in dict.fromkeys(row.published.cell.table for row in rows if row.published):
         data = paper.load_reference(table)
-        statistics_used = sorted({row.published.statistic for row in rows
-                                  if row.published and row.published.cell.table == table})
-        errors = any(row.published.metric == paper.ERROR for row in rows
-                     if row.published and row.published.cell.table == table)
+        statistics_used = sorted(
+            {row.published.statistic for row in rows if row.published and row.published.cell.table == table}
+        )
+        errors = any(
+            row.published.metric == paper.ERROR
+            for row in rows
+            if row.published and row.published.cell.table == table
+        )
         text = f"{table}: {str(data['source']).rstrip('.')}."
         if errors:
             text += " Published as top-1 error; shown as accuracy = 100 - error."
@@ -431,8 +476,13 @@ def build_table(root: Path, table: str | None = None) -> Table:
         title = f"{table} ({paper.load_reference(table)['source']})"
     notes = _published_notes(rows) + notes
     if rows and not any(row.published for row in rows):
-        notes.insert(0, ("No published numbers: the runs' config.yaml name no reference_table (set by experiment files), "
-                     "or no cell of it trains their configuration."))
+        notes.insert(
+            0,
+            (
+                "No published numbers: the runs' config.yaml name no reference_table (set by experiment files), "
+                "or no cell of it trains their configuration."
+            ),
+        )
     devices = sorted({run.device for row in rows if row.group for run in row.group.runs})
     if devices:
         notes.append(f"Hardware: {'; '.join(devices)}.")
@@ -465,7 +515,7 @@ def _window_text(table: Table) -> str:
 class Column:
     header: str
     text: Callable[[Row], str]
-    numeric: bool = True   # right-aligned in LaTeX
+    numeric: bool = True  # right-aligned in LaTeX
 
 
 def display_columns(table: Table) -> list[Column]:
@@ -474,13 +524,19 @@ def display_columns(table: Table) -> list[Column]:
     with_cells = any(row.published for row in table.rows)
     multi_table = table.reference_table is None
     columns = [
-        Column("data", lambda row: row.data, numeric=False), Column("model", lambda row: row.model, numeric=False),
+        Column("data", lambda row: row.data, numeric=False),
+        Column("model", lambda row: row.model, numeric=False),
         Column("method", lambda row: row.method, numeric=False),
         Column("schedule", lambda row: row.schedule, numeric=False),
     ]
     if with_cells:
-        columns.append(Column("published cell", lambda row: row.published.label(multi_table) if row.published else "",
-                              numeric=False))
+        columns.append(
+            Column(
+                "published cell",
+                lambda row: row.published.label(multi_table) if row.published else "",
+                numeric=False,
+            )
+        )
     columns += [
         Column(f"top-1, median of last {window} (mean ± std)", lambda row: _fmt(row.mean, row.std)),
         Column("seeds", lambda row: str(row.seeds)),
@@ -488,9 +544,15 @@ def display_columns(table: Table) -> list[Column]:
         Column("last", lambda row: _fmt(*mean_std(row.values("last")))),
     ]
     for network in table.networks:
-        columns.append(Column(f"{network} top-1, median of last {window}",
-                              lambda row, n=network: _fmt(*mean_std(row.values(HEADLINE, n)))))
-        columns.append(Column(f"{network} best", lambda row, n=network: _fmt(*mean_std(row.values("best", n)))))
+        columns.append(
+            Column(
+                f"{network} top-1, median of last {window}",
+                lambda row, n=network: _fmt(*mean_std(row.values(HEADLINE, n))),
+            )
+        )
+        columns.append(
+            Column(f"{network} best", lambda row, n=network: _fmt(*mean_std(row.values("best", n))))
+        )
     if with_cells:
         columns.append(Column("published", lambda row: _fmt(row.published_value)))
         columns.append(Column("Δ (ours − published)", _delta_text))
@@ -518,8 +580,18 @@ def to_markdown(table: Table | list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 _LATEX_SYMBOLS = {"±": r"$\pm$", "—": "--", "Δ": r"$\Delta$", "−": "$-$", "·": r"$\cdot$"}
 
 
@@ -534,10 +606,14 @@ def to_latex(table: Table) -> str:
     """A ``tabular`` (plain LaTeX, no packages needed) with the Markdown table's columns; notes as comments."""
     columns = display_columns(table)
     spec = "".join("r" if column.numeric else "l" for column in columns)
-    lines = [f"% {latex_escape(table.title)}" if table.title else "% mixbench table",
-             *(f"% {note}" for note in table.notes),
-             f"\\begin{{tabular}}{{{spec}}}", "\\hline",
-             " & ".join(latex_escape(column.header) for column in columns) + r" \\", "\\hline"]
+    lines = [
+        f"% {latex_escape(table.title)}" if table.title else "% mixbench table",
+        *(f"% {note}" for note in table.notes),
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\hline",
+        " & ".join(latex_escape(column.header) for column in columns) + r" \\",
+        "\\hline",
+    ]
     for row in table.rows:
         lines.append(" & ".join(latex_escape(column.text(row)) for column in columns) + r" \\")
     lines += ["\\hline", "\\end{tabular}"]
@@ -552,29 +628,72 @@ def to_csv(table: Table | list[Row]) -> str:
     """Plain numbers, one line per row; empty = unknown."""
     table = table if isinstance(table, Table) else Table(title="", rows=table)
     networks = table.networks
-    header = ["data", "model", "method", "schedule", "window", "mean", "std", "seeds", "best_mean", "last_mean"]
+    header = [
+        "data",
+        "model",
+        "method",
+        "schedule",
+        "window",
+        "mean",
+        "std",
+        "seeds",
+        "best_mean",
+        "last_mean",
+    ]
     for network in networks:
         header += [f"{network}_mean", f"{network}_std", f"{network}_best_mean", f"{network}_last_mean"]
-    header += ["table", "row", "column", "published", "published_raw", "published_metric", "published_statistic",
-               "compared_statistic", "compared_mean", "delta"]
+    header += [
+        "table",
+        "row",
+        "column",
+        "published",
+        "published_raw",
+        "published_metric",
+        "published_statistic",
+        "compared_statistic",
+        "compared_mean",
+        "delta",
+    ]
     header += [f"{network}_delta" for network in networks]
     header += ["not_complete"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for row in table.rows:
-        line: list[Any] = [row.data, row.model, row.method, row.schedule, "/".join(map(str, row.windows)),
-                           _round(row.mean), _round(row.std), row.seeds,
-                           _round(mean_std(row.values("best"))[0]), _round(mean_std(row.values("last"))[0])]
+        line: list[Any] = [
+            row.data,
+            row.model,
+            row.method,
+            row.schedule,
+            "/".join(map(str, row.windows)),
+            _round(row.mean),
+            _round(row.std),
+            row.seeds,
+            _round(mean_std(row.values("best"))[0]),
+            _round(mean_std(row.values("last"))[0]),
+        ]
         for network in networks:
             mean, std = mean_std(row.values(HEADLINE, network))
-            line += [_round(mean), _round(std), _round(mean_std(row.values("best", network))[0]),
-                     _round(mean_std(row.values("last", network))[0])]
+            line += [
+                _round(mean),
+                _round(std),
+                _round(mean_std(row.values("best", network))[0]),
+                _round(mean_std(row.values("last", network))[0]),
+            ]
         published = row.published
         if published:
-            line += [published.cell.table, published.cell.row, published.cell.column or "", _round(published.value),
-                     _round(published.raw), published.metric, published.statistic, published.our_statistic,
-                     _round(row.compared()[0]), _round(row.delta())]
+            line += [
+                published.cell.table,
+                published.cell.row,
+                published.cell.column or "",
+                _round(published.value),
+                _round(published.raw),
+                published.metric,
+                published.statistic,
+                published.our_statistic,
+                _round(row.compared()[0]),
+                _round(row.delta()),
+            ]
         else:
             line += ["", "", "", "", "", "", "", "", "", ""]
         line += [_round(row.delta(network)) for network in networks]

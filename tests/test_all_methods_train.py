@@ -13,7 +13,9 @@ from mixbench.engine.trainer import train
 from mixbench.methods import METHODS
 from tests.conftest import compose_config
 
-NEEDS_EXTERNAL_WEIGHTS = {name for name, cls in METHODS.items() if getattr(cls, "needs_external_weights", False)}
+NEEDS_EXTERNAL_WEIGHTS = {
+    name for name, cls in METHODS.items() if getattr(cls, "needs_external_weights", False)
+}
 TRAINABLE = sorted(set(METHODS) - NEEDS_EXTERNAL_WEIGHTS)
 CHANCE = 10.0  # digits: 10 balanced classes
 

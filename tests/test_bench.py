@@ -23,7 +23,14 @@ BATCH = 4
 
 def _request(methods: str, models: str, overrides: list[str], image_size: int | None = None) -> tuple:
     return resolve_request(
-        methods, models, "digits", BATCH, image_size, steps=2, warmup=1, compile_model=False,
+        methods,
+        models,
+        "digits",
+        BATCH,
+        image_size,
+        steps=2,
+        warmup=1,
+        compile_model=False,
         overrides=["device=cpu", *overrides],
     )
 
@@ -47,16 +54,34 @@ def test_files_are_named_by_the_device_and_hold_one_row_per_method(cnn_report) -
     assert markdown_path.name == f"{slug}.md" and csv_path.name == f"{slug}.csv"
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["method"] for row in rows] == ["vanilla", "mixup", "stylemix", "alignmixup_ae"]  # vanilla added first
+    assert [row["method"] for row in rows] == [
+        "vanilla",
+        "mixup",
+        "stylemix",
+        "alignmixup_ae",
+    ]  # vanilla added first
     table_lines = [line for line in markdown_path.read_text().splitlines() if line.startswith("| r18 |")]
-    assert [line.split("|")[2].strip() for line in table_lines] == ["vanilla", "mixup", "stylemix", "alignmixup_ae"]
+    assert [line.split("|")[2].strip() for line in table_lines] == [
+        "vanilla",
+        "mixup",
+        "stylemix",
+        "alignmixup_ae",
+    ]
 
 
 def test_the_header_names_device_precision_batch_and_commit(cnn_report) -> None:
     report, (markdown_path, _) = cnn_report
     header = markdown_path.read_text().splitlines()[2]
-    for expected in (report.device, f"torch: {torch.__version__}", "precision: fp32", "channels_last: false",
-                     f"batch size: {BATCH}", "image size: 16 px", "steps timed: 2 after 1 warm-up", "git commit:"):
+    for expected in (
+        report.device,
+        f"torch: {torch.__version__}",
+        "precision: fp32",
+        "channels_last: false",
+        f"batch size: {BATCH}",
+        "image size: 16 px",
+        "steps timed: 2 after 1 warm-up",
+        "git commit:",
+    ):
         assert expected in header
     assert "data pipeline is excluded" in markdown_path.read_text()
 

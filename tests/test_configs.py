@@ -13,7 +13,14 @@ from mixbench.methods import METHODS
 from mixbench.models import MODELS
 from tests.conftest import compose_config, run_cli, tiny_overrides
 
-REQUIRED_SCHEDULES = {"alignmix_cifar", "openmixup_cifar", "openmixup_tiny", "imagenet_100", "finegrained", "vit_cifar"}
+REQUIRED_SCHEDULES = {
+    "alignmix_cifar",
+    "openmixup_cifar",
+    "openmixup_tiny",
+    "imagenet_100",
+    "finegrained",
+    "vit_cifar",
+}
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -52,16 +59,29 @@ def test_every_option_composes_with_the_defaults_and_validates(group: str) -> No
 def test_schedule_values_come_from_the_recipes() -> None:
     align = compose_config(["schedule=alignmix_cifar"]).schedule
     assert (align.epochs, align.batch_size, align.optimizer.lr, list(align.lr_schedule.milestones)) == (
-        2000, 128, 0.1, [500, 1000, 1500],
+        2000,
+        128,
+        0.1,
+        [500, 1000, 1500],
     )
     vit = compose_config(["schedule=vit_cifar", "model=swin_t"]).schedule
-    assert (vit.optimizer.name, vit.optimizer.weight_decay, vit.grad_clip, vit.label_smoothing) == ("adamw", 0.05, 10.0, 0.1)
+    assert (vit.optimizer.name, vit.optimizer.weight_decay, vit.grad_clip, vit.label_smoothing) == (
+        "adamw",
+        0.05,
+        10.0,
+        0.1,
+    )
     assert vit.optimizer.no_decay_norm_bias and vit.train_size == 224
 
 
 def test_the_users_command_composes() -> None:
     cfg = compose_config(["method=mixup", "model=r18", "data=cifar100"])
-    assert (cfg.method.name, cfg.model.name, cfg.data.name, cfg.data.num_classes) == ("mixup", "r18", "cifar100", 100)
+    assert (cfg.method.name, cfg.model.name, cfg.data.name, cfg.data.num_classes) == (
+        "mixup",
+        "r18",
+        "cifar100",
+        100,
+    )
     assert cfg.method.alpha == 1.0
 
 
@@ -118,7 +138,9 @@ def test_cli_bad_input_is_one_line_and_makes_no_run_directory(tmp_path: Path, ar
 
 def test_cli_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path: Path) -> None:
     runs_root = tmp_path / "runs"
-    result = run_cli(["method=mixup", "model=r18", "data=cifar100", f"data.root={tmp_path}", f"runs_root={runs_root}"])
+    result = run_cli(
+        ["method=mixup", "model=r18", "data=cifar100", f"data.root={tmp_path}", f"runs_root={runs_root}"]
+    )
     _assert_one_line_error(result, str(tmp_path / "cifar-100-python"))
     assert "data.download=true" in result.stderr
     assert not runs_root.exists()

@@ -52,7 +52,11 @@ def _torchrun(arguments: list[str], timeout: float = 240) -> subprocess.Complete
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
         [TORCHRUN, "--standalone", "--nproc_per_node=2", str(REPO / "tools" / "train.py"), *arguments],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -62,8 +66,14 @@ def _torchrun(arguments: list[str], timeout: float = 240) -> subprocess.Complete
 def test_torchrun_two_processes_make_one_run_over_exactly_the_test_split(tmp_path: Path) -> None:
     epochs = 3
     overrides = [  # the quickstart at 16 px and width 8: learns well beyond chance in 3 epochs
-        "experiment=quickstart", f"runs_root={tmp_path / 'runs'}", "model.width=8", f"schedule.epochs={epochs}",
-        "schedule.metric_window=1", "progress=false", "device=cpu", "method=mixup",
+        "experiment=quickstart",
+        f"runs_root={tmp_path / 'runs'}",
+        "model.width=8",
+        f"schedule.epochs={epochs}",
+        "schedule.metric_window=1",
+        "progress=false",
+        "device=cpu",
+        "method=mixup",
     ]
     result = _torchrun(overrides)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -75,7 +85,9 @@ def test_torchrun_two_processes_make_one_run_over_exactly_the_test_split(tmp_pat
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in history] == list(range(1, epochs + 1))  # one writer
     assert all(record["test_images"] == DIGITS_TEST_IMAGES for record in history)
-    assert all(record["train_images"] == 21 * 64 for record in history)  # 1,347 images: 21 global batches of 64
+    assert all(
+        record["train_images"] == 21 * 64 for record in history
+    )  # 1,347 images: 21 global batches of 64
     assert history[-1]["top1"] > 30.0, history[-1]  # chance is 10%; this run reaches about 50%
     assert result.stdout.count("complete: ") == 1 and result.stdout.count(f"epoch {epochs}/{epochs}") == 1
     # The recorded accuracy is the whole test split's: a one-process evaluation of the saved weights agrees.
@@ -91,10 +103,14 @@ def test_torchrun_two_processes_make_one_run_over_exactly_the_test_split(tmp_pat
 
 
 def test_torchrun_refuses_a_batch_that_does_not_split_with_one_line(tmp_path: Path) -> None:
-    result = _torchrun([*tiny_overrides(tmp_path / "runs", epochs=1, window=1), "schedule.batch_size=63"], timeout=120)
+    result = _torchrun(
+        [*tiny_overrides(tmp_path / "runs", epochs=1, window=1), "schedule.batch_size=63"], timeout=120
+    )
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "batch_size=63" in errors[0] and "2 processes" in errors[0], result.stderr[-2000:]
+    assert len(errors) == 1 and "batch_size=63" in errors[0] and "2 processes" in errors[0], result.stderr[
+        -2000:
+    ]
     assert not (tmp_path / "runs").exists()
 
 
@@ -139,7 +155,9 @@ def _train_replica(name: str, rank: int) -> dict:
     """A few DDP steps of ``name`` on rank-specific data; checks that the replicas stay identical."""
     often = ["method.reconstruction_prob=0.5"] if name == "alignmixup_ae" else []  # the decoder on some steps
     registered = "vanilla" if name == InputGradientProbe.name else name
-    cfg = compose_config([*tiny_overrides(Path("unused"), epochs=1, window=1), f"method={registered}", *often])
+    cfg = compose_config(
+        [*tiny_overrides(Path("unused"), epochs=1, window=1), f"method={registered}", *often]
+    )
     torch.manual_seed(0)  # the same initial weights on both ranks (DDP would also broadcast rank 0's)
     model, method = build_model_and_method(cfg, Runtime(CPU, None, False, False))
     if name == InputGradientProbe.name:
@@ -163,8 +181,15 @@ def _train_replica(name: str, rank: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if index == 0 and name in ("vanilla", "manifoldmix"):
-            averaged.append(all(torch.allclose(p.grad, e, atol=1e-6) for p, e in zip(model.parameters(), expected, strict=True)))
-            averaged.append(not all(torch.allclose(g, e, atol=1e-6) for g, e in zip(local, expected, strict=True)))
+            averaged.append(
+                all(
+                    torch.allclose(p.grad, e, atol=1e-6)
+                    for p, e in zip(model.parameters(), expected, strict=True)
+                )
+            )
+            averaged.append(
+                not all(torch.allclose(g, e, atol=1e-6) for g, e in zip(local, expected, strict=True))
+            )
         if name == "alignmixup_ae" and float(logs["reconstruction"]) == 0.0:
             decoder_idle_steps += 1  # no rank used the decoder: its gradient stays None, as in one process
             assert all(p.grad is None for p in method.decoder.parameters())
@@ -191,11 +216,14 @@ def gathered_mean(tensor: torch.Tensor) -> torch.Tensor:
 
 def _check_errors_agree(rank: int) -> None:
     """An error on one rank is raised on every rank (named by rank when it is not 0); rank 0 decides alone."""
+
     def fails_on_rank_one() -> None:
         if rank == 1:
             raise FileNotFoundError("no data here")
 
-    with pytest.raises(FileNotFoundError, match="on rank 1 of 2: no data here" if rank == 0 else "^no data here$"):
+    with pytest.raises(
+        FileNotFoundError, match="on rank 1 of 2: no data here" if rank == 0 else "^no data here$"
+    ):
         on_every_rank(fails_on_rank_one)
     assert on_main(lambda: f"read by {rank}") == "read by 0"
 

@@ -59,7 +59,9 @@ def sweep_params(name: str) -> dict[str, list[str]]:
     expanded: dict[str, list[str]] = {}
     for key, value in params.items():
         override = parser.parse_overrides([f"{key}={value}"])[0]
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        values = (
+            list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        )
         expanded[key] = [str(v) for v in values]
     return expanded
 
@@ -117,17 +119,27 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 
 def job_key(job: dict[str, Any]) -> tuple:
     options = job["options"]
-    return (job["data"], job["model"], job["schedule"], job["method"],
-            normalised("method", job["method"], {k: v for k, v in options["method"].items() if k != "name"}),
-            normalised("schedule", job["schedule"], options["schedule"]),
-            normalised("model", job["model"], options["model"]))
+    return (
+        job["data"],
+        job["model"],
+        job["schedule"],
+        job["method"],
+        normalised("method", job["method"], {k: v for k, v in options["method"].items() if k != "name"}),
+        normalised("schedule", job["schedule"], options["schedule"]),
+        normalised("model", job["model"], options["model"]),
+    )
 
 
 def cell_key(cell: paper.Cell) -> tuple:
-    return (cell.data, cell.model, cell.schedule, cell.method,
-            normalised("method", cell.method, cell.options),
-            normalised("schedule", cell.schedule, cell.schedule_options),
-            normalised("model", cell.model, cell.model_options))
+    return (
+        cell.data,
+        cell.model,
+        cell.schedule,
+        cell.method,
+        normalised("method", cell.method, cell.options),
+        normalised("schedule", cell.schedule, cell.schedule_options),
+        normalised("model", cell.model, cell.model_options),
+    )
 
 
 def method_configs_exist(cell: paper.Cell) -> bool:
@@ -141,8 +153,10 @@ def method_configs_exist(cell: paper.Cell) -> bool:
 def published_cells(table: str, accuracy_only: bool = False) -> list[paper.Cell]:
     """Runnable cells that have a published number (a top-1 accuracy or error only, if asked)."""
     return [
-        c for c in paper.cells(table)
-        if c.runnable and paper.raw_value(table, c.row, c.column) is not None
+        c
+        for c in paper.cells(table)
+        if c.runnable
+        and paper.raw_value(table, c.row, c.column) is not None
         and (not accuracy_only or paper.column_metric(table, c.column) in (paper.ACCURACY, paper.ERROR))
     ]
 
@@ -182,7 +196,9 @@ def test_experiment_composes_and_validates(name: str) -> None:
         assert cfg[group].name == option
     if name in NON_TABLE_EXPERIMENTS:
         return
-    assert cfg.reference_table in TABLES, f"{name}: reference_table {cfg.reference_table} is not in results/paper"
+    assert cfg.reference_table in TABLES, (
+        f"{name}: reference_table {cfg.reference_table} is not in results/paper"
+    )
     assert cfg.runs_root == f"runs/{name}"
     assert name in paper.experiments(cfg.reference_table), f"{cfg.reference_table} does not list {name}"
 
@@ -202,9 +218,13 @@ def test_grid_names_only_existing_configs(name: str) -> None:
         assert option in group_options(group), f"{name}: defaults name {group} {option}, which has no config"
     for group in GROUPS:
         for option in params.get(group, []):
-            assert option in group_options(group), f"{name}: the grid names {group} '{option}', which has no config"
+            assert option in group_options(group), (
+                f"{name}: the grid names {group} '{option}', which has no config"
+            )
     for base in params.get("method.base", []):
-        assert base in group_options("method"), f"{name}: the grid names method.base '{base}', which has no config"
+        assert base in group_options("method"), (
+            f"{name}: the grid names method.base '{base}', which has no config"
+        )
     if name not in NON_TABLE_EXPERIMENTS:
         assert params.get("seed") == SEEDS, f"{name}: the grid must run seeds 0,1,2"
 
@@ -220,7 +240,9 @@ def test_options_set_by_an_experiment_exist_in_every_config_of_its_grid(name: st
                 if group == "method" and key.startswith("base_options."):
                     assert job["method"] == "sumix"
                     continue
-                assert key in reference, f"{name}: {group}.{key} is not an option of configs/{group}/{job[group]}.yaml"
+                assert key in reference, (
+                    f"{name}: {group}.{key} is not an option of configs/{group}/{job[group]}.yaml"
+                )
 
 
 # ------------------------------------------------------------------------------------- results/paper files
@@ -241,7 +263,9 @@ def test_reference_file_is_well_formed(table: str) -> None:
         assert data["metric"] in (paper.ACCURACY, paper.ERROR)
 
 
-@pytest.mark.skipif(not SHARED_REFERENCE.is_file(), reason="shared/reference/paper_tables.yaml is not beside the repo")
+@pytest.mark.skipif(
+    not SHARED_REFERENCE.is_file(), reason="shared/reference/paper_tables.yaml is not beside the repo"
+)
 def test_reference_files_are_the_shared_reference_transcribed() -> None:
     shared = yaml.safe_load(SHARED_REFERENCE.read_text())
     assert set(shared) == set(TABLES)
@@ -255,9 +279,13 @@ def test_mapping_names_existing_configs_and_every_row_and_column(table: str) -> 
     data = paper.load_reference(table)
     mapping = data["mixbench"]
     assert set(mapping["rows"]) == set(data["rows"]), f"{table}: mixbench.rows must map every row"
-    listed = data.get("columns") or sorted({c for e in data["rows"].values() if isinstance(e, dict) for c in e})
+    listed = data.get("columns") or sorted(
+        {c for e in data["rows"].values() if isinstance(e, dict) for c in e}
+    )
     assert set(mapping["columns"]) == set(listed), f"{table}: mixbench.columns must map every column"
-    specs = list(mapping["columns"].values()) + ([mapping["single_value"]] if "single_value" in mapping else [])
+    specs = list(mapping["columns"].values()) + (
+        [mapping["single_value"]] if "single_value" in mapping else []
+    )
     for spec in specs:
         for group in ("data", "model", "schedule"):
             if spec.get(group) is not None:
@@ -270,7 +298,9 @@ def test_mapping_names_existing_configs_and_every_row_and_column(table: str) -> 
             continue
         for target in [spec] + list((spec.get("cells") or {}).values()):
             method = target.get("method", spec["method"])
-            assert method in METHODS, f"{table}: row {row} names method '{method}', which mixbench does not implement"
+            assert method in METHODS, (
+                f"{table}: row {row} names method '{method}', which mixbench does not implement"
+            )
             base = target.get("options", {}).get("base")
             assert base is None or base in METHODS, f"{table}: row {row} names base '{base}'"
         for column in spec.get("cells") or {}:
@@ -306,16 +336,49 @@ def test_every_job_of_an_experiment_is_a_cell_of_its_table(name: str) -> None:
 @pytest.mark.parametrize(
     ("table", "row", "column", "expected"),
     [
-        ("openmixup_cifar100_tiny_cub", "cutmix", "cifar100/rx50",
-         {"method.alpha": 0.2, "schedule.optimizer.weight_decay": 5.0e-4, "schedule.name": "openmixup_cifar"}),
-        ("sumix_eccv24_t1", "cutmix+sumix", "tiny_imagenet/rx50",
-         {"method.name": "sumix", "method.base": "cutmix", "method.base_options.alpha": 0.2, "method.gamma": 1.0}),
-        ("alignmixup_cvpr22_t6_ablation", "alignmixup {A}", "aligned",
-         {"method.name": "alignmixup", "method.input_mix_prob": 0.0, "model.name": "r18"}),
-        ("openmixup_cifar100_tiny_cub", "automix", "cub200/rx50",
-         {"model.name": "rx50_imagenet", "schedule.name": "finegrained", "schedule.lr_schedule.min_lr": 0.0}),
-        ("sumix_eccv24_t2_finegrained", "cutmix+sumix", "aircraft/resnet18",
-         {"model.name": "resnet18_imagenet", "data.name": "aircraft", "method.base_options.alpha": 0.2}),
+        (
+            "openmixup_cifar100_tiny_cub",
+            "cutmix",
+            "cifar100/rx50",
+            {
+                "method.alpha": 0.2,
+                "schedule.optimizer.weight_decay": 5.0e-4,
+                "schedule.name": "openmixup_cifar",
+            },
+        ),
+        (
+            "sumix_eccv24_t1",
+            "cutmix+sumix",
+            "tiny_imagenet/rx50",
+            {
+                "method.name": "sumix",
+                "method.base": "cutmix",
+                "method.base_options.alpha": 0.2,
+                "method.gamma": 1.0,
+            },
+        ),
+        (
+            "alignmixup_cvpr22_t6_ablation",
+            "alignmixup {A}",
+            "aligned",
+            {"method.name": "alignmixup", "method.input_mix_prob": 0.0, "model.name": "r18"},
+        ),
+        (
+            "openmixup_cifar100_tiny_cub",
+            "automix",
+            "cub200/rx50",
+            {
+                "model.name": "rx50_imagenet",
+                "schedule.name": "finegrained",
+                "schedule.lr_schedule.min_lr": 0.0,
+            },
+        ),
+        (
+            "sumix_eccv24_t2_finegrained",
+            "cutmix+sumix",
+            "aircraft/resnet18",
+            {"model.name": "resnet18_imagenet", "data.name": "aircraft", "method.base_options.alpha": 0.2},
+        ),
     ],
 )
 def test_cell_overrides_compose_to_the_mapped_configuration(table, row, column, expected) -> None:
@@ -350,7 +413,9 @@ def test_error_tables_are_converted_to_accuracy() -> None:
 def test_accuracy_tables_are_returned_as_published() -> None:
     assert paper.published_value("openmixup_cifar100_tiny_cub", "cutmix", "cifar100/resnet18") == 78.17
     assert paper.published_value("sumix_eccv24_t5_robustness", "fmix", "clean_acc/sumix") == 80.20
-    assert paper.published_value("sumix_eccv24_t5_robustness", "fmix", "fgsm_err/sumix") == 10.92  # error column
+    assert (
+        paper.published_value("sumix_eccv24_t5_robustness", "fmix", "fgsm_err/sumix") == 10.92
+    )  # error column
 
 
 def test_not_reported_is_none_and_unknown_names_fail() -> None:
@@ -393,7 +458,8 @@ def test_the_tables_agree_where_they_report_the_same_configuration() -> None:
     for row in ("cutmix", "fmix", "saliencymix", "resizemix"):  # SUMix's base rows are OpenMixup's numbers
         for column in ("cifar100/resnet18", "cifar100/rx50", "tiny_imagenet/resnet18", "tiny_imagenet/rx50"):
             assert paper.published_value("sumix_eccv24_t1", row, column) == paper.published_value(
-                "openmixup_cifar100_tiny_cub", row, column)
+                "openmixup_cifar100_tiny_cub", row, column
+            )
 
 
 def test_loaded_tables_are_copies() -> None:

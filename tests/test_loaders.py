@@ -137,7 +137,9 @@ def test_eval_yields_every_image_once_in_order_normalised() -> None:
     x = torch.cat([x for x, _ in batches])
     pixel = data.images[13, 1, 2, 5].item()
     assert x[13, 1, 2, 5].item() == pytest.approx((pixel / 255 - MEAN[1]) / STD[1], abs=1e-5)
-    expected = (data.images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    expected = (data.images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(x, expected)
 
 
@@ -216,7 +218,9 @@ def test_worker_loader_yields_normalised_float_batches() -> None:
     x = torch.cat([x for x, _ in batches])
     assert x.dtype == torch.float32 and x.shape == (10, 3, 8, 8)
     assert torch.cat([y for _, y in batches]).tolist() == list(range(10))
-    expected = (data.images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    expected = (data.images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(x, expected)
 
 
@@ -269,7 +273,10 @@ def test_digits_split_sizes_classes_and_format(digit_splits) -> None:
         assert part.images.max() > 200  # scaled from 0..16 to 0..255
     # stratified: each class has about a quarter of its images in the test split
     for c in range(10):
-        n_test, n_all = int((test.labels == c).sum()), int((train.labels == c).sum() + (test.labels == c).sum())
+        n_test, n_all = (
+            int((test.labels == c).sum()),
+            int((train.labels == c).sum() + (test.labels == c).sum()),
+        )
         assert abs(n_test - 0.25 * n_all) <= 1
 
 

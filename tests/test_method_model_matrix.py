@@ -35,7 +35,9 @@ from mixbench.models import build_model
 from mixbench.rng import MixRandom
 from tests.conftest import compose_config
 
-NEEDS_EXTERNAL_WEIGHTS = {name for name, cls in METHODS.items() if getattr(cls, "needs_external_weights", False)}
+NEEDS_EXTERNAL_WEIGHTS = {
+    name for name, cls in METHODS.items() if getattr(cls, "needs_external_weights", False)
+}
 TRAINABLE = sorted(set(METHODS) - NEEDS_EXTERNAL_WEIGHTS)
 # Methods that read hidden feature tensors: none of them can run on a model exposing only its input.  Every
 # other method must train on Swin-T, so a new method is tested on Swin-T unless it is added here.
@@ -102,7 +104,9 @@ def test_every_method_trains_a_step_on_every_cnn(method: str, model: str) -> Non
 
 
 @pytest.mark.parametrize("method", INPUT_SPACE)
-def test_every_input_space_method_trains_a_step_on_swin_t(method: str, shared_swin_builder, monkeypatch) -> None:
+def test_every_input_space_method_trains_a_step_on_swin_t(
+    method: str, shared_swin_builder, monkeypatch
+) -> None:
     monkeypatch.setattr(trainer, "build_model", shared_swin_builder)
     cfg = cli_config(method, "swin_t", f"data.image_size={SWIN_SIZE}")
     one_training_step(cfg, SWIN_SIZE)
@@ -127,6 +131,8 @@ def test_every_method_passes_the_command_line_check_on_every_model_without_data(
     train (alignmixup on swin_t) still composes: the stage check needs built objects.
     """
     assert len(METHODS) <= MAX_CHECKED_COMBINATIONS, "the check would stop before the last methods"
-    check_overrides([f"method={','.join(sorted(METHODS))}", f"model={model}", "data=cifar100", "--cfg", "job"])
+    check_overrides(
+        [f"method={','.join(sorted(METHODS))}", f"model={model}", "data=cifar100", "--cfg", "job"]
+    )
     with pytest.raises(ConfigError, match="unknown model 'nosuch'"):
         check_overrides(["method=alignmixup", "model=nosuch", "data=cifar100", "--cfg", "job"])

@@ -55,8 +55,9 @@ def tiny_r18(size: int = SIZE) -> nn.Module:
     return build_model("r18", num_classes=CLASSES, image_size=size, width=4)
 
 
-def relu_features(seed: int = 0, batch: int = BATCH, channels: int = 64, grid: int = 4, scale: float = 2.5
-                  ) -> torch.Tensor:
+def relu_features(
+    seed: int = 0, batch: int = BATCH, channels: int = 64, grid: int = 4, scale: float = 2.5
+) -> torch.Tensor:
     """Post-ReLU-like (B, c, h, w) features whose squared distances are in the hundreds, as measured on
     trained networks: eps 0.1 Sinkhorn does not converge on them."""
     g = torch.Generator().manual_seed(seed)
@@ -97,7 +98,9 @@ def test_log_sinkhorn_equals_exp_domain_sinkhorn_iteration_for_iteration() -> No
     cost = uniform_costs(0)
     for iterations in (1, 3, 40):
         result = log_sinkhorn(cost, eps=0.5, max_iter=iterations, threshold=0.0, check_every=0)
-        torch.testing.assert_close(result.plan, exp_domain_sinkhorn(cost, 0.5, iterations), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(
+            result.plan, exp_domain_sinkhorn(cost, 0.5, iterations), rtol=1e-4, atol=1e-7
+        )
         assert result.iterations.tolist() == [iterations] * 4 and not result.converged.any()
 
 
@@ -141,8 +144,9 @@ def test_per_sample_batched_solve_equals_solving_each_sample_alone() -> None:
         assert batched.iterations[index] == alone.iterations[0]
 
 
-def host_checked_loop(cost: torch.Tensor, eps: float, max_iter: int, threshold: float
-                      ) -> tuple[torch.Tensor, int]:
+def host_checked_loop(
+    cost: torch.Tensor, eps: float, max_iter: int, threshold: float
+) -> tuple[torch.Tensor, int]:
     """The official control flow: update u, then v, and break on the host when the batch mean of the summed
     absolute change of u falls below the threshold."""
     u = cost.new_zeros(cost.shape[:2])
@@ -151,10 +155,22 @@ def host_checked_loop(cost: torch.Tensor, eps: float, max_iter: int, threshold: 
     while iterations < max_iter:
         iterations += 1
         previous = u
-        u = eps * (torch.log(torch.tensor(1 / cost.shape[1]))
-                   - torch.logsumexp((-cost + u.unsqueeze(-1) + v.unsqueeze(-2)) / eps, dim=-1)) + u
-        v = eps * (torch.log(torch.tensor(1 / cost.shape[2]))
-                   - torch.logsumexp((-cost + u.unsqueeze(-1) + v.unsqueeze(-2)) / eps, dim=-2)) + v
+        u = (
+            eps
+            * (
+                torch.log(torch.tensor(1 / cost.shape[1]))
+                - torch.logsumexp((-cost + u.unsqueeze(-1) + v.unsqueeze(-2)) / eps, dim=-1)
+            )
+            + u
+        )
+        v = (
+            eps
+            * (
+                torch.log(torch.tensor(1 / cost.shape[2]))
+                - torch.logsumexp((-cost + u.unsqueeze(-1) + v.unsqueeze(-2)) / eps, dim=-2)
+            )
+            + v
+        )
         if (u - previous).abs().sum(-1).mean().item() < threshold:
             break
     return torch.exp((-cost + u.unsqueeze(-1) + v.unsqueeze(-2)) / eps), iterations
@@ -165,7 +181,9 @@ def test_masked_stopping_returns_what_the_host_checked_loop_returns(check_every:
     cost = 2.0 * uniform_costs(3, batch=3, rows=6, cols=6)
     expected_plan, expected_iterations = host_checked_loop(cost, eps=0.2, max_iter=60, threshold=1e-3)
     assert 2 < expected_iterations < 60, "the reference loop must stop early for this test to mean anything"
-    result = log_sinkhorn(cost, eps=0.2, max_iter=60, threshold=1e-3, per_sample=False, check_every=check_every)
+    result = log_sinkhorn(
+        cost, eps=0.2, max_iter=60, threshold=1e-3, per_sample=False, check_every=check_every
+    )
     assert result.iterations.tolist() == [expected_iterations] * 3
     torch.testing.assert_close(result.plan, expected_plan, rtol=1e-4, atol=1e-7)
 
@@ -187,13 +205,16 @@ def test_cost_equals_cdist_squared_and_no_op_builds_a_b_r_r_c_tensor() -> None:
     features = relu_features(1, channels=64, grid=4)
     points = features.flatten(2).transpose(1, 2)  # (B, r=16, c=64)
     partner = points[pairing(1)]
-    torch.testing.assert_close(squared_euclidean_cost(points, partner), torch.cdist(points, partner) ** 2,
-                               rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(
+        squared_euclidean_cost(points, partner), torch.cdist(points, partner) ** 2, rtol=1e-4, atol=1e-2
+    )
     broadcast_size = BATCH * 16 * 16 * 64
     with LargestTensor() as record:
         squared_euclidean_cost(points, partner)
         align_mix(features, pairing(1), 0.3, True, SinkhornOptions(max_iter=3))
-    assert record.largest <= features.numel(), f"an op made {record.largest} elements (B*r*r*c = {broadcast_size})"
+    assert record.largest <= features.numel(), (
+        f"an op made {record.largest} elements (B*r*r*c = {broadcast_size})"
+    )
 
 
 # ------------------------------------------------------------------------------------------ alignment
@@ -209,7 +230,7 @@ def test_aligned_vectors_are_weighted_averages_of_the_other_images_vectors(mode:
     flat = features.flatten(2)
     assignment, _ = transport_assignment(flat, flat[perm], options)
     mixed, _ = align_mix(features, perm, lam, False, options)
-    aligned = ((mixed.flatten(2) - (1 - lam) * flat[perm]) / lam)
+    aligned = (mixed.flatten(2) - (1 - lam) * flat[perm]) / lam
     torch.testing.assert_close(aligned, torch.bmm(flat, assignment), rtol=1e-4, atol=1e-4)
     low, high = flat.min(-1, keepdim=True).values, flat.max(-1, keepdim=True).values
     slack = 5e-3 * high + 1e-4  # the column sums are exact to float32 rounding (~1e-3)
@@ -217,8 +238,9 @@ def test_aligned_vectors_are_weighted_averages_of_the_other_images_vectors(mode:
 
     mixed, _ = align_mix(features, perm, lam, True, options)
     aligned_partner = (mixed.flatten(2) - lam * flat) / (1 - lam)
-    torch.testing.assert_close(aligned_partner, torch.bmm(flat[perm], assignment.transpose(1, 2)),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        aligned_partner, torch.bmm(flat[perm], assignment.transpose(1, 2)), rtol=1e-4, atol=1e-4
+    )
     row_sums = assignment.sum(2)
     if mode == "converged":
         torch.testing.assert_close(row_sums, torch.ones_like(row_sums), rtol=0, atol=2e-3)
@@ -247,7 +269,9 @@ def test_gradient_reaches_features_through_both_terms_but_never_through_the_plan
 
 
 @pytest.mark.parametrize("keep_first_geometry", [True, False])
-def test_identical_partner_gives_a_diagonal_assignment_and_leaves_features_unchanged(keep_first_geometry) -> None:
+def test_identical_partner_gives_a_diagonal_assignment_and_leaves_features_unchanged(
+    keep_first_geometry,
+) -> None:
     features = relu_features(4)
     identity = torch.arange(BATCH)
     flat = features.flatten(2)
@@ -268,7 +292,9 @@ def test_keep_a_geometry_under_a_pooling_head_gives_plain_feature_mixup_logits()
         features = relu_features(5, channels=model.feature_channels, scale=4.0)  # the non-converging regime
         mixed, result = align_mix(features, perm, lam, True, SinkhornOptions())
         plain = lam * features + (1 - lam) * features[perm]
-        torch.testing.assert_close(model.forward_from(mixed, 4), model.forward_from(plain, 4), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(
+            model.forward_from(mixed, 4), model.forward_from(plain, 4), rtol=1e-3, atol=1e-3
+        )
     assert not result.converged.any()
 
 
@@ -305,7 +331,9 @@ def test_input_branch_is_input_mixup_with_mixed_cross_entropy(monkeypatch) -> No
 
 
 @pytest.mark.parametrize("keep_first_geometry", [True, False])
-def test_feature_branch_aligns_the_last_stage_and_continues_from_the_mix(keep_first_geometry, monkeypatch) -> None:
+def test_feature_branch_aligns_the_last_stage_and_continues_from_the_mix(
+    keep_first_geometry, monkeypatch
+) -> None:
     seed = seed_where(lambda d: not d.input_mix and d.keep_first_geometry == keep_first_geometry)
     draw = bound(AlignMixup(), seed).draw(BATCH)
     model = tiny_r18()
@@ -351,7 +379,9 @@ def test_runs_on_wrn16_8_at_8x8_and_on_resnet50_at_224_px(monkeypatch) -> None:
         model = build_model(name, num_classes=CLASSES, image_size=size, width=2)
         record = StageRecorder(model, monkeypatch)
         with torch.no_grad():
-            loss, logs = bound(AlignMixup(input_mix_prob=0.0), 0).training_step(model, images(5, size, 2), LABELS[:2])
+            loss, logs = bound(AlignMixup(input_mix_prob=0.0), 0).training_step(
+                model, images(5, size, 2), LABELS[:2]
+            )
         stage = last_feature_stage(model)
         assert [(kind, k) for kind, k, _ in record.calls] == [("features", stage), ("from", stage)]
         assert record.calls[1][2].shape[-2:] == (grid, grid)
@@ -368,8 +398,13 @@ def test_feature_methods_refuse_swin(name: str, swin_meta) -> None:
 def test_alignmixup_preview_rows_show_sources_alignments_and_input_mix() -> None:
     model, x = tiny_r18().eval(), images(6)
     preview = bound(AlignMixup(), 0).preview(model, x, LABELS)
-    assert list(preview.rows) == ["source a", "source b", "b aligned to a (A'R^T)", "a aligned to b (AR)",
-                                  "input mixup"]
+    assert list(preview.rows) == [
+        "source a",
+        "source b",
+        "b aligned to a (A'R^T)",
+        "a aligned to b (AR)",
+        "input mixup",
+    ]
     assert all(row.shape == x.shape for row in preview.rows.values())
     assert preview.lam.shape == (BATCH,) and ((0 <= preview.lam) & (preview.lam <= 1)).all()
 
@@ -377,8 +412,16 @@ def test_alignmixup_preview_rows_show_sources_alignments_and_input_mix() -> None
 def test_config_defaults_are_the_constructor_defaults_and_resolve() -> None:
     cfg = compose_config(["method=alignmixup", "data=digits"])
     options = {k: v for k, v in cfg.method.items() if k != "name"}
-    assert options == {"alpha": 2.0, "input_mix_prob": 0.5, "eps": 0.1, "max_iter": 100, "threshold": 0.1,
-                       "sinkhorn": "official", "converged_tol": 1e-3, "converged_max_iter": 1000}
+    assert options == {
+        "alpha": 2.0,
+        "input_mix_prob": 0.5,
+        "eps": 0.1,
+        "max_iter": 100,
+        "threshold": 0.1,
+        "sinkhorn": "official",
+        "converged_tol": 1e-3,
+        "converged_max_iter": 1000,
+    }
     cfg = compose_config(["method=alignmixup_ae", "data=digits"])
     method = build_method("alignmixup_ae", **{k: v for k, v in cfg.method.items() if k != "name"})
     assert method.image_size == 16 and method.levels == ("input", "feature", "embedding")
@@ -403,7 +446,9 @@ def test_ae_setup_sizes_its_modules_from_the_model_without_touching_it() -> None
     method = AlignMixupAE(image_size=16, embedding_dim=24)
     method.setup(model, CLASSES)
     assert model.training, "setup must restore the model's mode"
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "dummy batch changed BN stats"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), (
+        "dummy batch changed BN stats"
+    )
     assert method.embed.in_features == model.feature_channels and method.embed.out_features == 24
     assert method.feature_norm.num_features == model.feature_channels
     assert method.classifier.out_features == CLASSES
@@ -458,7 +503,9 @@ def test_ae_draws_every_level_of_its_mixing_set() -> None:
     _, method = ae_setup()
     bound(method, 0)
     draws = [method.draw(BATCH) for _ in range(300)]
-    shares = {level: sum(d.level == level for d in draws) / 300 for level in ("input", "feature", "embedding")}
+    shares = {
+        level: sum(d.level == level for d in draws) / 300 for level in ("input", "feature", "embedding")
+    }
     assert all(0.25 < share < 0.42 for share in shares.values()), shares
     assert 0.13 < sum(d.reconstruct for d in draws) / 300 < 0.27
     with pytest.raises(ValueError, match="levels"):
@@ -481,7 +528,9 @@ def test_ae_preview_adds_reconstructions_to_the_alignment_rows() -> None:
     model, method = ae_setup()
     x = images(10, size=16)
     preview = bound(method, 0).preview(model.eval(), x, LABELS)
-    assert {"source a", "b aligned to a (A'R^T)", "reconstruction D(e)", "decoded embedding mix"} <= set(preview.rows)
+    assert {"source a", "b aligned to a (A'R^T)", "reconstruction D(e)", "decoded embedding mix"} <= set(
+        preview.rows
+    )
     assert all(row.shape == x.shape for row in preview.rows.values())
 
 
@@ -489,18 +538,35 @@ def test_ae_stays_finite_at_the_recipe_rate_on_wrn16_8() -> None:
     """SGD lr 0.1, momentum 0.9 on WRN16-8 (width 8, digits, the decoder on every step): before the decoder's
     slower rate and the BatchNorm before f, the reconstruction loss overshot (to about 100 within three dozen
     steps) and its gradient sent the classifier to NaN."""
-    cfg = compose_config(["experiment=quickstart", "method=alignmixup_ae", "model=wrn16_8", "model.width=8",
-                          "device=cpu", "method.reconstruction_prob=1.0"])
+    cfg = compose_config(
+        [
+            "experiment=quickstart",
+            "method=alignmixup_ae",
+            "model=wrn16_8",
+            "model.width=8",
+            "device=cpu",
+            "method.reconstruction_prob=1.0",
+        ]
+    )
     runtime = resolve_runtime(cfg)
     torch.manual_seed(0)
     model, method = build_model_and_method(cfg, runtime)
-    data = build_loaders(cfg.data, augment=cfg.schedule.augment, batch_size=64, eval_batch_size=64,
-                         input_size=cfg.data.image_size, device=runtime.device, channels_last=False, num_workers=0)
+    data = build_loaders(
+        cfg.data,
+        augment=cfg.schedule.augment,
+        batch_size=64,
+        eval_batch_size=64,
+        input_size=cfg.data.image_size,
+        device=runtime.device,
+        channels_last=False,
+        num_workers=0,
+    )
     method.bind(MixRandom(0), total_steps=1000)
     optimizer_cfg = cfg.schedule.optimizer
     assert optimizer_cfg.name == "sgd" and optimizer_cfg.lr == 0.1 and optimizer_cfg.momentum == 0.9
-    optimizer = build_optimizer(parameter_groups(model, optimizer_cfg) + method.param_groups(0.1, 5e-4),
-                                optimizer_cfg)
+    optimizer = build_optimizer(
+        parameter_groups(model, optimizer_cfg) + method.param_groups(0.1, 5e-4), optimizer_cfg
+    )
     data.train.set_epoch(0)
     losses, reconstructions = [], []
     for _, (x, y) in zip(range(STABILITY_STEPS), data.train, strict=False):

@@ -188,10 +188,13 @@ def test_fmix_mask_is_low_frequency_unlike_a_random_mask_of_the_same_mean() -> N
     size = 32
     x, y = batch(0, size=size)
     fmix = [neighbour_agreement(bound(FMix(), FixedLam(s, 0.5)).mix(x, y).mask) for s in range(8)]
-    white = [neighbour_agreement(bound(FMix(decay_power=0.0), FixedLam(s, 0.5)).mix(x, y).mask)
-             for s in range(8)]
-    shuffled = [neighbour_agreement(torch.rand(size, size, generator=torch.Generator().manual_seed(s)) < 0.5)
-                for s in range(8)]
+    white = [
+        neighbour_agreement(bound(FMix(decay_power=0.0), FixedLam(s, 0.5)).mix(x, y).mask) for s in range(8)
+    ]
+    shuffled = [
+        neighbour_agreement(torch.rand(size, size, generator=torch.Generator().manual_seed(s)) < 0.5)
+        for s in range(8)
+    ]
     assert sum(fmix) / 8 > 0.85, "decay power 3 should give a few large blobs"
     assert sum(white) / 8 < 0.65 and sum(shuffled) / 8 < 0.6, "a flat spectrum gives salt and pepper"
 
@@ -240,7 +243,7 @@ def blob_images(size: int, seed: int) -> tuple[torch.Tensor, list[tuple[int, int
     blobs = []
     for image in images:
         row, col = torch.randint(1, size - side - 1, (2,), generator=g).tolist()
-        image[:, row:row + side, col:col + side] += 2.0
+        image[:, row : row + side, col : col + side] += 2.0
         blobs.append((row, col, side))
     return images, blobs
 
@@ -257,7 +260,7 @@ def test_spectral_residual_saliency_peaks_on_the_single_bright_blob(size: int) -
         assert row - margin <= peak_rows[i] < row + side + margin
         assert col - margin <= peak_cols[i] < col + side + margin
         on_blob = torch.zeros(size, size, dtype=torch.bool)
-        on_blob[row:row + side, col:col + side] = True
+        on_blob[row : row + side, col : col + side] = True
         assert saliency[i][on_blob].mean() > 3 * saliency[i][~on_blob].mean()
 
 
@@ -278,7 +281,7 @@ def test_saliencymix_box_is_cutmix_box_centred_on_each_source_peak(seed: int) ->
         centre = (peak_rows[i].item(), peak_cols[i].item())
         assert out.mask[i, 0][centre] == 1, "the box does not contain its source's saliency peak"
         expected = box_mask(sample_box(SIZE, SIZE, lam, Centres(*centre)), SIZE, SIZE)
-        assert torch.equal(out.mask[i:i + 1], expected)
+        assert torch.equal(out.mask[i : i + 1], expected)
     assert len({tuple(m.nonzero()[0].tolist()) for m in out.mask}) > 1, "boxes should be per sample"
 
 
@@ -359,7 +362,7 @@ def test_smoothmix_mask_is_a_smooth_bump_that_gives_the_partner_its_centre(seed:
     assert mask[centre] == 1.0
     assert torch.equal(out.x[:, :, centre[0], centre[1]], x[out.perm][:, :, centre[0], centre[1]])
     row = mask[centre[0]]
-    assert (row[centre[1]:].diff() <= 0).all() and (row[:centre[1] + 1].diff() >= 0).all()
+    assert (row[centre[1] :].diff() <= 0).all() and (row[: centre[1] + 1].diff() >= 0).all()
     assert float(out.lam) == pytest.approx(1 - mask.mean().item(), abs=1e-6), "the label ratio is inverted"
 
 

@@ -256,10 +256,14 @@ def test_automix_losses_are_the_four_terms_with_lam_on_the_unpermuted_label() ->
     torch.testing.assert_close(losses.mix_block_mix.detach(), expected_mb, rtol=1e-4, atol=1e-5)
     expected_mask = 0.1 * max(abs(1 - float(mask_mb.mean()) - lam_mb) - 0.1, 0.0)
     assert float(losses.mask.detach()) == pytest.approx(expected_mask, abs=1e-6)
-    torch.testing.assert_close(losses.total(), losses.clean + losses.backbone_mix + losses.mix_block_mix + losses.mask)
+    torch.testing.assert_close(
+        losses.total(), losses.clean + losses.backbone_mix + losses.mix_block_mix + losses.mask
+    )
 
 
-def test_automix_gradients_backbone_only_from_its_terms_mix_block_only_from_ema_branch_and_mask_loss() -> None:
+def test_automix_gradients_backbone_only_from_its_terms_mix_block_only_from_ema_branch_and_mask_loss() -> (
+    None
+):
     model, method = make_sharp("automix", mask_loss_margin=0.0)  # a margin of 0 keeps the mask loss active
     x, y = batch()
     losses = method.compute_losses(model, x, y)
@@ -294,7 +298,9 @@ def test_automix_uses_the_learned_mask_inside_the_margin() -> None:
 
 
 def test_automix_wrapper_pieces_give_the_backbone_batch_and_the_mix_block_loss() -> None:
-    model, method = make_sharp("automix", rng=ScriptedRandom([0.6, 0.3], [PERM_B, PERM_A]), mask_loss_margin=0.0)
+    model, method = make_sharp(
+        "automix", rng=ScriptedRandom([0.6, 0.3], [PERM_B, PERM_A]), mask_loss_margin=0.0
+    )
     x, y = batch()
     mixed = method.mix_with_model(model, x, y)
     perm = torch.tensor(PERM_B)
@@ -319,9 +325,13 @@ def test_automix_lam_channel_makes_the_mask_depend_on_lam() -> None:
     model, method = make_sharp("automix", lam_channel=True)
     x, _ = batch()
     z, perm = method.teacher_features(x), torch.tensor(PERM_A)
-    assert not torch.allclose(method.mix_block(z, perm, 0.1, (SIZE, SIZE)), method.mix_block(z, perm, 0.9, (SIZE, SIZE)))
+    assert not torch.allclose(
+        method.mix_block(z, perm, 0.1, (SIZE, SIZE)), method.mix_block(z, perm, 0.9, (SIZE, SIZE))
+    )
     _, plain = make("automix")
-    assert torch.equal(plain.mix_block(z, perm, 0.1, (SIZE, SIZE)), plain.mix_block(z, perm, 0.9, (SIZE, SIZE)))
+    assert torch.equal(
+        plain.mix_block(z, perm, 0.1, (SIZE, SIZE)), plain.mix_block(z, perm, 0.9, (SIZE, SIZE))
+    )
 
 
 # ---------------------------------------------------------------------------------------------- AdAutoMix
@@ -333,7 +343,9 @@ def hand_adautomix_masks(block: nn.Module, z, sources, lams, size: int, multiply
     conv = lambda layer, t: layer.weight[:, :, 0, 0] @ t + layer.bias[:, None]  # noqa: E731
     out = torch.zeros(sources.shape[0], sources.shape[1], 1, size, size)
     for b in range(sources.shape[1]):
-        feats = [(lams[i] if multiply else 1.0) * z[sources[i, b]].flatten(1) for i in range(sources.shape[0])]
+        feats = [
+            (lams[i] if multiply else 1.0) * z[sources[i, b]].flatten(1) for i in range(sources.shape[0])
+        ]
         q = [conv(block.query, f) for f in feats]
         k = [conv(block.key, f) for f in feats]
         v = [conv(block.value, f) for f in feats]
@@ -404,7 +416,9 @@ def test_adautomix_classifier_loss_is_generated_plus_weighted_clean_and_mixup() 
     targets = soft_targets(y, sources, lams, CLASSES)
     with torch.no_grad():
         soft_ce = lambda images: -(targets * F.log_softmax(model(images), 1)).sum(1).mean()  # noqa: E731
-        expected = soft_ce(generated_images) + 0.5 * F.cross_entropy(model(x), y) + 0.5 * soft_ce(mixup_images)
+        expected = (
+            soft_ce(generated_images) + 0.5 * F.cross_entropy(model(x), y) + 0.5 * soft_ce(mixup_images)
+        )
     torch.testing.assert_close(losses.classifier().detach(), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -467,8 +481,12 @@ def test_backbone_gradient_has_no_adversarial_component_and_generator_gets_only_
     x, y = batch()
     losses = method.compute_losses(model, x, y, adversarial=True)
     online, block = list(model.parameters()), list(method.mix_block.parameters())
-    assert all(g is None for g in grads(losses.generator, online)), "the adversarial term reaches the backbone"
-    assert all(g is None for g in grads(losses.classifier(), block)), "the classifier's masks are not detached"
+    assert all(g is None for g in grads(losses.generator, online)), (
+        "the adversarial term reaches the backbone"
+    )
+    assert all(g is None for g in grads(losses.classifier(), block)), (
+        "the classifier's masks are not detached"
+    )
     for total, own in zip(grads(losses.total(), online), grads(losses.classifier(), online), strict=True):
         torch.testing.assert_close(total, own)
     for total, own in zip(grads(losses.total(), block), grads(losses.generator, block), strict=True):
@@ -481,7 +499,9 @@ def test_backbone_gradient_has_no_adversarial_component_and_generator_gets_only_
 def test_source_similarity_is_one_for_identical_logits_and_weighs_by_lam() -> None:
     logits = torch.randn(4, CLASSES)
     lams = torch.tensor([0.7, 0.3])
-    assert float(source_similarity(logits, torch.stack([logits, logits]), lams)) == pytest.approx(1.0, abs=1e-6)
+    assert float(source_similarity(logits, torch.stack([logits, logits]), lams)) == pytest.approx(
+        1.0, abs=1e-6
+    )
     opposite = float(source_similarity(logits, torch.stack([logits, -logits]), lams))
     assert opposite == pytest.approx(0.7 - 0.3, abs=1e-6)
 
@@ -530,7 +550,11 @@ def test_adautomix_preview_rows_are_sources_masks_and_generated() -> None:
     model, method = make("adautomix")
     x, y = batch()
     preview = method.preview(model, x[:5], y[:5])
-    assert list(preview.rows) == [*(f"source {i}" for i in (1, 2, 3)), *(f"mask {i}" for i in (1, 2, 3)), "generated"]
+    assert list(preview.rows) == [
+        *(f"source {i}" for i in (1, 2, 3)),
+        *(f"mask {i}" for i in (1, 2, 3)),
+        "generated",
+    ]
     masks = torch.stack([preview.rows[f"mask {i}"] for i in (1, 2, 3)])
     assert masks.shape == (3, 5, 1, SIZE, SIZE)
     torch.testing.assert_close(masks.sum(0), torch.ones(5, 1, SIZE, SIZE))
@@ -540,11 +564,23 @@ def test_adautomix_preview_rows_are_sources_masks_and_generated() -> None:
 def test_build_method_passes_config_options_and_refuses_bad_ones() -> None:
     automix = build_method("automix", alpha=1.0, lam_margin=0.1, lam_channel=True, mix_block_lr=0.05)
     assert isinstance(automix, AutoMix) and automix.required_stages == (3,)
-    assert (automix.alpha, automix.lam_margin, automix.lam_channel, automix.mix_block_lr) == (1.0, 0.1, True, 0.05)
+    assert (automix.alpha, automix.lam_margin, automix.lam_channel, automix.mix_block_lr) == (
+        1.0,
+        0.1,
+        True,
+        0.05,
+    )
     adautomix = build_method("adautomix", num_sources=2, adversarial_weight=0.5)
-    assert isinstance(adautomix, AdAutoMix) and (adautomix.num_sources, adautomix.adversarial_weight) == (2, 0.5)
-    for name, options in [("automix", {"upsample": "cubic"}), ("adautomix", {"lam_embedding": "concat"}),
-                          ("adautomix", {"num_sources": 1}), ("automix", {"mix_block_lr": 0.0})]:
+    assert isinstance(adautomix, AdAutoMix) and (adautomix.num_sources, adautomix.adversarial_weight) == (
+        2,
+        0.5,
+    )
+    for name, options in [
+        ("automix", {"upsample": "cubic"}),
+        ("adautomix", {"lam_embedding": "concat"}),
+        ("adautomix", {"num_sources": 1}),
+        ("automix", {"mix_block_lr": 0.0}),
+    ]:
         with pytest.raises(ValueError):
             build_method(name, **options)
 

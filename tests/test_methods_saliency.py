@@ -449,7 +449,9 @@ def test_configs_hold_the_official_defaults_and_build(name: str) -> None:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_puzzlemix_output_keeps_the_batch_memory_layout_even_with_one_pixel_cells(channels_last: bool) -> None:
+def test_puzzlemix_output_keeps_the_batch_memory_layout_even_with_one_pixel_cells(
+    channels_last: bool,
+) -> None:
     """Grid 16 on 16 px makes one-pixel cells, whose mixing once produced a channels_last batch from a
     contiguous one (and a strided-conv backward on the CPU then crashed)."""
     from mixbench.methods.puzzlemix import PuzzleMix

@@ -198,7 +198,9 @@ def test_reestimated_ratio_follows_the_signed_difference_of_the_specification() 
     assert (lam_new < 0.5).all()
 
 
-def test_absolute_and_signed_distances_agree_where_the_mix_dominates_each_source_and_differ_elsewhere() -> None:
+def test_absolute_and_signed_distances_agree_where_the_mix_dominates_each_source_and_differ_elsewhere() -> (
+    None
+):
     g = torch.Generator().manual_seed(11)
     p_clean = torch.rand(6, 5, generator=g).softmax(1)
     perm, y = torch.tensor([1, 2, 0, 4, 5, 3]), torch.tensor([0, 1, 2, 3, 4, 0])
@@ -223,8 +225,12 @@ def test_absolute_distance_gives_an_occluded_source_a_smaller_share_than_an_inta
     p_mix = torch.tensor([[0.05, 0.85, 0.05, 0.05], [0.85, 0.05, 0.05, 0.05]])
     y, perm = torch.tensor([0, 1]), torch.tensor([1, 0])
     lam = torch.full((2,), 0.5)
-    absolute = reestimated_ratio(lam, *semantic_distances(p_mix, p_clean, perm, y, y[perm], "absolute"), y, y[perm])
-    signed = reestimated_ratio(lam, *semantic_distances(p_mix, p_clean, perm, y, y[perm], "signed"), y, y[perm])
+    absolute = reestimated_ratio(
+        lam, *semantic_distances(p_mix, p_clean, perm, y, y[perm], "absolute"), y, y[perm]
+    )
+    signed = reestimated_ratio(
+        lam, *semantic_distances(p_mix, p_clean, perm, y, y[perm], "signed"), y, y[perm]
+    )
     assert float(absolute[0]) < 0.5 < 1 - float(absolute[0]), "the occluded source kept the larger share"
     assert float(signed[0]) > 0.5
     intact = reestimated_ratio(  # the mirror image: a intact (0.85), b occluded (0.05)
@@ -257,7 +263,13 @@ def test_sumix_with_automix_trains_the_mix_block_and_logs_its_loss() -> None:
 
 
 def by_hand_sumix_loss(
-    method: SUMix, rec: ForwardRecorder, y: torch.Tensor, perm, lam: float, gamma: float, absolute: bool = False
+    method: SUMix,
+    rec: ForwardRecorder,
+    y: torch.Tensor,
+    perm,
+    lam: float,
+    gamma: float,
+    absolute: bool = False,
 ):
     """METHODS.md's loss, sample by sample, from the recorded logits and features (float64); ``absolute``
     takes |p_mix - p_source| in the distances (``distance: absolute``)."""
@@ -558,7 +570,10 @@ def test_switch_setup_refuses_any_choice_that_evaluates_another_network_in_one_l
 
 
 @pytest.mark.parametrize(
-    "name", sorted(n for n, cls in METHODS.items() if n != "switch" and not getattr(cls, "needs_external_weights", False))
+    "name",
+    sorted(
+        n for n, cls in METHODS.items() if n != "switch" and not getattr(cls, "needs_external_weights", False)
+    ),
 )
 def test_switch_refuses_exactly_the_methods_that_evaluate_a_network_of_their_own(name: str) -> None:
     """The construction-time list matches the code: a listed method's eval_models does not return the model,

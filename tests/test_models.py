@@ -20,10 +20,26 @@ from mixbench.models.wide_resnet import WideBasicBlock, wrn28_10
 
 CNNS = ["r18", "wrn16_8", "wrn28_8", "resnet18", "rx50", "resnet50", "resnet18_imagenet", "rx50_imagenet"]
 TIMM_MODELS = ["swin_t", "deit_s"]
-DEFAULT_WIDTH = {"r18": 64, "wrn16_8": 128, "wrn28_8": 128, "resnet18": 64, "rx50": 64, "resnet50": 64,
-                 "resnet18_imagenet": 64, "rx50_imagenet": 64}
-SMALL_WIDTH = {"r18": 8, "wrn16_8": 8, "wrn28_8": 8, "resnet18": 8, "rx50": 16, "resnet50": 8,
-               "resnet18_imagenet": 8, "rx50_imagenet": 16}
+DEFAULT_WIDTH = {
+    "r18": 64,
+    "wrn16_8": 128,
+    "wrn28_8": 128,
+    "resnet18": 64,
+    "rx50": 64,
+    "resnet50": 64,
+    "resnet18_imagenet": 64,
+    "rx50_imagenet": 64,
+}
+SMALL_WIDTH = {
+    "r18": 8,
+    "wrn16_8": 8,
+    "wrn28_8": 8,
+    "resnet18": 8,
+    "rx50": 16,
+    "resnet50": 8,
+    "resnet18_imagenet": 8,
+    "rx50_imagenet": 16,
+}
 
 
 def expected_stage_shapes(name: str, width: int) -> list[tuple[int, int, int]]:
@@ -231,7 +247,10 @@ def test_resnet50_matches_torchvision_names_shapes_and_outputs() -> None:
 
 @pytest.mark.parametrize(
     ("name", "torchvision_builder"),
-    [("resnet18_imagenet", torchvision.models.resnet18), ("rx50_imagenet", torchvision.models.resnext50_32x4d)],
+    [
+        ("resnet18_imagenet", torchvision.models.resnet18),
+        ("rx50_imagenet", torchvision.models.resnext50_32x4d),
+    ],
 )
 def test_imagenet_stem_models_are_torchvision_resnet18_and_resnext50(name: str, torchvision_builder) -> None:
     """Same parameter count, names and shapes as torchvision's model; its state dict loads strictly (the form
@@ -289,7 +308,9 @@ def test_rx50_matches_torchvision_resnext50_with_a_3x3_stem() -> None:
 
 
 @pytest.mark.parametrize("name", TIMM_MODELS)
-def test_timm_models_run_at_32px_and_expose_only_the_input(name: str, timm_models: dict[str, StagedNet]) -> None:
+def test_timm_models_run_at_32px_and_expose_only_the_input(
+    name: str, timm_models: dict[str, StagedNet]
+) -> None:
     model = timm_models[name]
     x = torch.randn(2, 3, 32, 32)
     assert model.feature_stages == (0,)

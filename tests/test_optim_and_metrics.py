@@ -193,7 +193,9 @@ def test_median_last_10_is_mean_of_two_middle_values() -> None:
 def test_summarize_history_best_last_median_and_prefixed_keys() -> None:
     top1 = [10.0, 30.0, 80.0, 50.0, 60.0, 70.0]
     ema = [5.0, 6.0, 7.0, 90.0, 8.0, 9.0]
-    history = [{"epoch": i + 1, "top1": t, "ema_top1": e} for i, (t, e) in enumerate(zip(top1, ema, strict=True))]
+    history = [
+        {"epoch": i + 1, "top1": t, "ema_top1": e} for i, (t, e) in enumerate(zip(top1, ema, strict=True))
+    ]
     summary = summarize_history(history, window=3, labels=("", "ema"))
     assert summary["median_last3_top1"] == 60.0
     assert summary["best_top1"] == 80.0 and summary["best_epoch"] == 3

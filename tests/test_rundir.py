@@ -30,7 +30,9 @@ def test_stock_config_gives_bare_names() -> None:
 
 
 def test_model_width_difference_is_spelled_out() -> None:
-    assert run_directory(composed("model.width=16")) == Path("runs/cifar100/r18,width=16/vanilla/alignmix_cifar/seed0")
+    assert run_directory(composed("model.width=16")) == Path(
+        "runs/cifar100/r18,width=16/vanilla/alignmix_cifar/seed0"
+    )
 
 
 def test_method_choice_and_option_are_spelled_out() -> None:
@@ -49,15 +51,27 @@ def test_setting_the_stock_value_explicitly_keeps_the_bare_name() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["data.root=/x", "device=cpu", "num_workers=1", "precision=fp32", "compile=true", "eval_batch_size=7",
-     "data.download=true", "data.resident=false", "progress=false", "force=true"],
+    [
+        "data.root=/x",
+        "device=cpu",
+        "num_workers=1",
+        "precision=fp32",
+        "compile=true",
+        "eval_batch_size=7",
+        "data.download=true",
+        "data.resident=false",
+        "progress=false",
+        "force=true",
+    ],
 )
 def test_runtime_keys_do_not_change_the_path(override: str) -> None:
     assert run_directory(composed(override)) == STOCK
 
 
 def test_runs_root_moves_the_whole_tree_only() -> None:
-    assert run_directory(composed("runs_root=/tmp/elsewhere")) == Path("/tmp/elsewhere") / STOCK.relative_to("runs")
+    assert run_directory(composed("runs_root=/tmp/elsewhere")) == Path("/tmp/elsewhere") / STOCK.relative_to(
+        "runs"
+    )
 
 
 def test_odd_or_long_differences_become_a_short_hash() -> None:
@@ -86,8 +100,17 @@ def test_quickstart_experiment_path() -> None:
 
 
 def test_different_configs_never_share_a_directory() -> None:
-    variants = [(), ("model.width=16",), ("model.width=8",), ("method=mixup",), ("method=cutmix",),
-                ("schedule=openmixup_cifar",), ("data=cifar10",), ("seed=1",), ("method=mixup", "method.alpha=0.2")]
+    variants = [
+        (),
+        ("model.width=16",),
+        ("model.width=8",),
+        ("method=mixup",),
+        ("method=cutmix",),
+        ("schedule=openmixup_cifar",),
+        ("data=cifar10",),
+        ("seed=1",),
+        ("method=mixup", "method.alpha=0.2"),
+    ]
     paths = {run_directory(composed(*v)) for v in variants}
     assert len(paths) == len(variants)
 
@@ -105,7 +128,9 @@ def test_identity_mismatch_reports_a_changed_schedule_value() -> None:
 
 def test_identity_mismatch_ignores_runtime_keys() -> None:
     saved = OmegaConf.to_container(composed(), resolve=True)
-    runtime = composed("data.root=/x", "device=cpu", "num_workers=1", "runs_root=/elsewhere", "precision=bf16")
+    runtime = composed(
+        "data.root=/x", "device=cpu", "num_workers=1", "runs_root=/elsewhere", "precision=bf16"
+    )
     assert identity_mismatch(saved, runtime) == []
     both = composed("device=cpu", "num_workers=1", "seed=4")
     assert identity_mismatch(saved, both) == ["seed"]

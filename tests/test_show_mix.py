@@ -28,9 +28,19 @@ def test_cli_writes_a_png_for_a_method(tmp_path: Path) -> None:
     out = tmp_path / "cutmix.png"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "show_mix.py"), "method=cutmix", "samples=4", f"out={out}",
-         "checkpoint=null"],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "tools" / "show_mix.py"),
+            "method=cutmix",
+            "samples=4",
+            f"out={out}",
+            "checkpoint=null",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -39,9 +49,18 @@ def test_cli_writes_a_png_for_a_method(tmp_path: Path) -> None:
 def test_cli_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "show_mix.py"), "method=mixup", f"checkpoint={tmp_path}/none.pt",
-         f"out={tmp_path}/x.png"],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "tools" / "show_mix.py"),
+            "method=mixup",
+            f"checkpoint={tmp_path}/none.pt",
+            f"out={tmp_path}/x.png",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.png").exists()

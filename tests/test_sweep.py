@@ -33,7 +33,14 @@ def _recording_jobs(tmp_path: Path, exit_codes: list[int], seconds: float = 0.6)
     return [
         Job(
             index=i,
-            command=[sys.executable, "-c", RECORDING_JOB, str(tmp_path / f"job{i}.json"), str(seconds), str(code)],
+            command=[
+                sys.executable,
+                "-c",
+                RECORDING_JOB,
+                str(tmp_path / f"job{i}.json"),
+                str(seconds),
+                str(code),
+            ],
             label=f"job={i}",
             log_path=tmp_path / "logs" / f"{i}.log",
         )
@@ -68,7 +75,9 @@ def test_pool_runs_two_jobs_at_once_one_per_device_and_reports_the_failure(tmp_p
     assert str(tmp_path / "logs" / "2.log") in text
 
 
-def test_jobs_per_device_shares_a_device_and_splits_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jobs_per_device_shares_a_device_and_splits_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     jobs = _recording_jobs(tmp_path, [0, 0, 0, 0])
     run_pool(jobs, devices=["7"], jobs_per_device=2, echo=lambda line: None)
@@ -130,7 +139,13 @@ def test_quickstart_sweep_on_two_pretend_devices_with_a_failure_then_relaunch(ru
     assert json.loads((blocked / "summary.json").read_text())["status"] == "complete"
 
     table = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "table.py"), str(runs_root), "--out", str(runs_root / "tables")],
+        [
+            sys.executable,
+            str(REPO / "tools" / "table.py"),
+            str(runs_root),
+            "--out",
+            str(runs_root / "tables"),
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,

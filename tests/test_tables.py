@@ -27,13 +27,20 @@ from mixbench.metrics import summarize_history
 from mixbench.tables import build_table, collect_rows, to_csv, to_latex, to_markdown
 from tests.conftest import REPO, compose_config
 
-T1 = "alignmixup_cvpr22_t1"           # top-1 error, best epoch published
+T1 = "alignmixup_cvpr22_t1"  # top-1 error, best epoch published
 OPENMIXUP = "openmixup_cifar100_tiny_cub"  # top-1 accuracy, median of the last 10 published
 
 
 def write_run(
-    root: Path, folders: tuple[str, str, str, str], seed: int, top1: list[float], *, status: str = "complete",
-    epochs: int | None = None, window: int = 10, ema_top1: list[float] | None = None,
+    root: Path,
+    folders: tuple[str, str, str, str],
+    seed: int,
+    top1: list[float],
+    *,
+    status: str = "complete",
+    epochs: int | None = None,
+    window: int = 10,
+    ema_top1: list[float] | None = None,
     config: dict[str, Any] | None = None,
 ) -> Path:
     """A run directory as the trainer leaves it: metrics.jsonl, summary.json and (optionally) config.yaml."""
@@ -41,17 +48,30 @@ def write_run(
     run_dir.mkdir(parents=True)
     history = []
     for index, value in enumerate(top1):
-        record = {"epoch": index + 1, "train_loss": 2.0 - index / 100, "top1": value, "test_loss": 1.0 - index / 200}
+        record = {
+            "epoch": index + 1,
+            "train_loss": 2.0 - index / 100,
+            "top1": value,
+            "test_loss": 1.0 - index / 200,
+        }
         if ema_top1 is not None:
             record.update({"ema_top1": ema_top1[index], "ema_test_loss": 0.9})
         history.append(record)
     labels = ["", "ema"] if ema_top1 is not None else [""]
     summary = {
-        "status": status, "data": folders[0].split(",")[0], "model": folders[1].split(",")[0],
-        "method": folders[2].split(",")[0], "schedule": folders[3].split(",")[0], "seed": seed,
-        "epochs": epochs or len(top1), "epochs_done": len(top1), "metric_window": window,
-        "evaluated": [label or "online" for label in labels], **summarize_history(history, window, labels),
-        "device": "cpu", "precision": "fp32",
+        "status": status,
+        "data": folders[0].split(",")[0],
+        "model": folders[1].split(",")[0],
+        "method": folders[2].split(",")[0],
+        "schedule": folders[3].split(",")[0],
+        "seed": seed,
+        "epochs": epochs or len(top1),
+        "epochs_done": len(top1),
+        "metric_window": window,
+        "evaluated": [label or "online" for label in labels],
+        **summarize_history(history, window, labels),
+        "device": "cpu",
+        "precision": "fp32",
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in history))
@@ -81,7 +101,12 @@ def cell_config(table: str, row: str, column: str, reference_table: str | None =
 
 
 def folders_of(config: dict[str, Any]) -> tuple[str, str, str, str]:
-    return (config["data"]["name"], config["model"]["name"], config["method"]["name"], config["schedule"]["name"])
+    return (
+        config["data"]["name"],
+        config["model"]["name"],
+        config["method"]["name"],
+        config["schedule"]["name"],
+    )
 
 
 QUICK = ("digits", "r18", "mixup", "digits_quick")
@@ -94,7 +119,9 @@ def test_rows_average_complete_seeds_only_and_list_the_others(tmp_path: Path) ->
     write_run(tmp_path, QUICK, 0, curve(90.0, 91.0))
     write_run(tmp_path, QUICK, 1, curve(94.0, 95.0))
     write_run(tmp_path, QUICK, 2, [10.0, 20.0, 30.0], status="failed", epochs=20)
-    write_run(tmp_path, ("digits", "r18", "vanilla", "digits_quick"), 0, [50.0] * 7, status="running", epochs=20)
+    write_run(
+        tmp_path, ("digits", "r18", "vanilla", "digits_quick"), 0, [50.0] * 7, status="running", epochs=20
+    )
     table = build_table(tmp_path)
     rows = {row.method: row for row in table.rows}
     mixup = rows["mixup"]
@@ -138,11 +165,17 @@ def test_runs_meet_the_published_cell_of_their_reference_table(tmp_path: Path) -
     assert "Published as top-1 error; shown as accuracy = 100 - error." in markdown
     record = next(csv.DictReader(io.StringIO(to_csv(build_table(tmp_path)))))
     assert (record["table"], record["published"], record["published_raw"]) == (T1, "79.79", "20.21")
-    assert (record["published_metric"], record["compared_statistic"], record["delta"]) == ("top1_err", "best", "0.01")
+    assert (record["published_metric"], record["compared_statistic"], record["delta"]) == (
+        "top1_err",
+        "best",
+        "0.01",
+    )
 
 
 def test_an_accuracy_table_compares_the_median_of_the_last_10(tmp_path: Path) -> None:
-    config = cell_config(OPENMIXUP, "cutmix", "cifar100/rx50")   # alpha 0.2 and weight decay 5e-4: options matter
+    config = cell_config(
+        OPENMIXUP, "cutmix", "cifar100/rx50"
+    )  # alpha 0.2 and weight decay 5e-4: options matter
     write_run(tmp_path, folders_of(config), 0, curve(79.0, 99.0), config=config)
     (row,) = build_table(tmp_path).rows
     assert row.published_value == 78.32 and row.delta() == pytest.approx(79.0 - 78.32)
@@ -151,7 +184,7 @@ def test_an_accuracy_table_compares_the_median_of_the_last_10(tmp_path: Path) ->
 
 def test_a_configuration_that_differs_from_the_cell_is_not_compared(tmp_path: Path) -> None:
     config = cell_config(OPENMIXUP, "cutmix", "cifar100/rx50")
-    config["method"]["alpha"] = 1.0   # the table's CutMix uses 0.2
+    config["method"]["alpha"] = 1.0  # the table's CutMix uses 0.2
     write_run(tmp_path, folders_of(config), 0, curve(79.0, 80.0), config=config)
     (row,) = build_table(tmp_path).rows
     assert row.published is None and row.note == f"no top-1 cell of {OPENMIXUP}"
@@ -159,9 +192,11 @@ def test_a_configuration_that_differs_from_the_cell_is_not_compared(tmp_path: Pa
 
 @pytest.mark.parametrize(
     ("table", "row", "column"),
-    [(T1, "alignmixup_ae", "cifar10/r18"),               # image_size: ${data.image_size} in the method config
-     ("sumix_eccv24_t1", "cutmix+sumix", "tiny_imagenet/rx50"),   # a wrapper with nested base options
-     ("alignmixup_cvpr22_t6_ablation", "alignmixup {A}", "aligned")],
+    [
+        (T1, "alignmixup_ae", "cifar10/r18"),  # image_size: ${data.image_size} in the method config
+        ("sumix_eccv24_t1", "cutmix+sumix", "tiny_imagenet/rx50"),  # a wrapper with nested base options
+        ("alignmixup_cvpr22_t6_ablation", "alignmixup {A}", "aligned"),
+    ],
 )
 def test_the_config_a_cell_trains_matches_that_cell(table: str, row: str, column: str) -> None:
     found = paper.matching_cells(table, cell_config(table, row, column))
@@ -182,7 +217,10 @@ def test_following_a_published_table_shows_every_cell_in_order(tmp_path: Path) -
     assert all(row.note == "not run" and row.seeds == 0 for row in table.rows[1:])
     assert len(published) == len({*published})
     assert any("1 configuration(s)" in note and "not shown" in note for note in table.notes)
-    assert any(note.startswith("Not trainable in mixbench: stylecutmix (needs pretrained AdaIN") for note in table.notes)
+    assert any(
+        note.startswith("Not trainable in mixbench: stylecutmix (needs pretrained AdaIN")
+        for note in table.notes
+    )
 
 
 def test_learned_methods_have_ema_columns(tmp_path: Path) -> None:
@@ -207,7 +245,9 @@ def test_learned_methods_have_ema_columns(tmp_path: Path) -> None:
 def _tabular_rows(latex: str) -> tuple[str, list[list[str]]]:
     match = re.search(r"\\begin\{tabular\}\{([lrc]+)\}(.*?)\\end\{tabular\}", latex, re.S)
     assert match, latex
-    body = [line.strip() for line in match.group(2).splitlines() if line.strip() and line.strip() != r"\hline"]
+    body = [
+        line.strip() for line in match.group(2).splitlines() if line.strip() and line.strip() != r"\hline"
+    ]
     assert all(line.endswith(r"\\") for line in body)
     return match.group(1), [re.split(r"(?<!\\)&", line[:-2]) for line in body]
 
@@ -215,7 +255,9 @@ def _tabular_rows(latex: str) -> tuple[str, list[list[str]]]:
 def test_latex_is_a_tabular_with_one_line_per_row(tmp_path: Path) -> None:
     write_run(tmp_path, QUICK, 0, curve(90.0, 91.0))
     write_run(tmp_path, ("digits", "r18", "my_method&co", "digits_quick"), 0, curve(80.0, 81.0))
-    write_run(tmp_path, ("digits", "r18", "vanilla", "digits_quick"), 0, [50.0] * 3, status="failed", epochs=20)
+    write_run(
+        tmp_path, ("digits", "r18", "vanilla", "digits_quick"), 0, [50.0] * 3, status="failed", epochs=20
+    )
     table = build_table(tmp_path)
     spec, lines = _tabular_rows(to_latex(table))
     assert len(lines) == 1 + len(table.rows) == 4
@@ -231,8 +273,11 @@ def test_cli_writes_tables_and_figures_and_refuses_bad_input(tmp_path: Path) -> 
     write_run(tmp_path / "runs", QUICK, 0, curve(90.0, 91.0))
     out = tmp_path / "tables"
     tool = [sys.executable, str(REPO / "tools" / "table.py")]
-    result = subprocess.run([*tool, str(tmp_path / "runs"), "--out", str(out), "--latex", "--plots"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*tool, str(tmp_path / "runs"), "--out", str(out), "--latex", "--plots"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "| digits | r18 | mixup | digits_quick | 90.00 |" in result.stdout
     assert (out / "runs.md").read_text() == result.stdout
@@ -242,8 +287,11 @@ def test_cli_writes_tables_and_figures_and_refuses_bad_input(tmp_path: Path) -> 
     (tmp_path / "empty").mkdir()
     empty = subprocess.run([*tool, str(tmp_path / "empty")], capture_output=True, text=True)
     assert empty.returncode == 2 and empty.stderr.startswith("error: no summary.json")
-    unknown = subprocess.run([*tool, str(tmp_path / "runs"), "--table", "no_such_table", "--out", str(out)],
-                             capture_output=True, text=True)
+    unknown = subprocess.run(
+        [*tool, str(tmp_path / "runs"), "--table", "no_such_table", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: unknown table 'no_such_table'")
     assert len(unknown.stderr.strip().splitlines()) == 1
     assert (out / "runs.md").read_text() == result.stdout  # nothing already written lost

@@ -37,11 +37,28 @@ def test_a_run_writes_the_whole_run_directory(runs_root: Path) -> None:
     cfg = compose_config([*tiny_overrides(runs_root, epochs=4, window=3), "method=mixup"])
     summary = train(cfg)
     run_dir = run_directory(cfg)
-    assert run_dir == runs_root / "digits,image_size=8" / "r18,width=4" / "mixup" / "digits_quick,epochs=4,metric_window=3" / "seed0"
+    assert (
+        run_dir
+        == runs_root
+        / "digits,image_size=8"
+        / "r18,width=4"
+        / "mixup"
+        / "digits_quick,epochs=4,metric_window=3"
+        / "seed0"
+    )
     history = _history(run_dir)
     assert [record["epoch"] for record in history] == [1, 2, 3, 4]
     for record in history:
-        assert {"lr", "train_loss", "top1", "top5", "test_loss", "seconds", "images_per_s", "train_lam"} <= set(record)
+        assert {
+            "lr",
+            "train_loss",
+            "top1",
+            "top5",
+            "test_loss",
+            "seconds",
+            "images_per_s",
+            "train_lam",
+        } <= set(record)
         assert 0 <= record["top1"] <= record["top5"] <= 100
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved == summary
@@ -105,7 +122,9 @@ def test_a_directory_of_another_configuration_is_refused_untouched(runs_root: Pa
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
 
 
-def test_a_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(runs_root: Path, monkeypatch) -> None:
+def test_a_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(
+    runs_root: Path, monkeypatch
+) -> None:
     real_step = Vanilla.training_step
     calls = {"n": 0}
 
@@ -129,7 +148,9 @@ def test_a_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(runs
 
 
 def test_cli_non_finite_loss_exits_non_zero_with_one_line(runs_root: Path) -> None:
-    result = run_cli([*tiny_overrides(runs_root, epochs=2, window=1), "method=vanilla", "schedule.optimizer.lr=1e30"])
+    result = run_cli(
+        [*tiny_overrides(runs_root, epochs=2, window=1), "method=vanilla", "schedule.optimizer.lr=1e30"]
+    )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "non-finite" in errors[0] and "Traceback" not in result.stderr
@@ -139,7 +160,10 @@ def _start_cli(arguments: list[str]) -> subprocess.Popen:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.Popen(
         [sys.executable, str(REPO / "tools" / "train.py"), *arguments],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
     )
 
 
@@ -157,7 +181,9 @@ def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen, time
 def test_a_run_killed_at_any_moment_resumes_to_the_same_numbers(tmp_path: Path) -> None:
     """SIGKILL mid-epoch (twice, at different moments) and resume: same metrics as an uninterrupted run."""
     epochs = 5
-    reference_cfg = compose_config([*tiny_overrides(tmp_path / "reference", epochs=epochs, window=2), "method=manifoldmix"])
+    reference_cfg = compose_config(
+        [*tiny_overrides(tmp_path / "reference", epochs=epochs, window=2), "method=manifoldmix"]
+    )
     train(reference_cfg)
     expected = _without_timing(_history(run_directory(reference_cfg)))
 
@@ -182,7 +208,18 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_numbers(tmp_path: Path) 
 
 def test_the_bf16_channels_last_path_runs_and_is_recorded(runs_root: Path) -> None:
     """The GPU path's autocast and memory format, exercised on the CPU (bf16 autocast exists there too)."""
-    cfg = compose_config([*tiny_overrides(runs_root, epochs=2, window=1), "method=manifoldmix", "precision=bf16", "channels_last=true"])
+    cfg = compose_config(
+        [
+            *tiny_overrides(runs_root, epochs=2, window=1),
+            "method=manifoldmix",
+            "precision=bf16",
+            "channels_last=true",
+        ]
+    )
     summary = train(cfg)
-    assert summary["status"] == "complete" and summary["precision"] == "bf16" and summary["channels_last"] is True
+    assert (
+        summary["status"] == "complete"
+        and summary["precision"] == "bf16"
+        and summary["channels_last"] is True
+    )
     assert all(0 <= record["top1"] <= 100 for record in _history(run_directory(cfg)))

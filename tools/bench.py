@@ -23,21 +23,40 @@ from mixbench.config import ConfigError
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="all", help="all, or comma-separated names (vanilla is always added)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--methods", default="all", help="all, or comma-separated names (vanilla is always added)"
+    )
     parser.add_argument("--models", help="comma-separated model configs (default: depends on the device)")
-    parser.add_argument("--data", default="cifar100", help="data config giving image size, classes, normalisation")
+    parser.add_argument(
+        "--data", default="cifar100", help="data config giving image size, classes, normalisation"
+    )
     parser.add_argument("--batch-size", type=int, help="default: 128 on CUDA, 32 on CPU")
-    parser.add_argument("--image-size", type=int, help="training resolution in px (default: the data config's)")
+    parser.add_argument(
+        "--image-size", type=int, help="training resolution in px (default: the data config's)"
+    )
     parser.add_argument("--steps", type=int, help="timed steps per row (default: 20 on CUDA, 5 on CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on CUDA, 2 on CPU)")
-    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="folder of <device>.md and .csv")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/bench"), help="folder of <device>.md and .csv"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)"
+    )
     args, overrides = parser.parse_known_args()
     try:
         request, runtime = resolve_request(
-            args.methods, args.models, args.data, args.batch_size, args.image_size, args.steps, args.warmup,
-            args.compile, overrides,
+            args.methods,
+            args.models,
+            args.data,
+            args.batch_size,
+            args.image_size,
+            args.steps,
+            args.warmup,
+            args.compile,
+            overrides,
         )
         report = run_benchmark(request, runtime)
     except ConfigError as error:

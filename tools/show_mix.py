@@ -57,9 +57,17 @@ def main(cfg: DictConfig) -> None:
         split = load_split(cfg.data, "test")
         x, y = pick_samples(split, cfg.data, int(cfg.samples), runtime.device)
         preview = method.preview(model, x, y)
-        source = f"weights: {weights}" if weights else "weights: random initialisation (no trained checkpoint)"
+        source = (
+            f"weights: {weights}" if weights else "weights: random initialisation (no trained checkpoint)"
+        )
         out = Path(cfg.out)
-        draw_preview(preview, cfg.data.mean, cfg.data.std, title=f"{cfg.method.name} on {cfg.data.name} — {source}", out=out)
+        draw_preview(
+            preview,
+            cfg.data.mean,
+            cfg.data.std,
+            title=f"{cfg.method.name} on {cfg.data.name} — {source}",
+            out=out,
+        )
         print(f"wrote {out}")
     except (ConfigError, FileNotFoundError, ValueError) as error:
         fail(str(error))

@@ -44,8 +44,12 @@ def resolve_table_name(name: str) -> str:
         reference = OmegaConf.load(experiment).get("reference_table")
         if reference in paper.reference_tables():
             return str(reference)
-        raise ValueError(f"experiment {name} names no published table; pick one of: {', '.join(paper.reference_tables())}")
-    raise ValueError(f"unknown table '{name}'; valid: {', '.join(paper.reference_tables())} (or an experiment name)")
+        raise ValueError(
+            f"experiment {name} names no published table; pick one of: {', '.join(paper.reference_tables())}"
+        )
+    raise ValueError(
+        f"unknown table '{name}'; valid: {', '.join(paper.reference_tables())} (or an experiment name)"
+    )
 
 
 def _display(path: Path) -> str:
@@ -56,16 +60,31 @@ def _display(path: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", type=Path, help="a folder of run directories (searched recursively), or one of them")
-    parser.add_argument("--table", help="follow this published table (results/paper/<table>.yaml) or experiment")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: results/tables)")
-    parser.add_argument("--name", help="file name stem (default: the table's name, else the runs folder's name)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "runs", type=Path, help="a folder of run directories (searched recursively), or one of them"
+    )
+    parser.add_argument(
+        "--table", help="follow this published table (results/paper/<table>.yaml) or experiment"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: results/tables)"
+    )
+    parser.add_argument(
+        "--name", help="file name stem (default: the table's name, else the runs folder's name)"
+    )
     parser.add_argument("--latex", action="store_true", help="also write <name>.tex (a tabular)")
-    parser.add_argument("--plots", action="store_true", help="also draw <name>.png and one curve figure per run")
+    parser.add_argument(
+        "--plots", action="store_true", help="also draw <name>.png and one curve figure per run"
+    )
     args = parser.parse_args()
     if not args.runs.is_dir():
-        print(f"error: {args.runs} is not a folder; pass the runs_root of your runs (default: runs)", file=sys.stderr)
+        print(
+            f"error: {args.runs} is not a folder; pass the runs_root of your runs (default: runs)",
+            file=sys.stderr,
+        )
         return 2
     from mixbench.tables import build_table, find_summaries, to_csv, to_latex, to_markdown
 
@@ -75,7 +94,10 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not find_summaries(args.runs):
-        print(f"error: no summary.json under {args.runs}; train something first (tools/train.py)", file=sys.stderr)
+        print(
+            f"error: no summary.json under {args.runs}; train something first (tools/train.py)",
+            file=sys.stderr,
+        )
         return 2
     from mixbench.engine.checkpoint import atomic_write_text
 

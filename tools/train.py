@@ -40,7 +40,9 @@ def _in_process_sweep() -> bool:
 
     Under other launchers (the GPU pool, Slurm) each job is its own process and fails with its exit code."""
     hydra_cfg = HydraConfig.get()
-    return hydra_cfg.mode == RunMode.MULTIRUN and str(hydra_cfg.launcher.get("_target_", "")).endswith("BasicLauncher")
+    return hydra_cfg.mode == RunMode.MULTIRUN and str(hydra_cfg.launcher.get("_target_", "")).endswith(
+        "BasicLauncher"
+    )
 
 
 if __name__ == "__main__":

@@ -84,17 +84,26 @@ def build_loaders(
     train_split, test_split = load_split(data_cfg, "train"), load_split(data_cfg, "test")
     shard = {"rank": rank, "world_size": world_size}
     resident = bool(data_cfg.get("resident", False))
-    if isinstance(train_split, ArraySplit) and resident and augment == "crop_flip" and input_size == train_split.images.shape[-1]:
+    if (
+        isinstance(train_split, ArraySplit)
+        and resident
+        and augment == "crop_flip"
+        and input_size == train_split.images.shape[-1]
+    ):
         train = DeviceTensorLoader(train_split, batch_size, normalizer, device, train=True, **shard)
     else:
         dataset = _as_dataset(train_split, train_transform(augment, input_size))
         train = WorkerLoader(dataset, batch_size, normalizer, device, True, num_workers, **shard)
     if isinstance(test_split, ArraySplit) and resident:
-        test = DeviceTensorLoader(test_split, eval_batch_size, normalizer, device, train=False, resize_to=input_size, **shard)
+        test = DeviceTensorLoader(
+            test_split, eval_batch_size, normalizer, device, train=False, resize_to=input_size, **shard
+        )
     else:
         dataset = _as_dataset(test_split, eval_transform(augment, input_size))
         test = WorkerLoader(dataset, eval_batch_size, normalizer, device, False, num_workers, **shard)
-    return DataBundle(train=train, test=test, num_classes=int(data_cfg.num_classes), num_train=len(train_split))
+    return DataBundle(
+        train=train, test=test, num_classes=int(data_cfg.num_classes), num_train=len(train_split)
+    )
 
 
 def _as_dataset(split: ArraySplit | Dataset, transform) -> Dataset:
@@ -103,4 +112,12 @@ def _as_dataset(split: ArraySplit | Dataset, transform) -> Dataset:
     return TransformedDataset(split, transform)
 
 
-__all__ = ["DATASETS", "DataBundle", "DatasetMissingError", "ArraySplit", "build_loaders", "check_dataset", "load_split"]
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "DatasetMissingError",
+    "ArraySplit",
+    "build_loaders",
+    "check_dataset",
+    "load_split",
+]

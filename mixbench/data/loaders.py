@@ -34,7 +34,9 @@ from mixbench.rng import derive_seed
 class Normalizer:
     """uint8 batch on the device → float, ``(x/255 - mean) / std``, optional channels_last."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device, channels_last: bool):
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], device: torch.device, channels_last: bool
+    ):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -188,7 +190,9 @@ class EpochShardSampler(Sampler[int]):
     each index exactly once over the ranks (:func:`evaluation_shard`).
     """
 
-    def __init__(self, size: int, shuffle: bool, rank: int = 0, world_size: int = 1, pad: bool = True) -> None:
+    def __init__(
+        self, size: int, shuffle: bool, rank: int = 0, world_size: int = 1, pad: bool = True
+    ) -> None:
         self.size, self.shuffle = size, shuffle
         self.rank, self.world_size = rank, world_size
         self.pad = pad
@@ -225,7 +229,9 @@ class WorkerLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.sampler = EpochShardSampler(len(dataset), shuffle=train, rank=rank, world_size=world_size, pad=train)
+        self.sampler = EpochShardSampler(
+            len(dataset), shuffle=train, rank=rank, world_size=world_size, pad=train
+        )
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,

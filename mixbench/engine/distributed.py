@@ -97,7 +97,9 @@ def launch_from_environment() -> Launch:
             world_size=int(os.environ["WORLD_SIZE"]),
         )
     except ValueError as error:
-        raise ConfigError(f"WORLD_SIZE, RANK and LOCAL_RANK must be integers (set by torchrun): {error}") from error
+        raise ConfigError(
+            f"WORLD_SIZE, RANK and LOCAL_RANK must be integers (set by torchrun): {error}"
+        ) from error
 
 
 def check_launch(cfg: DictConfig, launch: Launch, device: torch.device) -> None:
@@ -121,7 +123,9 @@ def check_launch(cfg: DictConfig, launch: Launch, device: torch.device) -> None:
             "(mixing pairs samples); raise schedule.batch_size or use fewer processes"
         )
     if bool(cfg.get("sync_bn", False)) and device.type != "cuda":
-        raise ConfigError("sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel); set sync_bn=false")
+        raise ConfigError(
+            "sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel); set sync_bn=false"
+        )
 
 
 def _hydra_multirun() -> bool:
@@ -143,7 +147,11 @@ def process_group(launch: Launch, device: torch.device) -> Iterator[None]:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        bound = {"device_id": device} if "device_id" in inspect.signature(dist.init_process_group).parameters else {}
+        bound = (
+            {"device_id": device}
+            if "device_id" in inspect.signature(dist.init_process_group).parameters
+            else {}
+        )
         dist.init_process_group("nccl", rank=launch.rank, world_size=launch.world_size, **bound)
     else:
         dist.init_process_group("gloo", rank=launch.rank, world_size=launch.world_size)

@@ -32,7 +32,9 @@ def evaluate(
     correct1 = correct5 = loss_sum = torch.zeros((), device=device)
     count = 0
     for x, y in loader:
-        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with torch.autocast(
+            x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
             logits = model(x)
         top1, top5 = topk_correct(logits.float(), y)
         correct1 = correct1 + top1
@@ -40,7 +42,9 @@ def evaluate(
         loss_sum = loss_sum + F.cross_entropy(logits.float(), y, reduction="sum")
         count += y.shape[0]
     model.train(was_training)
-    totals = torch.stack([correct1.double(), correct5.double(), loss_sum.double(), torch.tensor(float(count), device=device)])
+    totals = torch.stack(
+        [correct1.double(), correct5.double(), loss_sum.double(), torch.tensor(float(count), device=device)]
+    )
     if across_processes:
         all_reduce_sum(totals)
     correct1_total, correct5_total, loss_total, images = totals.tolist()

@@ -22,11 +22,23 @@ from mixbench.config import CONFIG_DIR, GROUPS
 
 # Values that say where or how to run, not what is computed: never part of a run's identity.
 RUNTIME_KEYS = {
-    "device", "precision", "channels_last", "compile", "num_workers", "eval_batch_size", "runs_root",
-    "force", "progress", "data.root", "data.download", "data.resident",
+    "device",
+    "precision",
+    "channels_last",
+    "compile",
+    "num_workers",
+    "eval_batch_size",
+    "runs_root",
+    "force",
+    "progress",
+    "data.root",
+    "data.download",
+    "data.resident",
     "sync_bn",  # how a run is spread over processes, like their number: recorded in summary.json instead
     "reference_table",  # set by experiment files: which published table a run is compared with
-    "samples", "checkpoint", "out",  # tools/show_mix.py
+    "samples",
+    "checkpoint",
+    "out",  # tools/show_mix.py
 }
 _SAFE = re.compile(r"^[A-Za-z0-9._=,+-]+$")
 _MAX_SUFFIX = 60
@@ -52,7 +64,11 @@ def group_differences(cfg: DictConfig, group: str) -> dict[str, Any]:
     """Keys of ``cfg[group]`` whose value differs from the shipped ``configs/<group>/<name>.yaml``."""
     name = cfg[group].name
     stock_path = CONFIG_DIR / group / f"{name}.yaml"
-    stock = flatten(OmegaConf.to_container(OmegaConf.load(stock_path), resolve=False)) if stock_path.exists() else {}
+    stock = (
+        flatten(OmegaConf.to_container(OmegaConf.load(stock_path), resolve=False))
+        if stock_path.exists()
+        else {}
+    )
     current = flatten(OmegaConf.to_container(cfg[group], resolve=False))
     keys = sorted(set(stock) | set(current))
     return {

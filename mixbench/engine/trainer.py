@@ -88,7 +88,9 @@ def resolve_runtime(cfg: DictConfig) -> Runtime:
     else:
         device = torch.device(cfg.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device=cuda was asked for but no CUDA GPU is visible; use device=cpu or device=auto")
+            raise ConfigError(
+                "device=cuda was asked for but no CUDA GPU is visible; use device=cpu or device=auto"
+            )
     launch = launch_from_environment()
     if launch.distributed and device.type == "cuda":
         if device.index is not None:
@@ -223,7 +225,9 @@ def build_model_and_method(cfg: DictConfig, runtime: Runtime) -> tuple[nn.Module
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     model = model.to(runtime.device, memory_format=memory_format)
     if bool(cfg.get("sync_bn", False)) and launch_from_environment().distributed:
-        model = convert_sync_batchnorm(model)  # before setup, so that EMA copies and hooks see the final layers
+        model = convert_sync_batchnorm(
+            model
+        )  # before setup, so that EMA copies and hooks see the final layers
     method.setup(model, int(cfg.data.num_classes))
     method = method.to(runtime.device)
     return model, method
@@ -333,13 +337,20 @@ class Trainer:
         clip = self.schedule.grad_clip
         params = [p for group in optimizer.param_groups for p in group["params"]]
         bar = tqdm(
-            total=steps, desc=f"epoch {epoch + 1}/{self.schedule.epochs}", leave=False, disable=not self._show_progress()
+            total=steps,
+            desc=f"epoch {epoch + 1}/{self.schedule.epochs}",
+            leave=False,
+            disable=not self._show_progress(),
         )
         lr = optimizer.param_groups[0]["lr"]
         for step, (x, y) in enumerate(self.data.train):
             self.lr_schedule.step_update(epoch * steps + step)
             lr = optimizer.param_groups[0]["lr"]
-            with torch.autocast(device.type, dtype=self.runtime.autocast_dtype or torch.float32, enabled=self.runtime.autocast_dtype is not None):
+            with torch.autocast(
+                device.type,
+                dtype=self.runtime.autocast_dtype or torch.float32,
+                enabled=self.runtime.autocast_dtype is not None,
+            ):
                 loss, logs = step_module(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -370,10 +381,14 @@ class Trainer:
         keys = list(dict.fromkeys(key for keys in gather_objects(list(log_sums)) for key in keys))
         zero = torch.zeros((), device=loss_sum.device)
         values = [loss_sum, *(log_sums.get(key, zero) for key in keys), torch.tensor(float(images))]
-        totals = all_reduce_sum(torch.stack([value.double().to(loss_sum.device) for value in values])).tolist()
+        totals = all_reduce_sum(
+            torch.stack([value.double().to(loss_sum.device) for value in values])
+        ).tolist()
         per_step = steps * self.launch.world_size
         stats: dict[str, Any] = {"train_loss": totals[0] / per_step, "train_images": int(totals[-1])}
-        stats.update({f"train_{key}": total / per_step for key, total in zip(keys, totals[1:-1], strict=True)})
+        stats.update(
+            {f"train_{key}": total / per_step for key, total in zip(keys, totals[1:-1], strict=True)}
+        )
         return stats
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
@@ -442,7 +457,9 @@ class Trainer:
             return
         epoch = record["epoch"]
         extra = "".join(
-            f"  {key[:-5]} top-1 {value:.2f}" for key, value in record.items() if key.endswith("_top1") and key != "top1"
+            f"  {key[:-5]} top-1 {value:.2f}"
+            for key, value in record.items()
+            if key.endswith("_top1") and key != "top1"
         )
         self._print(
             f"epoch {epoch}/{self.schedule.epochs}  loss {record['train_loss']:.4f}  top-1 {record['top1']:.2f}  "
@@ -498,7 +515,9 @@ class Trainer:
         atomic_write_json(summary, self.run_dir / SUMMARY)
         if status == "complete":
             value = summary[f"median_last{self.window}_top1"]
-            self._print(f"complete: {self.run_dir}  median top-1 of the last {self.window} epochs {value:.2f}")
+            self._print(
+                f"complete: {self.run_dir}  median top-1 of the last {self.window} epochs {value:.2f}"
+            )
         return summary
 
 

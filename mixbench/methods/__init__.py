@@ -33,6 +33,13 @@ def build_method(name: str, **options: Any) -> MixMethod:
 
 
 __all__ = [
-    "METHODS", "build_method", "register_method", "MixMethod", "InputMixMethod", "MixedBatch", "MixPreview",
-    "mixed_cross_entropy", "soft_cross_entropy",
+    "METHODS",
+    "build_method",
+    "register_method",
+    "MixMethod",
+    "InputMixMethod",
+    "MixedBatch",
+    "MixPreview",
+    "mixed_cross_entropy",
+    "soft_cross_entropy",
 ]

@@ -119,7 +119,9 @@ def combine(weights: torch.Tensor, x: torch.Tensor, sources: torch.Tensor) -> to
     return (weights * x[sources]).sum(dim=0)
 
 
-def soft_targets(y: torch.Tensor, sources: torch.Tensor, lams: torch.Tensor, num_classes: int) -> torch.Tensor:
+def soft_targets(
+    y: torch.Tensor, sources: torch.Tensor, lams: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """``sum_i lam_i * onehot(y[sources[i]])``: (B, K), rows sum to 1."""
     onehot = F.one_hot(y[sources], num_classes).to(lams.dtype)  # (N, B, K)
     return (lams.view(-1, 1, 1) * onehot).sum(dim=0)
@@ -191,7 +193,12 @@ class AdAutoMix(LearnedMixMethod):
         ema_constant_fraction: float = 0.1,
     ) -> None:
         super().__init__(
-            feature_stage, mix_block_lr, mix_block_momentum, ema_momentum, ema_end_momentum, ema_constant_fraction
+            feature_stage,
+            mix_block_lr,
+            mix_block_momentum,
+            ema_momentum,
+            ema_end_momentum,
+            ema_constant_fraction,
         )
         if num_sources < 2:
             raise ValueError(f"num_sources must be at least 2, got {num_sources}")
@@ -257,7 +264,9 @@ class AdAutoMix(LearnedMixMethod):
         generated, clean, mixup, fell_back = self._classifier_terms(model, x, y, features, draw_bb)
         masks_mb = generator(features, draw_mb.sources, draw_mb.lams, size)
         teacher_logits = ema(combine(masks_mb, x, draw_mb.sources))
-        targets_mb = smooth(soft_targets(y, draw_mb.sources, draw_mb.lams, self.num_classes), self.label_smoothing)
+        targets_mb = smooth(
+            soft_targets(y, draw_mb.sources, draw_mb.lams, self.num_classes), self.label_smoothing
+        )
         teacher_ce = soft_cross_entropy(teacher_logits.float(), targets_mb)
         similarity = source_similarity(teacher_logits, teacher_clean_logits[draw_mb.sources], draw_mb.lams)
         if adversarial:
@@ -267,9 +276,17 @@ class AdAutoMix(LearnedMixMethod):
             generator_loss = teacher_ce
         area_gap = (masks_mb.detach().mean(dim=(1, 2, 3, 4)) - draw_mb.lams).abs().mean()
         return AdAutoMixLosses(
-            generated=generated, clean=clean, mixup=mixup, generator=generator_loss, teacher_ce=teacher_ce,
-            similarity=similarity, adversarial=adversarial, backbone_fell_back_to_mixup=fell_back,
-            mixup_weight=self.mixup_weight, classifier_draw=draw_bb, generator_draw=draw_mb,
+            generated=generated,
+            clean=clean,
+            mixup=mixup,
+            generator=generator_loss,
+            teacher_ce=teacher_ce,
+            similarity=similarity,
+            adversarial=adversarial,
+            backbone_fell_back_to_mixup=fell_back,
+            mixup_weight=self.mixup_weight,
+            classifier_draw=draw_bb,
+            generator_draw=draw_mb,
             mask_area_gap=area_gap,
         )
 

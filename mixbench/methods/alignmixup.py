@@ -107,11 +107,18 @@ class SinkhornOptions:
 
     def solve(self, cost: torch.Tensor) -> SinkhornResult:
         if self.mode == "official":
-            return log_sinkhorn(cost, self.eps, self.max_iter, self.threshold, per_sample=False,
-                                check_every=HOST_CHECK_EVERY)
+            return log_sinkhorn(
+                cost, self.eps, self.max_iter, self.threshold, per_sample=False, check_every=HOST_CHECK_EVERY
+            )
         relative_cost = cost / cost.mean(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(cost.dtype).tiny)
-        return log_sinkhorn(relative_cost, self.eps, self.converged_max_iter, self.eps * self.converged_tol,
-                            per_sample=True, check_every=HOST_CHECK_EVERY)
+        return log_sinkhorn(
+            relative_cost,
+            self.eps,
+            self.converged_max_iter,
+            self.eps * self.converged_tol,
+            per_sample=True,
+            check_every=HOST_CHECK_EVERY,
+        )
 
 
 @dataclass
@@ -125,8 +132,9 @@ class AlignMixDraw:
 
 
 @torch.no_grad()
-def transport_assignment(features: torch.Tensor, partner: torch.Tensor, options: SinkhornOptions
-                         ) -> tuple[torch.Tensor, SinkhornResult]:
+def transport_assignment(
+    features: torch.Tensor, partner: torch.Tensor, options: SinkhornOptions
+) -> tuple[torch.Tensor, SinkhornResult]:
     """``R = r * P`` (B, r, r) aligning the positions of ``features`` (rows i) to those of ``partner``
     (columns j), both (B, c, r); float32, no gradient."""
     with torch.autocast(features.device.type, enabled=False):
@@ -136,8 +144,13 @@ def transport_assignment(features: torch.Tensor, partner: torch.Tensor, options:
     return result.plan * points.shape[1], result
 
 
-def align_mix(features: torch.Tensor, perm: torch.Tensor, lam: float | torch.Tensor, keep_first_geometry: bool,
-              options: SinkhornOptions) -> tuple[torch.Tensor, SinkhornResult]:
+def align_mix(
+    features: torch.Tensor,
+    perm: torch.Tensor,
+    lam: float | torch.Tensor,
+    keep_first_geometry: bool,
+    options: SinkhornOptions,
+) -> tuple[torch.Tensor, SinkhornResult]:
     """AlignMix of a (B, c, h, w) feature tensor with its partners ``features[perm]``; returns the mixed tensor
     (same shape and dtype) and the Sinkhorn result.  Gradients reach ``features`` through both terms, never
     through the plan."""
@@ -193,8 +206,9 @@ def move_patches(images: torch.Tensor, weights: torch.Tensor, grid: tuple[int, i
     return moved if size == (height, width) else F.interpolate(moved, size=(height, width), mode="bilinear")
 
 
-def alignment_preview(model: nn.Module, x: torch.Tensor, draw: AlignMixDraw, options: SinkhornOptions
-                      ) -> dict[str, torch.Tensor]:
+def alignment_preview(
+    model: nn.Module, x: torch.Tensor, draw: AlignMixDraw, options: SinkhornOptions
+) -> dict[str, torch.Tensor]:
     """Rows showing both alignments of a pairing as moved image patches, and the input-mixup branch."""
     features = model.forward_features(x, last_feature_stage(model))
     flat = features.flatten(2)
@@ -215,13 +229,21 @@ class AlignMixMethod(MixMethod):
     Sinkhorn options, the last feature tensor of a CNN as the tensor to align, and the aligned-mixing step."""
 
     def __init__(
-        self, alpha: float, eps: float, max_iter: int, threshold: float, sinkhorn: SinkhornMode,
-        converged_tol: float, converged_max_iter: int,
+        self,
+        alpha: float,
+        eps: float,
+        max_iter: int,
+        threshold: float,
+        sinkhorn: SinkhornMode,
+        converged_tol: float,
+        converged_max_iter: int,
     ) -> None:
         """The options both variants take; their defaults live in each method's signature (its config)."""
         super().__init__()
         self.alpha = alpha
-        self.sinkhorn = SinkhornOptions(eps, int(max_iter), threshold, sinkhorn, converged_tol, int(converged_max_iter))
+        self.sinkhorn = SinkhornOptions(
+            eps, int(max_iter), threshold, sinkhorn, converged_tol, int(converged_max_iter)
+        )
 
     def check_model(self, model: nn.Module) -> None:
         model.check_stage(last_feature_stage(model))
@@ -230,8 +252,14 @@ class AlignMixMethod(MixMethod):
         """lam ~ Beta(alpha, alpha), then a pairing of the batch, from the run's generators."""
         return float(self.rng.beta(self.alpha)), self.rng.permutation(batch_size)
 
-    def aligned_mix(self, features: torch.Tensor, perm: torch.Tensor, lam: float | torch.Tensor,
-                    keep_first_geometry: bool, logs: Logs) -> torch.Tensor:
+    def aligned_mix(
+        self,
+        features: torch.Tensor,
+        perm: torch.Tensor,
+        lam: float | torch.Tensor,
+        keep_first_geometry: bool,
+        logs: Logs,
+    ) -> torch.Tensor:
         """:func:`align_mix` of ``features`` with ``features[perm]``; its Sinkhorn statistics go to ``logs``."""
         mixed, result = align_mix(features, perm, lam, keep_first_geometry, self.sinkhorn)
         logs.update(alignment_logs(result, features.shape[-2] * features.shape[-1]))
@@ -274,12 +302,16 @@ class AlignMixup(AlignMixMethod):
         draw = self.draw(x.shape[0])
         # lam as a tensor: a Python float in the closure would make torch.compile recompile for every value.
         lam = torch.tensor(draw.lam, device=x.device)
-        logs: Logs = {"lam": torch.tensor(draw.lam), "feature_mix": torch.tensor(float(not draw.input_mix)),
-                      "keep_a_geometry": torch.tensor(float(draw.keep_first_geometry))}
+        logs: Logs = {
+            "lam": torch.tensor(draw.lam),
+            "feature_mix": torch.tensor(float(not draw.input_mix)),
+            "keep_a_geometry": torch.tensor(float(draw.keep_first_geometry)),
+        }
         if draw.input_mix:
             logits = model(mix_with_partners(x, draw.perm, lam))
             logs.update(unaligned_logs())
         else:
+
             def mix_fn(features: torch.Tensor) -> torch.Tensor:
                 return self.aligned_mix(features, draw.perm, lam, draw.keep_first_geometry, logs)
 
@@ -291,7 +323,9 @@ class AlignMixup(AlignMixMethod):
     @torch.no_grad()
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
         draw = self.draw(x.shape[0])
-        note = ("AlignMix mixes feature tensors; the rows move image patches of the feature grid by the same "
-                "assignment R (half the steps mix the inputs instead)")
+        note = (
+            "AlignMix mixes feature tensors; the rows move image patches of the feature grid by the same "
+            "assignment R (half the steps mix the inputs instead)"
+        )
         rows = alignment_preview(model, x, draw, self.sinkhorn)
         return MixPreview(rows=rows, lam=torch.full((x.shape[0],), draw.lam), note=note)

@@ -131,8 +131,9 @@ class ResidualUpBlock(nn.Module):
 class ResidualDecoder(nn.Module):
     """``D: e -> x^``: a linear map to a ``width x h x w`` grid, ``upsamplings`` residual up-blocks, a 3x3 conv."""
 
-    def __init__(self, embedding_dim: int, width: int, grid: tuple[int, int], upsamplings: int,
-                 out_channels: int = 3) -> None:
+    def __init__(
+        self, embedding_dim: int, width: int, grid: tuple[int, int], upsamplings: int, out_channels: int = 3
+    ) -> None:
         super().__init__()
         self.width, self.grid = width, grid
         self.project = nn.Linear(embedding_dim, width * grid[0] * grid[1])
@@ -141,8 +142,9 @@ class ResidualDecoder(nn.Module):
             blocks.append(ResidualUpBlock(channels, max(channels // 2, MIN_DECODER_WIDTH)))
             channels = max(channels // 2, MIN_DECODER_WIDTH)
         self.blocks = nn.Sequential(*blocks)
-        self.to_image = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, out_channels, 3,
-                                                                                    padding=1))
+        self.to_image = nn.Sequential(
+            nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
 
     def forward(self, embedding: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         h = self.project(embedding).view(embedding.shape[0], self.width, *self.grid)
@@ -156,10 +158,16 @@ class EmbeddingClassifier(nn.Module):
     """The evaluated network ``x -> g(f(N(GAP(F(x)))))``: the backbone without its own head, then ``N``, ``f``
     and ``g``."""
 
-    def __init__(self, backbone: nn.Module, feature_norm: nn.Module, embed: nn.Module, classifier: nn.Module
-                 ) -> None:
+    def __init__(
+        self, backbone: nn.Module, feature_norm: nn.Module, embed: nn.Module, classifier: nn.Module
+    ) -> None:
         super().__init__()
-        self.backbone, self.feature_norm, self.embed, self.classifier = backbone, feature_norm, embed, classifier
+        self.backbone, self.feature_norm, self.embed, self.classifier = (
+            backbone,
+            feature_norm,
+            embed,
+            classifier,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone.forward_features(x, last_feature_stage(self.backbone))
@@ -216,7 +224,9 @@ class AlignMixupAE(AlignMixMethod):
         self.feature_norm = nn.BatchNorm1d(channels).to(device)
         self.embed = nn.Linear(channels, self.embedding_dim).to(device)
         self.classifier = nn.Linear(self.embedding_dim, num_classes).to(device)
-        self.decoder = ResidualDecoder(self.embedding_dim, self.decoder_width, (height, width), upsamplings).to(device)
+        self.decoder = ResidualDecoder(
+            self.embedding_dim, self.decoder_width, (height, width), upsamplings
+        ).to(device)
 
     def _require_setup(self) -> None:
         if self.decoder is None:
@@ -230,9 +240,14 @@ class AlignMixupAE(AlignMixMethod):
         """``N``, ``f`` and ``g`` at ``lr``; the decoder at ``decoder_lr_scale * lr`` (see the module docstring)."""
         self._require_setup()
         head = [*self.feature_norm.parameters(), *self.embed.parameters(), *self.classifier.parameters()]
-        return [{"params": head, "lr": lr, "weight_decay": weight_decay},
-                {"params": list(self.decoder.parameters()), "lr": lr * self.decoder_lr_scale,
-                 "weight_decay": weight_decay}]
+        return [
+            {"params": head, "lr": lr, "weight_decay": weight_decay},
+            {
+                "params": list(self.decoder.parameters()),
+                "lr": lr * self.decoder_lr_scale,
+                "weight_decay": weight_decay,
+            },
+        ]
 
     def embedding(self, features: torch.Tensor) -> torch.Tensor:
         """``e = f(N(GAP(A)))``."""
@@ -255,10 +270,15 @@ class AlignMixupAE(AlignMixMethod):
         self._require_setup()
         draw = self.draw(x.shape[0])
         lam = torch.tensor(draw.lam, device=x.device)
-        logs: Logs = {"lam": torch.tensor(draw.lam), "reconstruct_step": torch.tensor(float(draw.reconstruct))}
+        logs: Logs = {
+            "lam": torch.tensor(draw.lam),
+            "reconstruct_step": torch.tensor(float(draw.reconstruct)),
+        }
         logs.update({f"level_{name}": torch.tensor(float(draw.level == name)) for name in LEVELS})
         embedding, clean_embedding = self._embeddings(model, x, draw, lam, logs)
-        loss = mixed_cross_entropy(self.classifier(embedding), y, y[draw.perm], draw.lam, self.label_smoothing)
+        loss = mixed_cross_entropy(
+            self.classifier(embedding), y, y[draw.perm], draw.lam, self.label_smoothing
+        )
         reconstruction = torch.zeros((), device=x.device)
         if draw.reconstruct:
             reconstruction = self.reconstruction_loss(clean_embedding, x)
@@ -266,8 +286,9 @@ class AlignMixupAE(AlignMixMethod):
         logs["reconstruction"] = reconstruction.detach()
         return loss, logs
 
-    def _embeddings(self, model: nn.Module, x: torch.Tensor, draw: AEDraw, lam: torch.Tensor, logs: Logs
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _embeddings(
+        self, model: nn.Module, x: torch.Tensor, draw: AEDraw, lam: torch.Tensor, logs: Logs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The mixed embedding the classifier reads, and (on reconstruction steps) the clean one."""
         stage = last_feature_stage(model)
         logs.update(unaligned_logs())

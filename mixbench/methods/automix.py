@@ -143,7 +143,12 @@ class AutoMix(LearnedMixMethod):
         ema_constant_fraction: float = 0.1,
     ) -> None:
         super().__init__(
-            feature_stage, mix_block_lr, mix_block_momentum, ema_momentum, ema_end_momentum, ema_constant_fraction
+            feature_stage,
+            mix_block_lr,
+            mix_block_momentum,
+            ema_momentum,
+            ema_end_momentum,
+            ema_constant_fraction,
         )
         if not 0.0 <= lam_margin < 0.5:
             raise ValueError(f"lam_margin must lie in [0, 0.5), got {lam_margin}")
@@ -172,9 +177,14 @@ class AutoMix(LearnedMixMethod):
         clean = F.cross_entropy(model(x), y, label_smoothing=smoothing)
         backbone_mix = mixed_cross_entropy(model(backbone_batch.x), y, y[perm_bb], lam_bb, smoothing)
         return AutoMixLosses(
-            clean=clean, backbone_mix=backbone_mix, mix_block_mix=mix_block_mix, mask=mask,
-            lam_backbone=lam_bb, lam_mix_block=lam_mb,
-            backbone_fell_back_to_mixup=backbone_batch.mask is None, mix_block_share=share_mb.detach().mean(),
+            clean=clean,
+            backbone_mix=backbone_mix,
+            mix_block_mix=mix_block_mix,
+            mask=mask,
+            lam_backbone=lam_bb,
+            lam_mix_block=lam_mb,
+            backbone_fell_back_to_mixup=backbone_batch.mask is None,
+            mix_block_share=share_mb.detach().mean(),
         )
 
     def backbone_batch(
@@ -231,6 +241,11 @@ class AutoMix(LearnedMixMethod):
         _, mix_block = self.check_ready()
         lam, perm = self.draw(x.shape[0])
         share = mix_block(self.preview_features(x), perm, lam, spatial_size(x))
-        rows = {"source a": x, "source b": x[perm], "mask (share of b)": share, "mixed": mix_pair(x, perm, share)}
+        rows = {
+            "source a": x,
+            "source b": x[perm],
+            "mask (share of b)": share,
+            "mixed": mix_pair(x, perm, share),
+        }
         note = f"lam {lam:.2f}; batch share of b {float(share.mean()):.2f} (the mask loss asks for ~{1 - lam:.2f})"
         return MixPreview(rows=rows, lam=torch.full((x.shape[0],), lam), note=note)

@@ -49,7 +49,9 @@ def in_layout_of(mixed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     cell is one pixel, channels_last on a contiguous batch); the model then runs slower kernels, and on the
     CPU in torch 2.14 a strided 1x1 convolution's backward on such an input was seen to corrupt the heap.
     """
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    channels_last = (
+        x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    )
     return mixed.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 

@@ -69,4 +69,6 @@ class CutMix(InputMixMethod):
         box = sample_box(height, width, lam, self.rng)
         lam_pasted = 1.0 - box_area_ratio(box, height, width)
         mask = box_mask(box, height, width, x.device)
-        return MixedBatch(x=paste_box(x, x[perm], box), y_a=y, y_b=y[perm], lam=lam_pasted, perm=perm, mask=mask)
+        return MixedBatch(
+            x=paste_box(x, x[perm], box), y_a=y, y_b=y[perm], lam=lam_pasted, perm=perm, mask=mask
+        )

@@ -50,7 +50,10 @@ class EmaModel(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, base_momentum: float = 0.999, end_momentum: float = 0.999999,
+        self,
+        model: nn.Module,
+        base_momentum: float = 0.999,
+        end_momentum: float = 0.999999,
         constant_fraction: float = 0.1,
     ) -> None:
         super().__init__()

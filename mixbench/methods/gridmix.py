@@ -57,5 +57,6 @@ class GridMix(InputMixMethod):
         lam = float(self.rng.beta(self.alpha))
         perm = self.rng.permutation(x.shape[0])
         mask = self.sample_mask(height, width, lam, x.device)
-        return MixedBatch(x=blend(x, x[perm], mask), y_a=y, y_b=y[perm], lam=label_ratio(mask)[0], perm=perm,
-                          mask=mask)
+        return MixedBatch(
+            x=blend(x, x[perm], mask), y_a=y, y_b=y[perm], lam=label_ratio(mask)[0], perm=perm, mask=mask
+        )

@@ -47,6 +47,12 @@ class ManifoldMix(MixMethod):
         """Sources and their pixel mix; a mix at stage k >= 1 happens on hidden states, which have no image."""
         lam = float(self.rng.beta(self.alpha))
         perm = self.rng.permutation(x.shape[0])
-        rows = {"source a": x, "source b": x[perm], "input-space mix (stage 0)": lam * x + (1 - lam) * x[perm]}
-        note = f"stages {list(self.stages)}: at stages >= 1 the same lam mixes hidden states instead of pixels"
+        rows = {
+            "source a": x,
+            "source b": x[perm],
+            "input-space mix (stage 0)": lam * x + (1 - lam) * x[perm],
+        }
+        note = (
+            f"stages {list(self.stages)}: at stages >= 1 the same lam mixes hidden states instead of pixels"
+        )
         return MixPreview(rows=rows, lam=torch.full((x.shape[0],), lam), note=note)

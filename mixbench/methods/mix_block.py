@@ -90,15 +90,22 @@ class LearnedMixMethod(MixMethod):
     required_stages: tuple[int, ...] = (FEATURE_STAGE,)
 
     def __init__(
-        self, feature_stage: int, mix_block_lr: float | None, mix_block_momentum: float | None,
-        ema_momentum: float, ema_end_momentum: float, ema_constant_fraction: float,
+        self,
+        feature_stage: int,
+        mix_block_lr: float | None,
+        mix_block_momentum: float | None,
+        ema_momentum: float,
+        ema_end_momentum: float,
+        ema_constant_fraction: float,
     ) -> None:
         """The options every learned method takes; their defaults live in each method's signature (its config)."""
         super().__init__()
         if feature_stage < 1:
             raise ValueError(f"feature_stage must be a hidden stage (>= 1), got {feature_stage}")
         if mix_block_lr is not None and mix_block_lr <= 0:
-            raise ValueError(f"mix_block_lr must be positive or null (= the backbone's lr), got {mix_block_lr}")
+            raise ValueError(
+                f"mix_block_lr must be positive or null (= the backbone's lr), got {mix_block_lr}"
+            )
         if not 0.0 <= ema_momentum <= ema_end_momentum <= 1.0:
             raise ValueError(
                 f"need 0 <= ema_momentum <= ema_end_momentum <= 1, got {ema_momentum} and {ema_end_momentum}"

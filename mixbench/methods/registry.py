@@ -12,6 +12,8 @@ T = TypeVar("T", bound=type)
 def register_method(cls: T) -> T:
     name = cls.name
     if name in METHODS and METHODS[name] is not cls:
-        raise ValueError(f"two methods are registered as '{name}': {METHODS[name].__name__} and {cls.__name__}")
+        raise ValueError(
+            f"two methods are registered as '{name}': {METHODS[name].__name__} and {cls.__name__}"
+        )
     METHODS[name] = cls
     return cls

@@ -34,8 +34,9 @@ def resize_and_place(source: torch.Tensor, box: Box, interpolation: str = "neare
     """``source`` (B, C, H, W) resized to ``box`` and placed there on a zero canvas of the same shape."""
     top, bottom, left, right = box
     canvas = torch.zeros_like(source)
-    canvas[:, :, top:bottom, left:right] = F.interpolate(source, size=(bottom - top, right - left),
-                                                         mode=interpolation)
+    canvas[:, :, top:bottom, left:right] = F.interpolate(
+        source, size=(bottom - top, right - left), mode=interpolation
+    )
     return canvas
 
 

@@ -100,4 +100,3 @@ def saliency_peaks(saliency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     width = saliency.shape[-1]
     flat_index = saliency.flatten(1).argmax(dim=1)
     return torch.div(flat_index, width, rounding_mode="floor"), flat_index % width
-

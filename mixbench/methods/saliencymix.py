@@ -64,8 +64,9 @@ class SaliencyMix(InputMixMethod):
         centre_y, centre_x = saliency_peaks(saliency)
         cut_h, cut_w = cut_size(height, width, lam)
         mask = centred_box_masks(centre_y, centre_x, cut_h, cut_w, height, width)
-        batch = MixedBatch(x=blend(x, sources, mask), y_a=y, y_b=y[perm], lam=label_ratio(mask), perm=perm,
-                           mask=mask)
+        batch = MixedBatch(
+            x=blend(x, sources, mask), y_a=y, y_b=y[perm], lam=label_ratio(mask), perm=perm, mask=mask
+        )
         return batch, saliency
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
@@ -81,6 +82,9 @@ class SaliencyMix(InputMixMethod):
             "box (share of b)": batch.mask,
             "mixed": batch.x,
         }
-        note = "one box per sample, on its source's saliency peak" if self.per_sample else (
-            "one box per batch, on the saliency peak of the first source (official)")
+        note = (
+            "one box per sample, on its source's saliency peak"
+            if self.per_sample
+            else ("one box per batch, on the saliency peak of the first source (official)")
+        )
         return MixPreview(rows=rows, lam=batch.lam.float().cpu(), note=note)

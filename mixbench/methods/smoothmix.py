@@ -53,5 +53,6 @@ class SmoothMix(InputMixMethod):
         height, width = x.shape[-2:]
         perm = self.rng.permutation(x.shape[0])
         mask = self.sample_mask(height, width, x.device)
-        return MixedBatch(x=blend(x, x[perm], mask), y_a=y, y_b=y[perm], lam=label_ratio(mask)[0], perm=perm,
-                          mask=mask)
+        return MixedBatch(
+            x=blend(x, x[perm], mask), y_a=y, y_b=y[perm], lam=label_ratio(mask)[0], perm=perm, mask=mask
+        )

@@ -54,12 +54,15 @@ def _check_options(name: str, builder: Callable[..., StagedNet], options: dict[s
     accepted = [p for p in inspect.signature(builder).parameters if p not in _COMMON_ARGUMENTS]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"model {name!r} does not take option(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(accepted) or 'none'}")
+        raise ValueError(
+            f"model {name!r} does not take option(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(accepted) or 'none'}"
+        )
 
 
-def build_model(name: str, num_classes: int, image_size: int, width: int | None = None,
-                **options: object) -> StagedNet:
+def build_model(
+    name: str, num_classes: int, image_size: int, width: int | None = None, **options: object
+) -> StagedNet:
     """Build the registered model ``name`` with a ``num_classes``-way head for ``image_size`` px inputs."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")

@@ -60,8 +60,9 @@ def _make_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -
 class PreActResNet(StagedNet):
     """Pre-activation ResNet with a 3x3 stem (CIFAR layout); stages 0..4 are exposed for mixing."""
 
-    def __init__(self, blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10,
-                 width: int = 64) -> None:
+    def __init__(
+        self, blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, width: int = 64
+    ) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be a positive channel count, got {width}")

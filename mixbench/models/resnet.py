@@ -49,8 +49,15 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, width_per_group: int = 64) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        width_per_group: int = 64,
+    ) -> None:
         super().__init__()
         if groups != 1 or width_per_group != 64:
             raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
@@ -73,13 +80,22 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, width_per_group: int = 64) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        width_per_group: int = 64,
+    ) -> None:
         super().__init__()
         inner = int(planes * (width_per_group / 64.0)) * groups
         if inner == 0:
-            raise ValueError(f"bottleneck width is 0 (planes={planes}, width_per_group={width_per_group}, "
-                             f"groups={groups}); use a larger width")
+            raise ValueError(
+                f"bottleneck width is 0 (planes={planes}, width_per_group={width_per_group}, "
+                f"groups={groups}); use a larger width"
+            )
         self.conv1 = _conv1x1(in_channels, inner)
         self.bn1 = nn.BatchNorm2d(inner)
         self.conv2 = _conv3x3(inner, inner, stride, groups)
@@ -103,9 +119,17 @@ Block = type[BasicBlock] | type[Bottleneck]
 class ResNet(StagedNet):
     """ResNet/ResNeXt with 4 stages (strides 1, 2, 2, 2 after the stem); stages 0..4 are exposed."""
 
-    def __init__(self, block: Block, layers: tuple[int, int, int, int], num_classes: int,
-                 stem: Stem = "imagenet", width: int = 64, groups: int = 1, width_per_group: int = 64,
-                 zero_init_residual: bool = False) -> None:
+    def __init__(
+        self,
+        block: Block,
+        layers: tuple[int, int, int, int],
+        num_classes: int,
+        stem: Stem = "imagenet",
+        width: int = 64,
+        groups: int = 1,
+        width_per_group: int = 64,
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be a positive channel count, got {width}")
@@ -137,8 +161,9 @@ class ResNet(StagedNet):
         out_channels = planes * block.expansion
         downsample = None
         if stride != 1 or self.in_channels != out_channels:
-            downsample = nn.Sequential(_conv1x1(self.in_channels, out_channels, stride),
-                                       nn.BatchNorm2d(out_channels))
+            downsample = nn.Sequential(
+                _conv1x1(self.in_channels, out_channels, stride), nn.BatchNorm2d(out_channels)
+            )
         options = {"groups": self.groups, "width_per_group": self.width_per_group}
         layers = [block(self.in_channels, planes, stride, downsample, **options)]
         self.in_channels = out_channels
@@ -177,21 +202,39 @@ def resnet18_cifar(num_classes: int, image_size: int = 32, width: int | None = N
 
 def resnext50_32x4d_cifar(num_classes: int, image_size: int = 32, width: int | None = None) -> ResNet:
     """ResNeXt-50 32x4d with the CIFAR stem: bottlenecks [3, 4, 6, 3], 32 groups of 4 channels at w=64."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem="cifar", width=64 if width is None else width,
-                  groups=32, width_per_group=4)
+    return ResNet(
+        Bottleneck,
+        (3, 4, 6, 3),
+        num_classes,
+        stem="cifar",
+        width=64 if width is None else width,
+        groups=32,
+        width_per_group=4,
+    )
 
 
 def resnet50(num_classes: int, image_size: int = 224, width: int | None = None) -> ResNet:
     """ResNet-50 with the ImageNet stem (torchvision layout): bottlenecks [3, 4, 6, 3]."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem="imagenet", width=64 if width is None else width)
+    return ResNet(
+        Bottleneck, (3, 4, 6, 3), num_classes, stem="imagenet", width=64 if width is None else width
+    )
 
 
 def resnet18_imagenet(num_classes: int, image_size: int = 224, width: int | None = None) -> ResNet:
     """ResNet-18 with the ImageNet stem (torchvision's ``resnet18``): basic blocks [2, 2, 2, 2]."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem="imagenet", width=64 if width is None else width)
+    return ResNet(
+        BasicBlock, (2, 2, 2, 2), num_classes, stem="imagenet", width=64 if width is None else width
+    )
 
 
 def resnext50_32x4d_imagenet(num_classes: int, image_size: int = 224, width: int | None = None) -> ResNet:
     """ResNeXt-50 32x4d with the ImageNet stem (torchvision's ``resnext50_32x4d``): bottlenecks [3, 4, 6, 3]."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem="imagenet", width=64 if width is None else width,
-                  groups=32, width_per_group=4)
+    return ResNet(
+        Bottleneck,
+        (3, 4, 6, 3),
+        num_classes,
+        stem="imagenet",
+        width=64 if width is None else width,
+        groups=32,
+        width_per_group=4,
+    )

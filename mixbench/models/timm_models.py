@@ -94,40 +94,78 @@ def load_pretrained(net: nn.Module, path: str | Path, filter_fn: FilterFn) -> No
     state_dict = filter_fn(_read_state_dict(path), net)
     own = net.state_dict()
     classifier = net.pretrained_cfg["classifier"]
-    dropped = {k for k in state_dict if k.startswith(f"{classifier}.") and k in own
-               and state_dict[k].shape != own[k].shape}
+    dropped = {
+        k
+        for k in state_dict
+        if k.startswith(f"{classifier}.") and k in own and state_dict[k].shape != own[k].shape
+    }
     state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
     missing, unexpected = net.load_state_dict(state_dict, strict=False)
     problems = [k for k in missing if k not in dropped and not k.endswith("relative_position_index")]
     if problems or unexpected:
-        raise RuntimeError(f"checkpoint {path} does not fit: missing {problems[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(
+            f"checkpoint {path} does not fit: missing {problems[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
-def _build(timm_name: str, filter_fn: FilterFn, num_classes: int, image_size: int, width: int | None,
-           pretrained_path: str | Path | None, drop_path_rate: float | None, **timm_options: object
-           ) -> TimmInputStageNet:
+def _build(
+    timm_name: str,
+    filter_fn: FilterFn,
+    num_classes: int,
+    image_size: int,
+    width: int | None,
+    pretrained_path: str | Path | None,
+    drop_path_rate: float | None,
+    **timm_options: object,
+) -> TimmInputStageNet:
     if width is not None:
         raise ValueError(f"{timm_name} has no width option; leave width unset (got width={width})")
     if pretrained_path is not None:
         _check_exists(pretrained_path)  # fail before the (slow) build
     if drop_path_rate is not None:
         timm_options["drop_path_rate"] = drop_path_rate
-    net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, img_size=image_size,
-                            **timm_options)
+    net = timm.create_model(
+        timm_name, pretrained=False, num_classes=num_classes, img_size=image_size, **timm_options
+    )
     if pretrained_path is not None:
         load_pretrained(net, pretrained_path, filter_fn)
     return TimmInputStageNet(net)
 
 
-def swin_t(num_classes: int, image_size: int = 224, width: int | None = None,
-           pretrained_path: str | Path | None = None, drop_path_rate: float | None = None) -> TimmInputStageNet:
+def swin_t(
+    num_classes: int,
+    image_size: int = 224,
+    width: int | None = None,
+    pretrained_path: str | Path | None = None,
+    drop_path_rate: float | None = None,
+) -> TimmInputStageNet:
     """Swin-T; ``drop_path_rate=None`` keeps timm's default (0.1)."""
-    return _build("swin_tiny_patch4_window7_224", swin_transformer.checkpoint_filter_fn, num_classes,
-                  image_size, width, pretrained_path, drop_path_rate, window_size=swin_window_size(image_size))
+    return _build(
+        "swin_tiny_patch4_window7_224",
+        swin_transformer.checkpoint_filter_fn,
+        num_classes,
+        image_size,
+        width,
+        pretrained_path,
+        drop_path_rate,
+        window_size=swin_window_size(image_size),
+    )
 
 
-def deit_s(num_classes: int, image_size: int = 224, width: int | None = None,
-           pretrained_path: str | Path | None = None, drop_path_rate: float | None = None) -> TimmInputStageNet:
+def deit_s(
+    num_classes: int,
+    image_size: int = 224,
+    width: int | None = None,
+    pretrained_path: str | Path | None = None,
+    drop_path_rate: float | None = None,
+) -> TimmInputStageNet:
     """DeiT-S (no distillation token); ``drop_path_rate=None`` keeps timm's default (0.0)."""
-    return _build("deit_small_patch16_224", vision_transformer.checkpoint_filter_fn, num_classes,
-                  image_size, width, pretrained_path, drop_path_rate)
+    return _build(
+        "deit_small_patch16_224",
+        vision_transformer.checkpoint_filter_fn,
+        num_classes,
+        image_size,
+        width,
+        pretrained_path,
+        drop_path_rate,
+    )

@@ -57,7 +57,9 @@ class WideBasicBlock(nn.Module):
         return out + shortcut
 
 
-def _make_stage(in_channels: int, out_channels: int, blocks: int, stride: int, dropout: float) -> nn.Sequential:
+def _make_stage(
+    in_channels: int, out_channels: int, blocks: int, stride: int, dropout: float
+) -> nn.Sequential:
     layers = [WideBasicBlock(in_channels, out_channels, stride, dropout)]
     layers += [WideBasicBlock(out_channels, out_channels, 1, dropout) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
@@ -69,8 +71,9 @@ class WideResNet(StagedNet):
     Stage widths are ``width, 2 * width, 4 * width``; the stem keeps 16 channels as in the paper.
     """
 
-    def __init__(self, depth: int, widen_factor: int, num_classes: int, width: int | None = None,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, depth: int, widen_factor: int, num_classes: int, width: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"Wide-ResNet depth must be 6n + 4 with n >= 1, got {depth}")
@@ -102,19 +105,22 @@ class WideResNet(StagedNet):
         return self.fc(torch.flatten(self.pool(h), 1))
 
 
-def wrn16_8(num_classes: int, image_size: int = 32, width: int | None = None, dropout: float = 0.0
-            ) -> WideResNet:
+def wrn16_8(
+    num_classes: int, image_size: int = 32, width: int | None = None, dropout: float = 0.0
+) -> WideResNet:
     """WRN-16-8: 2 blocks per stage, widths 128/256/512 (AlignMixup's CIFAR Wide-ResNet)."""
     return WideResNet(16, 8, num_classes, width=width, dropout=dropout)
 
 
-def wrn28_8(num_classes: int, image_size: int = 32, width: int | None = None, dropout: float = 0.0
-            ) -> WideResNet:
+def wrn28_8(
+    num_classes: int, image_size: int = 32, width: int | None = None, dropout: float = 0.0
+) -> WideResNet:
     """WRN-28-8: 4 blocks per stage, widths 128/256/512."""
     return WideResNet(28, 8, num_classes, width=width, dropout=dropout)
 
 
-def wrn28_10(num_classes: int, image_size: int = 32, width: int | None = None, dropout: float = 0.0
-             ) -> WideResNet:
+def wrn28_10(
+    num_classes: int, image_size: int = 32, width: int | None = None, dropout: float = 0.0
+) -> WideResNet:
     """WRN-28-10: 4 blocks per stage, widths 160/320/640 (not registered; used to check the counts)."""
     return WideResNet(28, 10, num_classes, width=width, dropout=dropout)
