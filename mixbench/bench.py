@@ -49,15 +49,14 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from torch import nn
 
+from mixbench.atomic import atomic_write_text
 from mixbench.config import CONFIG_DIR, ConfigError, check_group_choice, validate
-from mixbench.engine.checkpoint import atomic_write_text
-from mixbench.engine.optim import build_optimizer, parameter_groups
-from mixbench.engine.trainer import Runtime, build_model_and_method, input_size, resolve_runtime
-from mixbench.methods import METHODS, MixMethod
+from mixbench.engine.build import build_model_and_method, input_size
+from mixbench.engine.runtime import Runtime, resolve_runtime
+from mixbench.engine.step import TrainingStep, build_training_step
+from mixbench.methods import METHODS
 from mixbench.models import StageUnavailableError
-from mixbench.rng import MixRandom
 
 REFERENCE_METHOD = "vanilla"
 SELECTED_BY_FLAGS = {"data": "--data", "model": "--models", "method": "--methods"}
@@ -217,7 +216,7 @@ def compose_row_configs(request: BenchRequest) -> dict[tuple[str, str], DictConf
                 cfg = _compose(row_overrides(request, model, method))
                 validate(cfg)
                 configs[model, method] = cfg
-    cpu = Runtime(torch.device("cpu"), autocast_dtype=None, channels_last=False, compile=False)
+    cpu = Runtime.cpu()
     for model in request.models:
         build_model_and_method(configs[model, REFERENCE_METHOD], cpu)  # vanilla runs on every model
     return configs
@@ -253,7 +252,7 @@ def bench_row(cfg: DictConfig, runtime: Runtime, steps: int, warmup: int) -> Ben
             reason = str(error.__cause__ or error).split(": ", 1)[0]
             return BenchRow(model_name, method_name, "skipped", note=f"skipped: {reason}")
         raise
-    step = TrainingStep(cfg, runtime, model, method, total_steps=warmup + steps)
+    step = build_training_step(cfg, runtime, model, method, updates_per_epoch=warmup + steps)
     x, y = synthetic_batch(cfg, runtime)
     row = BenchRow(
         model_name,
@@ -266,7 +265,7 @@ def bench_row(cfg: DictConfig, runtime: Runtime, steps: int, warmup: int) -> Ben
         for _ in range(warmup):
             step(x, y)
         seconds = [_timed(step, x, y, runtime.device) for _ in range(steps)]
-        loss_sum = step.loss_sum
+        loss_sum = step.sums.loss
     except torch.cuda.OutOfMemoryError:
         row.status, row.note = "failed", f"failed: out of GPU memory at batch {cfg.schedule.batch_size}"
         return row
@@ -279,49 +278,6 @@ def bench_row(cfg: DictConfig, runtime: Runtime, steps: int, warmup: int) -> Ben
     if not math.isfinite(float(loss_sum)):
         row.note = "loss became non-finite during the timed steps"
     return row
-
-
-class TrainingStep:
-    """One optimizer step as the trainer's inner loop takes it; the loss and the method's logs are summed on
-    the device as there (the learning-rate schedule, a host-side assignment per step, is left out)."""
-
-    def __init__(
-        self, cfg: DictConfig, runtime: Runtime, model: nn.Module, method: MixMethod, total_steps: int
-    ) -> None:
-        method.bind(
-            MixRandom(int(cfg.seed), runtime.device),
-            label_smoothing=float(cfg.schedule.label_smoothing),
-            total_steps=total_steps,
-        )
-        optimizer_cfg = cfg.schedule.optimizer
-        groups = parameter_groups(model, optimizer_cfg) + method.param_groups(
-            float(optimizer_cfg.lr), float(optimizer_cfg.weight_decay)
-        )
-        self.optimizer = build_optimizer(groups, optimizer_cfg)
-        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self.model, self.method, self.runtime = model, method, runtime
-        self.step_model = torch.compile(model) if runtime.compile else model
-        self.clip = cfg.schedule.grad_clip
-        self.loss_sum = torch.zeros((), device=runtime.device)
-        self.log_sums: dict[str, torch.Tensor] = {}
-        model.train()
-        method.train()
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        device, autocast_dtype = self.runtime.device, self.runtime.autocast_dtype
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
-            loss, logs = self.method.training_step(self.step_model, x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.params, float(self.clip))
-        self.optimizer.step()
-        self.method.after_step(self.model)
-        self.loss_sum += loss.detach().float()
-        for key, value in logs.items():
-            self.log_sums[key] = self.log_sums.get(key, 0.0) + value.detach().float().to(device)
 
 
 def _timed(step: TrainingStep, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:

@@ -29,23 +29,3 @@ def median_last_k(values: Sequence[float], k: int = 10) -> float | None:
     if len(values) < k:
         return None
     return float(statistics.median(values[-k:]))
-
-
-def summarize_history(
-    history: Sequence[dict], window: int, labels: Sequence[str] = ("",)
-) -> dict[str, float | int | None]:
-    """Headline numbers of a run from its per-epoch records, for each evaluated network.
-
-    ``labels`` name the evaluated networks ("" = online, "ema" = the EMA network of learned methods); the
-    keys of an evaluated network are prefixed with its label, e.g. ``ema_median_last10_top1``.
-    """
-    summary: dict[str, float | int | None] = {}
-    for label in labels:
-        prefix = f"{label}_" if label else ""
-        top1 = [record[f"{prefix}top1"] for record in history]
-        best_index = max(range(len(top1)), key=top1.__getitem__) if top1 else None
-        summary[f"{prefix}median_last{window}_top1"] = median_last_k(top1, window)
-        summary[f"{prefix}best_top1"] = top1[best_index] if top1 else None
-        summary[f"{prefix}best_epoch"] = history[best_index]["epoch"] if top1 else None
-        summary[f"{prefix}last_top1"] = top1[-1] if top1 else None
-    return summary

@@ -325,7 +325,7 @@ def _differences(
     group: str, name: str | None, values: dict[str, Any], data_config: dict[str, Any] | None
 ) -> tuple:
     """``(key, value)`` pairs of ``values`` that differ from the shipped config ``name`` (``name`` ignored)."""
-    from mixbench.engine.rundir import RUNTIME_KEYS
+    from mixbench.rundir import RUNTIME_KEYS
 
     if name is None:
         return ()

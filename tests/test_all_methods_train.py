@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mixbench.engine.rundir import run_directory
 from mixbench.engine.trainer import train
 from mixbench.methods import METHODS
+from mixbench.rundir import run_directory
 from tests.conftest import compose_config
 
 NEEDS_EXTERNAL_WEIGHTS = {

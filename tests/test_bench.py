@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from mixbench.bench import (
-    TrainingStep,
     compose_row_configs,
     resolve_request,
     run_benchmark,
     write_report,
 )
 from mixbench.config import ConfigError
-from mixbench.engine.trainer import build_model_and_method, resolve_runtime
+from mixbench.engine.build import build_model_and_method
+from mixbench.engine.runtime import resolve_runtime
+from mixbench.engine.step import build_training_step
 
 BATCH = 4
 
@@ -130,11 +131,11 @@ def test_the_timed_step_updates_the_weights_like_a_training_step() -> None:
     request, runtime = _request("mixup", "r18", ["model.width=4"])
     cfg = compose_row_configs(request)["r18", "mixup"]
     model, method = build_model_and_method(cfg, resolve_runtime(cfg))
-    step = TrainingStep(cfg, runtime, model, method, total_steps=1)
+    step = build_training_step(cfg, runtime, model, method, updates_per_epoch=1)
     before = [p.detach().clone() for p in model.parameters()]
     step(torch.randn(BATCH, 3, 16, 16), torch.arange(BATCH))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert torch.isfinite(step.loss_sum)
+    assert torch.isfinite(step.sums.loss)
 
 
 @pytest.mark.parametrize(

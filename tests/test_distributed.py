@@ -25,10 +25,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from mixbench.atomic import load_checkpoint
 from mixbench.data import build_loaders
 from mixbench.data.base import ArraySplit
 from mixbench.data.loaders import DeviceTensorLoader, EpochShardSampler, Normalizer, evaluation_shard
-from mixbench.engine.checkpoint import load_checkpoint
+from mixbench.engine.build import build_model_and_method, input_size
 from mixbench.engine.distributed import (
     Launch,
     data_parallel_step,
@@ -38,7 +39,7 @@ from mixbench.engine.distributed import (
     sync_buffers,
 )
 from mixbench.engine.evaluate import evaluate
-from mixbench.engine.trainer import Runtime, build_model_and_method, input_size
+from mixbench.engine.runtime import Runtime
 from mixbench.methods.base import Logs, MixMethod, mixed_cross_entropy
 from mixbench.rng import MixRandom
 from tests.conftest import REPO, compose_config, tiny_overrides
@@ -96,7 +97,7 @@ def test_torchrun_two_processes_make_one_run_over_exactly_the_test_split(tmp_pat
     model, _ = build_model_and_method(cfg, runtime)
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     data = build_loaders(cfg.data, cfg.schedule.augment, 64, 500, input_size(cfg), CPU)
-    scores = evaluate(model, data.test, None)
+    scores = evaluate(model, data.test, Runtime.cpu())
     assert scores["images"] == DIGITS_TEST_IMAGES
     assert scores["top1"] == pytest.approx(history[-1]["top1"], abs=1e-9)
     assert scores["loss"] == pytest.approx(history[-1]["test_loss"], rel=1e-5)

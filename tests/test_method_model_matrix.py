@@ -29,7 +29,8 @@ from omegaconf import DictConfig
 from mixbench.cli import MAX_CHECKED_COMBINATIONS, check_overrides
 from mixbench.config import ConfigError, validate
 from mixbench.engine import trainer
-from mixbench.engine.trainer import Runtime, build_model_and_method
+from mixbench.engine.build import build_model_and_method
+from mixbench.engine.runtime import Runtime
 from mixbench.methods import METHODS
 from mixbench.models import build_model
 from mixbench.rng import MixRandom

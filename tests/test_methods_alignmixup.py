@@ -17,8 +17,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from mixbench.data import build_loaders
+from mixbench.engine.build import build_model_and_method
 from mixbench.engine.optim import build_optimizer, parameter_groups
-from mixbench.engine.trainer import build_model_and_method, resolve_runtime
+from mixbench.engine.runtime import resolve_runtime
 from mixbench.methods import build_method
 from mixbench.methods.alignmixup import (
     AlignMixup,

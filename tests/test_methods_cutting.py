@@ -19,7 +19,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mixbench.config import CONFIG_DIR
-from mixbench.engine.rundir import run_directory
 from mixbench.engine.trainer import train
 from mixbench.methods import MixMethod, build_method
 from mixbench.methods.cutmix import box_mask, sample_box
@@ -31,6 +30,7 @@ from mixbench.methods.saliency_spectral import saliency_peaks, spectral_residual
 from mixbench.methods.saliencymix import SaliencyMix
 from mixbench.methods.smoothmix import SmoothMix
 from mixbench.rng import MixRandom
+from mixbench.rundir import run_directory
 from tests.conftest import FixedLam, LinearNet, compose_config, tiny_overrides
 
 BATCH, SIZE, CLASSES = 8, 16, 10

@@ -11,10 +11,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from mixbench.atomic import atomic_save, atomic_write_json, load_checkpoint
 from mixbench.config import CONFIG_DIR
-from mixbench.engine.checkpoint import atomic_save, atomic_write_json, load_checkpoint
 from mixbench.engine.optim import build_lr_schedule, build_optimizer, parameter_groups
-from mixbench.metrics import median_last_k, summarize_history, topk_correct
+from mixbench.metrics import median_last_k, topk_correct
+from mixbench.rundir import summary_scores
 from mixbench.models import build_model
 from mixbench.rng import MixRandom, derive_seed
 
@@ -196,7 +197,7 @@ def test_summarize_history_best_last_median_and_prefixed_keys() -> None:
     history = [
         {"epoch": i + 1, "top1": t, "ema_top1": e} for i, (t, e) in enumerate(zip(top1, ema, strict=True))
     ]
-    summary = summarize_history(history, window=3, labels=("", "ema"))
+    summary = summary_scores(history, window=3, labels=("", "ema"))
     assert summary["median_last3_top1"] == 60.0
     assert summary["best_top1"] == 80.0 and summary["best_epoch"] == 3
     assert summary["last_top1"] == 70.0
@@ -209,9 +210,9 @@ def test_summarize_history_best_last_median_and_prefixed_keys() -> None:
 
 
 def test_summarize_history_window_longer_than_history_and_empty() -> None:
-    summary = summarize_history([{"epoch": 1, "top1": 12.0}], window=10)
+    summary = summary_scores([{"epoch": 1, "top1": 12.0}], window=10)
     assert summary["median_last10_top1"] is None and summary["best_top1"] == 12.0
-    empty = summarize_history([], window=10)
+    empty = summary_scores([], window=10)
     assert all(v is None for v in empty.values())
 
 

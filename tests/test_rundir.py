@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from mixbench.config import CONFIG_DIR
-from mixbench.engine.rundir import identity, identity_mismatch, run_directory
+from mixbench.rundir import identity_mismatch, run_directory, run_identity
 
 STOCK = Path("runs/cifar100/r18/vanilla/alignmix_cifar/seed0")
 
@@ -75,8 +75,8 @@ def test_runs_root_moves_the_whole_tree_only() -> None:
 
 
 def test_odd_or_long_differences_become_a_short_hash() -> None:
-    odd = folders("model=swin_t", "model.pretrained_path=/weights/swin.pth")[2]
-    other = folders("model=swin_t", "model.pretrained_path=/weights/other.pth")[2]
+    odd = folders("model=swin_t", "+model.init_from=/weights/swin.pth")[2]  # a path: not folder-safe
+    other = folders("model=swin_t", "+model.init_from=/weights/other.pth")[2]
     assert re.fullmatch(r"swin_t,[0-9a-f]{8}", odd), odd
     assert re.fullmatch(r"swin_t,[0-9a-f]{8}", other) and other != odd
     value = "0.12345678901234568"  # 3 x 19 characters: the spelled-out suffix would exceed 60
@@ -137,7 +137,24 @@ def test_identity_mismatch_ignores_runtime_keys() -> None:
 
 
 def test_identity_has_no_runtime_keys_and_keeps_computed_values() -> None:
-    ident = identity(composed())
+    stock = run_identity(composed()).as_dict()
+    changed = run_identity(composed("schedule.optimizer.lr=0.2", "device=cpu", "data.root=/x")).as_dict()
     for key in ("device", "num_workers", "data.root", "runs_root", "precision"):
-        assert key not in ident
-    assert ident["schedule.optimizer.lr"] == 0.1 and ident["method.name"] == "vanilla" and ident["seed"] == 0
+        assert key not in stock and key not in changed
+    assert "schedule.optimizer.lr" not in stock  # the shipped value: implied by the schedule's name
+    assert changed["schedule.optimizer.lr"] == 0.2 and changed["method.name"] == "vanilla" and changed["seed"] == 0
+
+
+def test_pretrained_weights_path_is_where_not_what() -> None:
+    """model.pretrained_path is a location (like data.root): the same folder and no mismatch elsewhere."""
+    here = composed("model=resnet18_imagenet", "model.pretrained_path=/weights/r18.pth")
+    there = composed("model=resnet18_imagenet", "model.pretrained_path=/other/place/r18.pth")
+    assert run_directory(here) == run_directory(there) == run_directory(composed("model=resnet18_imagenet"))
+    assert identity_mismatch(OmegaConf.to_container(here, resolve=True), there) == []
+
+
+def test_identity_is_against_the_shipped_file_not_the_saved_one() -> None:
+    """A config.yaml saved when a stock default was different is refused (the folder name is the same)."""
+    saved = OmegaConf.to_container(composed("method=mixup"), resolve=True)
+    saved["method"]["alpha"] = 0.5  # as if configs/method/mixup.yaml had shipped alpha 0.5 back then
+    assert identity_mismatch(saved, composed("method=mixup")) == ["method.alpha"]

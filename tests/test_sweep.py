@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mixbench.engine.rundir import run_directory
+from mixbench.rundir import run_directory
 from mixbench.sweep import Job, PoolError, report, resolve_devices, run_pool
 from tests.conftest import REPO, compose_config, run_cli, tiny_overrides
 

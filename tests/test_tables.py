@@ -1,7 +1,7 @@
 """The table tool: seeds aggregated per configuration, unfinished runs shown and never averaged in, runs matched
 to the published cells they reproduce, error tables converted, EMA networks in their own columns.
 
-Run directories are faked in tmp_path (summary.json from mixbench.metrics.summarize_history, metrics.jsonl,
+Run directories are faked in tmp_path (summary.json from mixbench.rundir.summary_scores, metrics.jsonl,
 config.yaml composed with Hydra as tools/train.py would).
 """
 
@@ -23,7 +23,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from mixbench import paper
-from mixbench.metrics import summarize_history
+from mixbench.rundir import summary_scores
 from mixbench.tables import build_table, collect_rows, to_csv, to_latex, to_markdown
 from tests.conftest import REPO, compose_config
 
@@ -69,7 +69,7 @@ def write_run(
         "epochs_done": len(top1),
         "metric_window": window,
         "evaluated": [label or "online" for label in labels],
-        **summarize_history(history, window, labels),
+        **summary_scores(history, window, labels),
         "device": "cpu",
         "precision": "fp32",
     }

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from mixbench.atomic import load_checkpoint
 from mixbench.config import ConfigError
 from mixbench.engine import trainer as trainer_module
-from mixbench.engine.checkpoint import load_checkpoint
-from mixbench.engine.rundir import run_directory
 from mixbench.engine.trainer import RunFailed, train
 from mixbench.methods.vanilla import Vanilla
 from mixbench.metrics import median_last_k
+from mixbench.rundir import run_directory
 from tests.conftest import REPO, compose_config, run_cli, tiny_overrides
 
 TIMING_KEYS = {"seconds", "train_seconds", "images_per_s"}

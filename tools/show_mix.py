@@ -18,14 +18,15 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from mixbench.atomic import load_checkpoint
 from mixbench.cli import check_overrides, fail
 from mixbench.config import ConfigError, validate
 from mixbench.data import load_split
-from mixbench.engine.checkpoint import load_checkpoint
-from mixbench.engine.rundir import run_directory
-from mixbench.engine.trainer import build_model_and_method, resolve_runtime
+from mixbench.engine.build import build_model_and_method
+from mixbench.engine.runtime import resolve_runtime
 from mixbench.gallery import draw_preview, pick_samples
 from mixbench.rng import MixRandom
+from mixbench.rundir import run_directory
 
 
 def _weights(cfg: DictConfig) -> Path | None:

@@ -99,7 +99,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    from mixbench.engine.checkpoint import atomic_write_text
+    from mixbench.atomic import atomic_write_text
 
     table = build_table(args.runs, table_name)
     stem = args.name or table_name or args.runs.resolve().name

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbench.engine.distributed import all_reduce_sum
+from mixbench.engine.runtime import Runtime
 from mixbench.metrics import topk_correct
 
 
@@ -16,7 +17,7 @@ from mixbench.metrics import topk_correct
 def evaluate(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    autocast_dtype: torch.dtype | None,
+    runtime: Runtime,
     across_processes: bool = False,
 ) -> dict[str, float]:
     """``{"top1": %, "top5": %, "loss": mean CE, "images": n}`` over the whole loader, in eval mode.
@@ -32,9 +33,7 @@ def evaluate(
     correct1 = correct5 = loss_sum = torch.zeros((), device=device)
     count = 0
     for x, y in loader:
-        with torch.autocast(
-            x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
+        with runtime.autocast():
             logits = model(x)
         top1, top5 = topk_correct(logits.float(), y)
         correct1 = correct1 + top1

@@ -20,32 +20,28 @@ process group and keeps its seeds and numbers.
 from __future__ import annotations
 
 import io
-import json
-import platform
+import math
 import resource
 import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from mixbench.config import ConfigError, to_plain, validate
+from mixbench.atomic import load_checkpoint
+from mixbench.config import ConfigError, validate
 from mixbench.data import DataBundle, build_loaders, check_dataset
-from mixbench.engine.checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
+from mixbench.engine.build import build_model_and_method, input_size
 from mixbench.engine.distributed import (
     Launch,
     all_reduce_sum,
     broadcast_from_main,
     check_launch,
-    convert_sync_batchnorm,
-    data_parallel_step,
     gather_objects,
     launch_from_environment,
     on_every_rank,
@@ -54,62 +50,27 @@ from mixbench.engine.distributed import (
     sync_buffers,
 )
 from mixbench.engine.evaluate import evaluate
-from mixbench.engine.optim import build_lr_schedule, build_optimizer, parameter_groups
-from mixbench.engine.rundir import identity_mismatch, run_directory
-from mixbench.methods import MixMethod, build_method
-from mixbench.metrics import summarize_history
-from mixbench.models import StageUnavailableError, build_model
+from mixbench.engine.runtime import Runtime, resolve_runtime
+from mixbench.engine.step import build_training_step
+from mixbench.methods import MixMethod
+from mixbench.provenance import file_sha256, provenance
 from mixbench.rng import MixRandom, derive_seed
+from mixbench.rundir import (
+    COMPLETE,
+    FAILED,
+    RUNNING,
+    RunDirectory,
+    headline_key,
+    identity_mismatch,
+    summary_scores,
+)
 
-CHECKPOINT, SUMMARY, METRICS, CONFIG = "checkpoint.pt", "summary.json", "metrics.jsonl", "config.yaml"
 INIT_STREAM = 2**31 - 1  # seed stream of the initial weights, apart from the per-epoch streams
 FINITE_CHECK_EVERY = 50  # steps between checks of the loss (each check is one device sync)
 
 
 class RunFailed(RuntimeError):
     """Training stopped (non-finite loss); the message says where and what was kept."""
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    autocast_dtype: torch.dtype | None  # None: full fp32
-    channels_last: bool
-    compile: bool
-
-
-def resolve_runtime(cfg: DictConfig) -> Runtime:
-    """Device, precision and memory format from the config's ``auto`` defaults.
-
-    Under torchrun with several processes each process takes the GPU ``cuda:LOCAL_RANK``.
-    """
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(
-                "device=cuda was asked for but no CUDA GPU is visible; use device=cpu or device=auto"
-            )
-    launch = launch_from_environment()
-    if launch.distributed and device.type == "cuda":
-        if device.index is not None:
-            raise ConfigError(
-                f"device={cfg.device}: under torchrun each process uses cuda:LOCAL_RANK; "
-                "use device=cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
-            )
-        if launch.local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"torchrun started local rank {launch.local_rank} but only {torch.cuda.device_count()} GPU(s) are "
-                "visible; lower --nproc_per_node"
-            )
-        device = torch.device("cuda", launch.local_rank)
-    on_cuda = device.type == "cuda"
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if on_cuda else "fp32")
-    if precision not in ("bf16", "fp32"):
-        raise ConfigError(f"unknown precision '{cfg.precision}'; valid: auto, bf16, fp32")
-    channels_last = on_cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
-    return Runtime(device, torch.bfloat16 if precision == "bf16" else None, channels_last, bool(cfg.compile))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -126,13 +87,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, runtime: Runtime, launch: Launch) -> dict[str, Any]:
-    run_dir = run_directory(cfg)
-    existing = on_main(lambda: _existing_summary(run_dir, to_plain(cfg), force=bool(cfg.force)))
+    run_dir = RunDirectory.of(cfg)
+    existing = on_main(lambda: _existing_summary(run_dir, cfg, force=bool(cfg.force)))
     if existing is not None:
         return existing
     if launch.is_main:
         _warn_if_other_recipe(cfg)
     on_every_rank(lambda: check_dataset(cfg.data))
+    pretrained_sha256 = on_main(lambda: _pretrained_sha256(cfg))
     torch.manual_seed(derive_seed(int(cfg.seed), INIT_STREAM))  # the same seed gives the same initial weights
     model, method = on_every_rank(lambda: build_model_and_method(cfg, runtime))
     data = on_every_rank(
@@ -154,38 +116,46 @@ def _train(cfg: DictConfig, runtime: Runtime, launch: Launch) -> dict[str, Any]:
             f"schedule.batch_size={cfg.schedule.batch_size} exceeds the {data.num_train} training images; lower it"
         )
     if cfg.force:
-        on_main(lambda: shutil.rmtree(run_dir) if run_dir.exists() else None)
-    return Trainer(cfg, runtime, run_dir, model, method, data, launch).fit()
+        on_main(lambda: shutil.rmtree(run_dir.path) if run_dir.path.exists() else None)
+    trainer = Trainer(cfg, runtime, run_dir, model, method, data, launch)
+    trainer.pretrained_sha256 = pretrained_sha256
+    return trainer.fit()
 
 
-def input_size(cfg: DictConfig) -> int:
-    return int(cfg.schedule.train_size or cfg.data.image_size)
-
-
-def _existing_summary(run_dir: Path, plain_cfg: dict, force: bool) -> dict[str, Any] | None:
+def _existing_summary(run_dir: RunDirectory, cfg: DictConfig, force: bool) -> dict[str, Any] | None:
     """The summary of a complete run to skip; refuses a directory made by a different configuration."""
-    config_path = run_dir / CONFIG
-    if not config_path.exists() or force:
+    if not run_dir.has_config() or force:
         return None
-    saved = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
-    differing = identity_mismatch(saved, plain_cfg)
+    differing = identity_mismatch(run_dir.read_config(), cfg)
     if differing:
         raise ConfigError(
-            f"{run_dir} holds a run of a different configuration (differs in {', '.join(differing[:5])}); "
+            f"{run_dir.path} holds a run of a different configuration (differs in {', '.join(differing[:5])}); "
             "pass force=true to replace it or set runs_root=<another folder>"
         )
-    summary_path = run_dir / SUMMARY
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") == "complete":
-            window = summary["metric_window"]
-            print(
-                f"complete, skipped: {run_dir} (median top-1 of the last {window} epochs "
-                f"{summary[f'median_last{window}_top1']:.2f}); force=true to redo it",
-                flush=True,
-            )
-            return summary
+    summary = run_dir.read_summary()
+    if summary is not None and summary["status"] == COMPLETE:
+        window = summary["metric_window"]
+        print(
+            f"complete, skipped: {run_dir.path} (median top-1 of the last {window} epochs "
+            f"{summary[headline_key(window)]:.2f}); force=true to redo it",
+            flush=True,
+        )
+        return summary
     return None
+
+
+def _pretrained_sha256(cfg: DictConfig) -> str | None:
+    """The SHA-256 of the local weights file the model starts from, if any (what the file holds is part of
+    what a run computes; its path is not: see :mod:`mixbench.rundir`)."""
+    path = cfg.model.get("pretrained_path")
+    if not path:
+        return None
+    try:
+        return file_sha256(path)
+    except OSError as error:
+        raise ConfigError(
+            f"model.pretrained_path={path} cannot be read ({error.strerror}); give a local file"
+        ) from error
 
 
 def _warn_if_other_recipe(cfg: DictConfig) -> None:
@@ -198,89 +168,48 @@ def _warn_if_other_recipe(cfg: DictConfig) -> None:
         )
 
 
-def build_model_and_method(cfg: DictConfig, runtime: Runtime) -> tuple[nn.Module, MixMethod]:
-    model_options = {k: v for k, v in to_plain(cfg.model).items() if k not in ("name", "width")}
-    try:
-        model = build_model(
-            cfg.model.name,
-            num_classes=int(cfg.data.num_classes),
-            image_size=input_size(cfg),
-            width=cfg.model.width,
-            **model_options,
-        )
-    except (ValueError, FileNotFoundError) as error:
-        raise ConfigError(f"model {cfg.model.name}: {error}") from error
-    method_options = {k: v for k, v in to_plain(cfg.method).items() if k != "name"}
-    try:
-        method = build_method(cfg.method.name, **method_options)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"method {cfg.method.name}: {error}") from error
-    try:
-        method.check_model(model)
-    except StageUnavailableError as error:
-        raise ConfigError(
-            f"method {cfg.method.name} cannot run on model {cfg.model.name}: {error}; "
-            "pick an input-space method (mixup, cutmix) or a CNN backbone"
-        ) from error
-    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
-    model = model.to(runtime.device, memory_format=memory_format)
-    if bool(cfg.get("sync_bn", False)) and launch_from_environment().distributed:
-        model = convert_sync_batchnorm(
-            model
-        )  # before setup, so that EMA copies and hooks see the final layers
-    method.setup(model, int(cfg.data.num_classes))
-    method = method.to(runtime.device)
-    return model, method
-
-
 class Trainer:
-    """One run: owns the objects, the loop, the checkpoint and the run directory's files."""
+    """One run: owns the objects, the loop, and what it writes through its :class:`RunDirectory`."""
 
     def __init__(
         self,
         cfg: DictConfig,
         runtime: Runtime,
-        run_dir: Path,
+        run_dir: RunDirectory | Path,
         model: nn.Module,
         method: MixMethod,
         data: DataBundle,
         launch: Launch | None = None,
     ) -> None:
-        self.cfg, self.runtime, self.run_dir = cfg, runtime, run_dir
+        self.cfg, self.runtime = cfg, runtime
+        self.run_dir = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
         self.model, self.method, self.data = model, method, data
         self.launch = launch or Launch()
         self.schedule = cfg.schedule
         self.window = int(cfg.schedule.metric_window)
         self.rng = MixRandom(int(cfg.seed), runtime.device)
-        total_steps = int(cfg.schedule.epochs) * len(data.train)
-        method.bind(self.rng, label_smoothing=float(cfg.schedule.label_smoothing), total_steps=total_steps)
-        groups = parameter_groups(model, cfg.schedule.optimizer) + method.param_groups(
-            float(cfg.schedule.optimizer.lr), float(cfg.schedule.optimizer.weight_decay)
-        )
-        self.optimizer = build_optimizer(groups, cfg.schedule.optimizer)
-        self.lr_schedule = build_lr_schedule(self.optimizer, cfg.schedule, len(data.train))
-        self.step_model = torch.compile(model) if runtime.compile else model
-        # method.training_step(step_model, x, y) as one module; inside DDP when there are several processes
-        self.step = data_parallel_step(self.step_model, method, runtime.device)
+        self.step = build_training_step(cfg, runtime, model, method, len(data.train), self.rng)
+        self.optimizer = self.step.optimizer
         self.history: list[dict[str, Any]] = []
         self.wall_time = 0.0
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.pretrained_sha256: str | None = None
         self.writer = None
+        self._provenance = None
 
     # -- the run -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         main = self.launch.is_main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(OmegaConf.to_yaml(self.cfg, resolve=True), self.run_dir / CONFIG)
         start_epoch = self._resume()
         if main:
-            self.writer = _tensorboard_writer(self.run_dir / "tb", purge_step=start_epoch)
+            self.run_dir.make()
+            self.run_dir.write_config(self.cfg)
+            self.writer = _tensorboard_writer(self.run_dir.tensorboard_dir, purge_step=start_epoch)
         epochs = int(self.schedule.epochs)
         where = f"resuming at epoch {start_epoch + 1}" if start_epoch else "starting"
         processes = f" × {self.launch.world_size} processes" if self.launch.distributed else ""
-        self._print(f"{where}: {self.run_dir} ({epochs} epochs on {self.runtime.device}{processes})")
-        self._write_summary("running")
+        self._print(f"{where}: {self.run_dir.path} ({epochs} epochs on {self.runtime.device}{processes})")
+        self._write_summary(RUNNING)
         try:
             for epoch in range(start_epoch, epochs):
                 record = self._run_epoch(epoch)
@@ -288,12 +217,12 @@ class Trainer:
                 self._save(epoch + 1)
                 self._log(record)
         except RunFailed as failure:
-            self._write_summary("failed", message=str(failure))
+            self._write_summary(FAILED, message=str(failure))
             raise
         finally:
             if self.writer is not None:
                 self.writer.close()
-        return self._write_summary("complete")
+        return self._write_summary(COMPLETE)
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         self._reseed(epoch)
@@ -302,10 +231,12 @@ class Trainer:
         train_seconds = time.perf_counter() - started
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": train_stats.pop("lr")}
         record.update(train_stats)
-        sync_buffers(self.step)  # every process evaluates (and rank 0 saves) rank 0's BatchNorm statistics
+        sync_buffers(
+            self.step.step_module
+        )  # every process evaluates (and rank 0 saves) rank 0's BN statistics
         for label, network in self.method.eval_models(self.model).items():
             prefix = f"{label}_" if label else ""
-            scores = evaluate(network, self.data.test, self.runtime.autocast_dtype, self.launch.distributed)
+            scores = evaluate(network, self.data.test, self.runtime, self.launch.distributed)
             record.update({f"{prefix}top1": scores["top1"], f"{prefix}top5": scores["top5"]})
             record[f"{prefix}test_loss"] = scores["loss"]
             record["test_images"] = scores["images"]  # the whole test split, counted over the processes
@@ -326,63 +257,42 @@ class Trainer:
         self.data.train.set_epoch(derive_seed(seed, epoch, 2))
 
     def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
-        step_module, method, optimizer = self.step, self.method, self.optimizer
+        """The epoch's steps; the only reads of device values are the finite checks (every
+        ``FINITE_CHECK_EVERY`` steps and at the end) and the epoch's sums."""
+        step = self.step
         self.model.train()
-        method.train()
+        self.method.train()
         steps = len(self.data.train)
-        device = self.runtime.device
-        loss_sum = torch.zeros((), device=device)
-        log_sums: dict[str, torch.Tensor] = {}
-        images = 0
-        clip = self.schedule.grad_clip
-        params = [p for group in optimizer.param_groups for p in group["params"]]
+        step.sums.reset()
         bar = tqdm(
             total=steps,
             desc=f"epoch {epoch + 1}/{self.schedule.epochs}",
             leave=False,
             disable=not self._show_progress(),
         )
-        lr = optimizer.param_groups[0]["lr"]
-        for step, (x, y) in enumerate(self.data.train):
-            self.lr_schedule.step_update(epoch * steps + step)
-            lr = optimizer.param_groups[0]["lr"]
-            with torch.autocast(
-                device.type,
-                dtype=self.runtime.autocast_dtype or torch.float32,
-                enabled=self.runtime.autocast_dtype is not None,
-            ):
-                loss, logs = step_module(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(params, float(clip))
-            optimizer.step()
-            method.after_step(self.model)
-            loss_sum += loss.detach().float()
-            for key, value in logs.items():
-                log_sums[key] = log_sums.get(key, 0.0) + value.detach().float().to(device)
-            images += y.shape[0]
-            if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == steps:
-                self._check_finite(loss_sum, epoch, step)
-                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}", lr=f"{lr:.3g}")
+        for index, (x, y) in enumerate(self.data.train):
+            step(x, y, update=epoch * steps + index)
+            if (index + 1) % FINITE_CHECK_EVERY == 0 or index + 1 == steps:
+                mean_loss = self._checked_loss(epoch, index)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{step.lr:.3g}")
             bar.update(1)
         bar.close()
         if self.runtime.device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return {"lr": lr, **self._epoch_means(loss_sum, log_sums, images, steps)}
+            torch.cuda.synchronize(self.runtime.device)
+        return {"lr": step.lr, **self._epoch_means(steps)}
 
-    def _epoch_means(
-        self, loss_sum: torch.Tensor, log_sums: dict[str, torch.Tensor], images: int, steps: int
-    ) -> dict[str, Any]:
+    def _epoch_means(self, steps: int) -> dict[str, Any]:
         """Mean loss and logs per step over the processes, and the number of images they trained on.
 
         A log key that some process never produced this epoch (a branch it did not draw) counts as 0 there.
         """
-        keys = list(dict.fromkeys(key for keys in gather_objects(list(log_sums)) for key in keys))
-        zero = torch.zeros((), device=loss_sum.device)
-        values = [loss_sum, *(log_sums.get(key, zero) for key in keys), torch.tensor(float(images))]
+        sums = self.step.sums
+        logs = sums.logs_on_device()
+        keys = list(dict.fromkeys(key for keys in gather_objects(list(logs)) for key in keys))
+        zero = torch.zeros((), device=sums.loss.device)
+        values = [sums.loss, *(logs.get(key, zero) for key in keys), torch.tensor(float(sums.images))]
         totals = all_reduce_sum(
-            torch.stack([value.double().to(loss_sum.device) for value in values])
+            torch.stack([value.double().to(sums.loss.device) for value in values])
         ).tolist()
         per_step = steps * self.launch.world_size
         stats: dict[str, Any] = {"train_loss": totals[0] / per_step, "train_images": int(totals[-1])}
@@ -391,16 +301,20 @@ class Trainer:
         )
         return stats
 
-    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
-        """Stop on a non-finite loss; with several processes the sum over them decides, the same everywhere."""
+    def _checked_loss(self, epoch: int, index: int) -> float:
+        """The mean loss so far (one read of the device); stops the run when it is not finite.  With several
+        processes the sum over them decides, the same everywhere."""
+        loss_sum = self.step.sums.loss
         if self.launch.distributed:
             loss_sum = all_reduce_sum(loss_sum.detach().clone())
-        if not torch.isfinite(loss_sum):
+        total = float(loss_sum)
+        if not math.isfinite(total):
             kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch had completed"
             raise RunFailed(
-                f"the training loss became non-finite ({loss_sum.item()}) by step {step + 1} of epoch {epoch + 1}; "
-                f"{kept} in {self.run_dir}; lower schedule.optimizer.lr or check the data"
+                f"the training loss became non-finite ({total}) by step {index + 1} of epoch {epoch + 1}; "
+                f"{kept} in {self.run_dir.path}; lower schedule.optimizer.lr or check the data"
             )
+        return total / ((index + 1) * self.launch.world_size)
 
     def _show_progress(self) -> bool:
         if not self.launch.is_main:
@@ -416,11 +330,18 @@ class Trainer:
     # -- the run directory ---------------------------------------------------------------------------
     def _resume(self) -> int:
         """Load the checkpoint, if any: rank 0 reads the file and sends its bytes to the other processes."""
-        path = self.run_dir / CHECKPOINT
+        path = self.run_dir.checkpoint_file
         payload = broadcast_from_main(path.read_bytes() if self.launch.is_main and path.exists() else None)
         if payload is None:
             return 0
         state = load_checkpoint(io.BytesIO(payload), map_location=self.runtime.device)  # weights_only=True
+        trained_from = state.get("pretrained_sha256")
+        if trained_from != self.pretrained_sha256:  # the same on every process (both were broadcast)
+            raise ConfigError(
+                f"{self.run_dir.path} was trained from weights with SHA-256 {str(trained_from)[:12]}, but "
+                f"model.pretrained_path holds {str(self.pretrained_sha256)[:12]}; give the same weights file, or "
+                "force=true to start again"
+            )
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -428,7 +349,7 @@ class Trainer:
         self.wall_time = float(state["wall_time"])
         self.started_at = state.get("started_at", self.started_at)
         if self.launch.is_main:
-            self._write_metrics()  # the checkpoint is the truth: drop lines of an epoch that did not finish
+            self.run_dir.write_metrics(self.history)  # the checkpoint is the truth: drop unfinished epochs
         return int(state["epoch"])
 
     def _save(self, epochs_done: int) -> None:
@@ -443,14 +364,11 @@ class Trainer:
             "history": self.history,
             "wall_time": self.wall_time,
             "started_at": self.started_at,
+            "pretrained_sha256": self.pretrained_sha256,
         }
-        atomic_save(state, self.run_dir / CHECKPOINT)
-        self._write_metrics()
-        self._write_summary("running")
-
-    def _write_metrics(self) -> None:
-        text = "".join(json.dumps(record) + "\n" for record in self.history)
-        atomic_write_text(text, self.run_dir / METRICS)
+        self.run_dir.save_checkpoint(state)
+        self.run_dir.write_metrics(self.history)
+        self._write_summary(RUNNING)
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.launch.is_main:
@@ -473,7 +391,7 @@ class Trainer:
             self.writer.flush()
 
     def _write_summary(self, status: str, message: str | None = None) -> dict[str, Any]:
-        labels = list(self.method.eval_models(self.model))
+        labels = [label or "online" for label in self.method.eval_models(self.model)]
         summary: dict[str, Any] = {
             "status": status,
             "data": self.cfg.data.name,
@@ -481,13 +399,18 @@ class Trainer:
             "method": self.cfg.method.name,
             "schedule": self.cfg.schedule.name,
             "seed": int(self.cfg.seed),
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.run_dir.path),
             "epochs": int(self.schedule.epochs),
             "epochs_done": len(self.history),
             "metric_window": self.window,
-            "evaluated": [label or "online" for label in labels],
+            "evaluated": labels,
         }
-        summary.update(summarize_history(self.history, self.window, labels))
+        summary.update(summary_scores(self.history, self.window, labels))
+        if not self.launch.is_main:
+            return summary
+        if self._provenance is None:
+            self._provenance = provenance(self.runtime.device)  # once per run: the git call included
+        facts = self._provenance
         train_rates = [record["images_per_s"] for record in self.history]
         summary.update(
             {
@@ -498,25 +421,25 @@ class Trainer:
                 "peak_memory_mb": _peak_memory_mb(self.runtime.device),
                 "peak_memory_of": ("cuda allocated" if self.runtime.device.type == "cuda" else "process RSS")
                 + (" (rank 0)" if self.launch.distributed else ""),
-                "device": _device_name(self.runtime.device),
+                "device": facts.device,
                 "world_size": self.launch.world_size,
                 "sync_bn": bool(self.cfg.get("sync_bn", False)) and self.launch.distributed,
-                "precision": "bf16" if self.runtime.autocast_dtype else "fp32",
+                "precision": self.runtime.precision,
                 "channels_last": self.runtime.channels_last,
-                "versions": _versions(),
-                "git_commit": _git_commit(),
+                "versions": facts.versions,
+                "git_commit": facts.git_commit,
+                "git_dirty": facts.git_dirty,
+                "pretrained_sha256": self.pretrained_sha256,
                 "started_at": self.started_at,
                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "message": message,
             }
         )
-        if not self.launch.is_main:
-            return summary
-        atomic_write_json(summary, self.run_dir / SUMMARY)
-        if status == "complete":
-            value = summary[f"median_last{self.window}_top1"]
+        self.run_dir.write_summary(summary)
+        if status == COMPLETE:
+            value = summary[headline_key(self.window)]
             self._print(
-                f"complete: {self.run_dir}  median top-1 of the last {self.window} epochs {value:.2f}"
+                f"complete: {self.run_dir.path}  median top-1 of the last {self.window} epochs {value:.2f}"
             )
         return summary
 
@@ -534,34 +457,3 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # host RSS (Linux: KiB)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _versions() -> dict[str, str]:
-    import timm
-    import torchvision
-
-    import mixbench
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "mixbench": mixbench.__version__,
-    }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None

@@ -1,0 +1,86 @@
+"""Where and how a run computes: device, precision, memory format, compilation.
+
+:class:`Runtime` is resolved once from the config's ``auto`` defaults and then passed to everything that runs
+the model (the training step, evaluation, the benchmark), which all enter :meth:`Runtime.autocast` rather than
+spelling ``torch.autocast`` out themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from mixbench.config import ConfigError
+from mixbench.engine.distributed import launch_from_environment
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: full fp32
+    channels_last: bool
+    compile: bool
+
+    @property
+    def precision(self) -> str:
+        """``bf16`` (autocast) or ``fp32``, as written in summaries and benchmark headers."""
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.preserve_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The run's mixed-precision context: bf16 autocast on the device, or nothing at fp32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @classmethod
+    def cpu(cls) -> Runtime:
+        """Plain fp32 on the CPU (building and checking models, tests)."""
+        return cls(torch.device("cpu"), autocast_dtype=None, channels_last=False, compile=False)
+
+
+def resolve_runtime(cfg: DictConfig) -> Runtime:
+    """Device, precision and memory format from the config's ``auto`` defaults.
+
+    Under torchrun with several processes each process takes the GPU ``cuda:LOCAL_RANK``.
+    """
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(cfg.device)
+        except (RuntimeError, TypeError) as error:
+            raise ConfigError(
+                f"device={cfg.device} is not a device; use auto, cpu, cuda or cuda:N"
+            ) from error
+        if device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device={cfg.device} is not supported; use auto, cpu, cuda or cuda:N")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "device=cuda was asked for but no CUDA GPU is visible; use device=cpu or device=auto"
+            )
+    launch = launch_from_environment()
+    if launch.distributed and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(
+                f"device={cfg.device}: under torchrun each process uses cuda:LOCAL_RANK; "
+                "use device=cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
+            )
+        if launch.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"torchrun started local rank {launch.local_rank} but only {torch.cuda.device_count()} GPU(s) "
+                "are visible; lower --nproc_per_node"
+            )
+        device = torch.device("cuda", launch.local_rank)
+    on_cuda = device.type == "cuda"
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if on_cuda else "fp32")
+    if precision not in ("bf16", "fp32"):
+        raise ConfigError(f"unknown precision '{cfg.precision}'; valid: auto, bf16, fp32")
+    channels_last = on_cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    return Runtime(device, torch.bfloat16 if precision == "bf16" else None, channels_last, bool(cfg.compile))
