@@ -17,7 +17,8 @@ command line of a single run (``python tools/train.py <the job's overrides>``) a
   re-launching the same sweep finishes only what is missing.
 
 Why subprocesses instead of Hydra's in-process basic launcher: one CUDA context per job and per GPU, a crash
-(even a segfault or out-of-memory kill) stays inside its job, and memory is returned to the GPU when a job ends.
+(even a segfault or out-of-memory kill) stays inside its job, and memory is returned to the GPU when a job
+ends.
 Each job gets ``OMP_NUM_THREADS = cpus // slots`` unless the caller set it, so that concurrent jobs do not
 oversubscribe the node's cores.
 """
@@ -92,7 +93,8 @@ def resolve_devices(gpus: str | int | Sequence[int | str], visible: Sequence[str
     if isinstance(gpus, (str, bool)):
         if not isinstance(gpus, str) or gpus.strip().lower() != "all":
             raise PoolError(
-                f"hydra.launcher.gpus={gpus!r} is not understood; use all, a count such as 2, or a list such as [0,1]"
+                f"hydra.launcher.gpus={gpus!r} is not understood; use all, a count such as 2, or a list "
+                "such as [0,1]"
             )
     elif not isinstance(gpus, int):  # a list (Hydra gives a ListConfig)
         devices = [str(g) for g in gpus]
@@ -204,7 +206,8 @@ def report(results: Sequence[JobResult]) -> str:
     lines = [f"sweep finished: {len(results) - len(failed)} of {len(results)} job(s) succeeded"]
     for result in failed:
         lines.append(
-            f"  failed #{result.job.index} (exit {result.returncode}) {result.job.label}: {result.last_line}  "
+            f"  failed #{result.job.index} (exit {result.returncode}) {result.job.label}: "
+            f"{result.last_line}  "
             f"[log: {result.job.log_path}]"
         )
     if failed:

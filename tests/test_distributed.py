@@ -61,7 +61,7 @@ def _torchrun(arguments: list[str], timeout: float = 240) -> subprocess.Complete
     )
 
 
-# ------------------------------------------------------------------------------------------ torchrun end to end
+# ---------------------------------------------------------------------------------------- torchrun end to end
 
 
 def test_torchrun_two_processes_make_one_run_over_exactly_the_test_split(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_torchrun_refuses_a_batch_that_does_not_split_with_one_line(tmp_path: Pa
     assert not (tmp_path / "runs").exists()
 
 
-# ------------------------------------------------------------------------------------ the wrapped step, in-process
+# ------------------------------------------------------------------------------- the wrapped step, in-process
 
 STEPS = 4
 
@@ -232,7 +232,8 @@ def _check_errors_agree(rank: int) -> None:
 @pytest.mark.parametrize(
     "methods",
     [
-        # vanilla / manifoldmix: plain and stage-hooked calls; the probe: an input-gradient pass inside the step;
+        # vanilla / manifoldmix: plain and stage-hooked calls; the probe: an input-gradient pass inside the
+        # step;
         # sumix: two model calls and a trainable head; alignmixup_ae: a decoder used on some steps only
         ["vanilla", "manifoldmix", InputGradientProbe.name, "sumix", "alignmixup_ae"],
     ],
@@ -251,7 +252,7 @@ def test_the_wrapped_step_keeps_two_replicas_identical(methods: list[str], tmp_p
     assert all(entry["lams_shared"] for entry in report.values())
 
 
-# ------------------------------------------------------------------------------------------- evaluation shards
+# ------------------------------------------------------------------------------------------ evaluation shards
 
 
 @pytest.mark.parametrize("size,world_size", [(450, 2), (451, 2), (7, 3), (2, 3), (101, 4)])

@@ -1,7 +1,8 @@
 """Every method serves every backbone it can, and refuses the others in one line (issue 3).
 
 For each trainable registered method (all but those that need external weights) on PreActResNet18, WRN16-8
-and ResNeXt-50, and for each input-space method on Swin-T, the config ``tools/train.py method=<m> model=<model>
+and ResNeXt-50, and for each input-space method on Swin-T, the config ``tools/train.py method=<m>
+model=<model>
 data=cifar100`` would train with is composed (Hydra's compose, as in ``tests/conftest.py``) and validated, the
 model and the method are built by the trainer's own :func:`build_model_and_method`, and one training step
 runs on a tiny random batch: the loss is finite and a finite, non-zero gradient reaches the backbone's first

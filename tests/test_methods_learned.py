@@ -45,7 +45,9 @@ def make(name: str, seed: int = 0, rng: MixRandom | None = None, **options) -> t
 
 
 def make_sharp(name: str, rng: MixRandom | None = None, **options) -> tuple[nn.Module, nn.Module]:
-    """:func:`make` with the Mix Block re-drawn at std 0.3, far from its flat init, so that a wrong formula shows."""
+    """:func:`make` with the Mix Block re-drawn at std 0.3, far from its flat init, so that a wrong formula
+    shows.
+    """
     model, method = make(name, rng=rng, **options)
     init_mix_block(method.mix_block, std=0.3)
     return model, method
@@ -208,7 +210,9 @@ def test_mix_block_is_sized_to_the_channels_of_its_feature_stage() -> None:
 
 @torch.no_grad()
 def hand_automix_mask(block: nn.Module, z: torch.Tensor, perm: torch.Tensor, size: int) -> torch.Tensor:
-    """METHODS.md's Mix Block for each sample separately: sigmoid(nearest_up(softmax(q_i^T k_j / sqrt d) v_j))."""
+    """METHODS.md's Mix Block for each sample separately: sigmoid(nearest_up(softmax(q_i^T k_j / sqrt d)
+    v_j)).
+    """
     w_qk, b_qk = block.query_key.weight[:, :, 0, 0], block.query_key.bias
     w_v, b_v = block.value.weight[:, :, 0, 0], block.value.bias
     masks = []
@@ -339,7 +343,9 @@ def test_automix_lam_channel_makes_the_mask_depend_on_lam() -> None:
 
 @torch.no_grad()
 def hand_adautomix_masks(block: nn.Module, z, sources, lams, size: int, multiply: bool) -> torch.Tensor:
-    """A_i = softmax(q_i^T sum_{j != i} k_j / sqrt d), m_i = A_i v_i, bilinear up, softmax over i; per sample."""
+    """A_i = softmax(q_i^T sum_{j != i} k_j / sqrt d), m_i = A_i v_i, bilinear up, softmax over i;
+    per sample.
+    """
     conv = lambda layer, t: layer.weight[:, :, 0, 0] @ t + layer.bias[:, None]  # noqa: E731
     out = torch.zeros(sources.shape[0], sources.shape[1], 1, size, size)
     for b in range(sources.shape[1]):

@@ -103,7 +103,9 @@ def test_stage_shapes_at_default_width(name: str) -> None:
 
 @pytest.mark.parametrize("name", CNNS)
 def test_stage_shapes_and_contract_at_small_width(name: str) -> None:
-    """Real forward at a small width: shapes per stage, and forward_from(forward_features(x, k), k) == model(x)."""
+    """Real forward at a small width: shapes per stage, and forward_from(forward_features(x, k), k) ==
+    model(x).
+    """
     torch.manual_seed(0)
     model = build_model(name, 10, 32, width=SMALL_WIDTH[name]).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -405,8 +407,8 @@ def test_local_pretrained_weights_load_into_a_cnn_and_a_foreign_file_is_refused(
 
 
 def test_wrn_last_stage_is_the_activated_tensor_the_classifier_pools() -> None:
-    """As in the official AlignMixup encoder: the final BN-ReLU belongs to stage 3, so methods reading the last
-    stage see what the classifier pools, and the state dict keeps one copy of every tensor."""
+    """As in the official AlignMixup encoder: the final BN-ReLU belongs to stage 3, so methods reading the
+    last stage see what the classifier pools, and the state dict keeps one copy of every tensor."""
     model = build_model("wrn16_8", 10, 16, width=8).eval()
     x = torch.randn(2, 3, 16, 16)
     features = model.forward_features(x, 3)

@@ -15,7 +15,8 @@ from mixbench.rundir import run_directory
 from mixbench.sweep import Job, PoolError, report, resolve_devices, run_pool
 from tests.conftest import REPO, compose_config, run_cli, tiny_overrides
 
-# A job that records (its device, start, end) and sleeps, so that overlaps can be measured; exit code from argv.
+# A job that records (its device, start, end) and sleeps, so that overlaps can be measured; exit code from
+# argv.
 RECORDING_JOB = """
 import json, os, sys, time
 start = time.time()
@@ -186,7 +187,8 @@ def test_gpu_pool_launcher_config_names_a_class_hydra_can_find() -> None:
     target = cfg.hydra.launcher._target_
     assert target.startswith("hydra_plugins.")
     module, name = target.rsplit(".", 1)
-    probe = f"import sys; sys.path.insert(0, {str(REPO / 'tools')!r}); import {module} as m; print(m.{name}.__name__)"
+    tools = str(REPO / "tools")
+    probe = f"import sys; sys.path.insert(0, {tools!r}); import {module} as m; print(m.{name}.__name__)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == name, out.stderr
     assert (cfg.hydra.launcher.gpus, cfg.hydra.launcher.jobs_per_gpu) == ("all", 1)

@@ -216,7 +216,9 @@ class EpochShardSampler(Sampler[int]):
 
 
 class WorkerLoader:
-    """DataLoader workers + pinned memory; uint8 batches normalised on the device after a non-blocking copy."""
+    """DataLoader workers + pinned memory; uint8 batches normalised on the device after a
+    non-blocking copy.
+    """
 
     def __init__(
         self,

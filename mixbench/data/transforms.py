@@ -35,7 +35,9 @@ _PCA_EIGVEC = torch.tensor(
 
 
 class PCALighting(torch.nn.Module):
-    """AlexNet-style lighting noise: add ``eigvec @ (alpha * eigval)`` with ``alpha ~ N(0, std)`` per image."""
+    """AlexNet-style lighting noise: add ``eigvec @ (alpha * eigval)`` with ``alpha ~ N(0,
+    std)`` per image.
+    """
 
     def __init__(self, std: float = 0.1) -> None:
         super().__init__()

@@ -109,12 +109,14 @@ def check_launch(cfg: DictConfig, launch: Launch, device: torch.device) -> None:
     world = launch.world_size
     if _hydra_multirun():
         raise ConfigError(
-            "torchrun runs one configuration; drop -m (a grid spreads over GPUs with hydra/launcher=gpus instead)"
+            "torchrun runs one configuration; drop -m (a grid spreads over GPUs with hydra/launcher=gpus "
+            "instead)"
         )
     batch = int(cfg.schedule.batch_size)
     if batch % world:
         raise ConfigError(
-            f"schedule.batch_size={batch} is the global batch and must divide evenly over the {world} processes; "
+            f"schedule.batch_size={batch} is the global batch and must divide evenly over the {world} "
+            "processes; "
             f"choose a multiple of {world} or another --nproc_per_node"
         )
     if batch // world < 2:
@@ -197,7 +199,9 @@ def gather_objects(value: T) -> list[T]:
 
 
 def on_main(action: Callable[[], T]) -> T:
-    """``action()`` run by rank 0 only (it reads the run directory); its result, or its error, on every process."""
+    """``action()`` run by rank 0 only (it reads the run directory); its result, or its error, on every
+    process.
+    """
     if not active():
         return action()
     result, failure = None, None
@@ -215,7 +219,8 @@ def on_main(action: Callable[[], T]) -> T:
 
 
 def on_every_rank(action: Callable[[], T]) -> T:
-    """``action()`` on every process (each reads its own node's data); if it fails anywhere, it fails everywhere.
+    """``action()`` on every process (each reads its own node's data); if it fails anywhere, it fails
+    everywhere.
 
     Every process then raises the error of the lowest failing rank (its message names that rank when it is
     not 0), so rank 0 reports a problem seen on another node, and no process waits for the others forever.
@@ -240,7 +245,9 @@ def on_every_rank(action: Callable[[], T]) -> T:
 
 
 def _portable(error: Exception | None) -> Exception | None:
-    """``error`` if it survives pickling (to be sent to the other processes), else a RuntimeError saying it."""
+    """``error`` if it survives pickling (to be sent to the other processes), else a
+    RuntimeError saying it.
+    """
     if error is None:
         return None
     try:
@@ -266,7 +273,9 @@ def sync_buffers(module: nn.Module) -> None:
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Every BatchNorm layer of ``model`` made a SyncBatchNorm (timm's converter keeps BatchNormAct layers whole)."""
+    """Every BatchNorm layer of ``model`` made a SyncBatchNorm (timm's converter keeps BatchNormAct layers
+    whole).
+    """
     from timm.layers import convert_sync_batchnorm as timm_convert
 
     return timm_convert(model)

@@ -74,7 +74,8 @@ def resolve_runtime(cfg: DictConfig) -> Runtime:
             )
         if launch.local_rank >= torch.cuda.device_count():
             raise ConfigError(
-                f"torchrun started local rank {launch.local_rank} but only {torch.cuda.device_count()} GPU(s) "
+                f"torchrun started local rank {launch.local_rank} but only {torch.cuda.device_count()} "
+                "GPU(s) "
                 "are visible; lower --nproc_per_node"
             )
         device = torch.device("cuda", launch.local_rank)

@@ -113,7 +113,8 @@ def _train(cfg: DictConfig, runtime: Runtime, launch: Launch) -> dict[str, Any]:
     )
     if len(data.train) == 0:
         raise ConfigError(
-            f"schedule.batch_size={cfg.schedule.batch_size} exceeds the {data.num_train} training images; lower it"
+            f"schedule.batch_size={cfg.schedule.batch_size} exceeds the {data.num_train} training images; "
+            "lower it"
         )
     if cfg.force:
         on_main(lambda: shutil.rmtree(run_dir.path) if run_dir.path.exists() else None)
@@ -129,7 +130,8 @@ def _existing_summary(run_dir: RunDirectory, cfg: DictConfig, force: bool) -> di
     differing = identity_mismatch(run_dir.read_config(), cfg)
     if differing:
         raise ConfigError(
-            f"{run_dir.path} holds a run of a different configuration (differs in {', '.join(differing[:5])}); "
+            f"{run_dir.path} holds a run of a different configuration (differs in "
+            f"{', '.join(differing[:5])}); "
             "pass force=true to replace it or set runs_root=<another folder>"
         )
     summary = run_dir.read_summary()
@@ -339,7 +341,8 @@ class Trainer:
         if trained_from != self.pretrained_sha256:  # the same on every process (both were broadcast)
             raise ConfigError(
                 f"{self.run_dir.path} was trained from weights with SHA-256 {str(trained_from)[:12]}, but "
-                f"model.pretrained_path holds {str(self.pretrained_sha256)[:12]}; give the same weights file, or "
+                f"model.pretrained_path holds {str(self.pretrained_sha256)[:12]}; give the same weights "
+                "file, or "
                 "force=true to start again"
             )
         self.model.load_state_dict(state["model"])
@@ -380,7 +383,8 @@ class Trainer:
             if key.endswith("_top1") and key != "top1"
         )
         self._print(
-            f"epoch {epoch}/{self.schedule.epochs}  loss {record['train_loss']:.4f}  top-1 {record['top1']:.2f}  "
+            f"epoch {epoch}/{self.schedule.epochs}  loss {record['train_loss']:.4f}  top-1 "
+            f"{record['top1']:.2f}  "
             f"top-5 {record['top5']:.2f}{extra}  lr {record['lr']:.4g}  {record['seconds']:.1f} s  "
             f"{record['images_per_s']:.0f} img/s"
         )

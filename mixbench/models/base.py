@@ -88,7 +88,9 @@ class StagedNet(nn.Module):
         mix_stage: int | None = None,
         mix_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Logits of ``x``; with ``mix_fn``, the hidden state at ``mix_stage`` is replaced by ``mix_fn(h)``."""
+        """Logits of ``x``; with ``mix_fn``, the hidden state at ``mix_stage`` is replaced by
+        ``mix_fn(h)``.
+        """
         if mix_fn is None:
             return self.forward_from(self.forward_features(x, 0), 0)
         if mix_stage is None:

@@ -30,7 +30,9 @@ from mixbench.models.base import StagedNet
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block of AlignMixup's code: ``a = ReLU(BN(x))``, returns ``F(a) + shortcut(a)``."""
+    """Pre-activation basic block of AlignMixup's code: ``a = ReLU(BN(x))``, returns ``F(a) +
+    shortcut(a)``.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()

@@ -228,7 +228,9 @@ def resnet18_imagenet(num_classes: int, image_size: int = 224, width: int | None
 
 
 def resnext50_32x4d_imagenet(num_classes: int, image_size: int = 224, width: int | None = None) -> ResNet:
-    """ResNeXt-50 32x4d with the ImageNet stem (torchvision's ``resnext50_32x4d``): bottlenecks [3, 4, 6, 3]."""
+    """ResNeXt-50 32x4d with the ImageNet stem (torchvision's ``resnext50_32x4d``): bottlenecks
+    [3, 4, 6, 3].
+    """
     return ResNet(
         Bottleneck,
         (3, 4, 6, 3),

@@ -92,7 +92,8 @@ class WideResNet(StagedNet):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
         self.feature_channels = 4 * width
-        # The stages as the contract sees them; a plain list (not registered again), the modules are the above.
+        # The stages as the contract sees them; a plain list (not registered again), the modules are the
+        # above.
         self._stages = [self.layer1, self.layer2, nn.Sequential(self.layer3, self.final_bn, self.relu)]
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
