@@ -12,9 +12,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def _umask() -> int:
@@ -40,6 +41,8 @@ def _atomic_replace(path: Path, write) -> None:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that never leaves a partial file at ``path``."""
+    import torch  # here, not at the top: readers of run directories (mixbench.report) need no torch
+
     _atomic_replace(Path(path), lambda handle: torch.save(obj, handle))
 
 
@@ -52,4 +55,6 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # tensors are only annotated here: readers of run directories need no torch
+    import torch
 
 
 def topk_correct(

@@ -5,7 +5,7 @@
         metrics.jsonl   one JSON line per evaluated epoch                  (RunDirectory.write_metrics)
         summary.json    status and headline numbers (SUMMARY_KEYS)         (RunDirectory.write_summary)
         checkpoint.pt   weights, optimizer state, history (atomic)         (RunDirectory.save_checkpoint)
-        tb/ wandb/ mlruns/   experiment trackers' own folders              (RunDirectory.tracker_dir)
+        tb/ wandb/ mlflow/   experiment trackers' own folders              (RunDirectory.tracker_dir)
 
 The trainer writes it; the report package (tables, figures) and the tools read it through
 :class:`RunDirectory` and :func:`read_run`, so a file name or a summary key lives here and nowhere else.  This
@@ -21,9 +21,9 @@ matching of runs to the cells of published tables (``RunIdentity.configuration``
 seed).  Values that say where or how to run rather than what is computed (:data:`RUNTIME_KEYS`: device,
 precision, data.root, the logger, ...) are never part of it.
 
-**Pretrained weights.**  ``model.pretrained_path`` says *where* a weights file is, like ``data.root`` says where
-a dataset is: it is a runtime key, so the same fine-tuning run matches its published cell and resumes on a
-machine where the file lives elsewhere.  What the file *holds* is recorded instead: the trainer stores its
+**Pretrained weights.**  ``model.pretrained_path`` says *where* a weights file is, like ``data.root`` says
+where a dataset is: it is a runtime key, so the same fine-tuning run matches its published cell and resumes on
+a machine where the file lives elsewhere.  What the file *holds* is recorded instead: the trainer stores its
 SHA-256 in the checkpoint and the summary (``pretrained_sha256``) and refuses to resume a run with a file of
 other contents.
 """
@@ -92,7 +92,8 @@ class RunDirectoryError(ValueError):
 
 
 def is_runtime_key(key: str) -> bool:
-    """Whether a flattened key (``data.root``, ``logger.mode``) says how to run rather than what is computed."""
+    """Whether a flattened key (``data.root``, ``logger.mode``) says how to run rather than what is
+    computed."""
     return key in RUNTIME_KEYS or key.split(".", 1)[0] in RUNTIME_GROUPS
 
 
@@ -145,7 +146,8 @@ def stock_values(group: str, name: str, data: Mapping[str, Any] | None = None) -
 
 
 def group_differences(config: Mapping[str, Any], group: str) -> tuple[tuple[str, Any], ...]:
-    """``(key, value)`` of ``config[group]`` that differ from its shipped file, sorted; runtime keys left out."""
+    """``(key, value)`` of ``config[group]`` that differ from its shipped file, sorted; runtime keys left
+    out."""
     values = dict(config[group])
     stock = {
         key: _hashable(value)
@@ -169,7 +171,8 @@ def _format_value(value: Any) -> str:
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What a run computes: group names, their differences from the shipped configs, other values, the seed."""
+    """What a run computes: group names, their differences from the shipped configs, other values, the
+    seed."""
 
     names: tuple[str, ...]  # one per group of GROUPS (data, model, method, schedule)
     differences: tuple[tuple[tuple[str, Any], ...], ...]  # per group: sorted (key, value) pairs
@@ -366,7 +369,7 @@ class RunDirectory:
         return self.path / TENSORBOARD_DIR
 
     def tracker_dir(self, name: str) -> Path:
-        """The folder an experiment tracker keeps inside the run directory (``tb``, ``wandb``, ``mlruns``)."""
+        """The folder an experiment tracker keeps inside the run directory (``tb``, ``wandb``, ``mlflow``)."""
         return self.tensorboard_dir if name == "tensorboard" else self.path / name
 
     def has_config(self) -> bool:
@@ -412,8 +415,8 @@ class RunDirectory:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise RunDirectoryError(
-                    f"{self.metrics_file} line {number} is not JSON ({error.msg}); the run's checkpoint rewrites "
-                    "it when the run resumes"
+                    f"{self.metrics_file} line {number} is not JSON ({error.msg}); the run's checkpoint "
+                    "rewrites it when the run resumes"
                 ) from error
             if not isinstance(record, dict) or "epoch" not in record:
                 raise RunDirectoryError(f"{self.metrics_file} line {number} is not an epoch record")
@@ -432,8 +435,8 @@ class RunDirectory:
             summary = json.loads(self.summary_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise RunDirectoryError(
-                f"{self.summary_file} is not readable JSON ({_first_line(error)}); the run rewrites it when it "
-                "resumes"
+                f"{self.summary_file} is not readable JSON ({_first_line(error)}); the run rewrites it when "
+                "it resumes"
             ) from error
         missing = [
             key for key in REQUIRED_SUMMARY_KEYS if not isinstance(summary, dict) or key not in summary
@@ -494,6 +497,35 @@ class Run:
     @property
     def window(self) -> int:
         return int(self.summary["metric_window"])
+
+    @property
+    def epochs(self) -> int:
+        """The epochs the schedule asks for."""
+        return int(self.summary["epochs"])
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.summary["epochs_done"])
+
+    @property
+    def message(self) -> str | None:
+        """Why the run failed (or other news from the trainer); ``None`` when there is none."""
+        return self.summary.get("message")
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The config names of the run's groups (data, model, method, schedule) as its summary records
+        them."""
+        return tuple(str(self.summary[group]) for group in GROUPS)
+
+    @property
+    def recorded_epochs(self) -> list[int]:
+        """The epochs of metrics.jsonl, in order (a resumed history need not start at 1)."""
+        return [int(record["epoch"]) for record in self.history]
+
+    def progress_text(self) -> str:
+        """``seed2: failed 3/20``: seed, status, epochs done of the epochs asked for."""
+        return f"seed{self.seed}: {self.status} {self.epochs_done}/{self.epochs}"
 
     @property
     def networks(self) -> list[str]:

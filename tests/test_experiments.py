@@ -1,7 +1,9 @@
-"""Experiment files (configs/experiment/) and the published tables they reproduce (results/paper/, mixbench.paper).
+"""Experiment files (configs/experiment/) and the published tables they reproduce (results/paper/,
+mixbench.report.published).
 
-Static checks parse the YAML files and the Hydra sweep strings; each experiment is composed once as
-``tools/train.py`` would.  Everything here runs in seconds on a CPU.
+Static checks parse the YAML files and the Hydra sweep strings; jobs and cells are compared by the one run
+identity of mixbench.rundir; each experiment is composed as ``tools/train.py`` would (once as a whole, once
+as the first job of its grid).  Everything here runs in seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from mixbench import paper
 from mixbench.config import CONFIG_DIR, GROUPS, ConfigError, group_options, validate
 from mixbench.methods import METHODS
+from mixbench.report import published
+from mixbench.rundir import flatten, is_runtime_key, run_identity
 from tests.conftest import compose_config
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 NON_TABLE_EXPERIMENTS = {"quickstart"}  # experiments that reproduce no published table
 EXPERIMENTS = sorted(path.stem for path in EXPERIMENT_DIR.glob("*.yaml"))
 TABLE_EXPERIMENTS = [name for name in EXPERIMENTS if name not in NON_TABLE_EXPERIMENTS]
-TABLES = paper.reference_tables()
+TABLES = published.reference_tables()
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_tables.yaml"
 TRANSCRIBED_KEYS = ("source", "metric", "protocol", "columns", "alpha", "rows")
 SEEDS = ["0", "1", "2"]
@@ -77,14 +80,7 @@ def default_choices(name: str) -> dict[str, str]:
 
 @cache
 def stock(group: str, option: str) -> dict[str, Any]:
-    return paper.flatten(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml")))
-
-
-def normalised(group: str, option: str, options: dict[str, Any]) -> tuple:
-    """Options that differ from the shipped config (what names a run directory), hashable."""
-    reference = stock(group, option)
-    flat = {k: tuple(v) if isinstance(v, list) else v for k, v in paper.flatten(options).items()}
-    return tuple(sorted((k, v) for k, v in flat.items() if k not in reference or reference[k] != v))
+    return flatten(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml")))
 
 
 def _parse_scalar(text: str) -> Any:
@@ -100,13 +96,13 @@ def experiment_jobs(name: str) -> list[dict[str, Any]]:
     jobs = []
     for combination in itertools.product(*swept.values()) if swept else [()]:
         job = {group: choices.get(group) for group in GROUPS}
-        options = {group: dict(body.get(group) or {}) for group in ("method", "schedule", "model")}
+        options = {group: dict(body.get(group) or {}) for group in GROUPS}
         for key, value in zip(swept, combination, strict=True):
             if key in GROUPS:
                 job[key] = value
             else:
                 group, _, sub = key.partition(".")
-                options[group] = paper._merge(options[group], _nest(sub, _parse_scalar(value)))
+                options[group] = published.merge_options(options[group], _nest(sub, _parse_scalar(value)))
         job["options"] = options
         jobs.append(job)
     return jobs
@@ -118,31 +114,21 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 
 
 def job_key(job: dict[str, Any]) -> tuple:
-    options = job["options"]
-    return (
-        job["data"],
-        job["model"],
-        job["schedule"],
-        job["method"],
-        normalised("method", job["method"], {k: v for k, v in options["method"].items() if k != "name"}),
-        normalised("schedule", job["schedule"], options["schedule"]),
-        normalised("model", job["model"], options["model"]),
-    )
+    """The run identity (seed aside) of what a job trains: its configs with the experiment's options."""
+    names = {group: job[group] for group in GROUPS}
+    options = {
+        group: {key: value for key, value in job["options"][group].items() if key != "name"}
+        for group in GROUPS
+    }
+    return published.configuration_of(names, options)
 
 
-def cell_key(cell: paper.Cell) -> tuple:
-    return (
-        cell.data,
-        cell.model,
-        cell.schedule,
-        cell.method,
-        normalised("method", cell.method, cell.options),
-        normalised("schedule", cell.schedule, cell.schedule_options),
-        normalised("model", cell.model, cell.model_options),
-    )
+def cell_key(cell: published.Cell) -> tuple:
+    """The run identity (seed aside) of what a cell trains."""
+    return published.cell_configuration(cell)
 
 
-def method_configs_exist(cell: paper.Cell) -> bool:
+def method_configs_exist(cell: published.Cell) -> bool:
     """The cell's method (and, for a wrapper, its base) has a configs/method file."""
     methods = group_options("method")
     base = cell.options.get("base")
@@ -150,14 +136,17 @@ def method_configs_exist(cell: paper.Cell) -> bool:
 
 
 @cache
-def published_cells(table: str, accuracy_only: bool = False) -> list[paper.Cell]:
+def published_cells(table: str, accuracy_only: bool = False) -> list[published.Cell]:
     """Runnable cells that have a published number (a top-1 accuracy or error only, if asked)."""
     return [
         c
-        for c in paper.cells(table)
+        for c in published.cells(table)
         if c.runnable
-        and paper.raw_value(table, c.row, c.column) is not None
-        and (not accuracy_only or paper.column_metric(table, c.column) in (paper.ACCURACY, paper.ERROR))
+        and published.raw_value(table, c.row, c.column) is not None
+        and (
+            not accuracy_only
+            or published.column_metric(table, c.column) in (published.ACCURACY, published.ERROR)
+        )
     ]
 
 
@@ -181,11 +170,13 @@ def compose_validated(overrides: list[str]):
 
 def test_a_fine_tuned_run_matches_its_cell_whatever_its_weights_file() -> None:
     """The weights file of a fine-tuning run is where the ImageNet weights are, not a different recipe."""
-    target = paper.cell("openmixup_cifar100_tiny_cub", "mixup", "cub200/resnet18")
-    cfg = compose_config([*paper.cell_overrides(target), f"model.pretrained_path={WEIGHTS}"])
+    target = published.cell("openmixup_cifar100_tiny_cub", "mixup", "cub200/resnet18")
+    cfg = compose_config([*published.cell_overrides(target), f"model.pretrained_path={WEIGHTS}"])
     config = OmegaConf.to_container(cfg, resolve=True)
-    assert paper.run_configuration(config) == paper.cell_configuration(target)
-    assert paper.matching_cells("openmixup_cifar100_tiny_cub", config)
+    assert run_identity(config).configuration == published.cell_configuration(target)
+    assert published.matching_cells("openmixup_cifar100_tiny_cub", config)
+    elsewhere = {**config, "model": {**config["model"], "pretrained_path": "/other/disk/weights.pth"}}
+    assert run_identity(elsewhere).configuration == published.cell_configuration(target)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -200,7 +191,36 @@ def test_experiment_composes_and_validates(name: str) -> None:
         f"{name}: reference_table {cfg.reference_table} is not in results/paper"
     )
     assert cfg.runs_root == f"runs/{name}"
-    assert name in paper.experiments(cfg.reference_table), f"{cfg.reference_table} does not list {name}"
+    assert name in published.experiments(cfg.reference_table), f"{cfg.reference_table} does not list {name}"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_an_experiment_sets_only_group_options_and_runtime_values(name: str) -> None:
+    """What an experiment changes beyond the groups would be part of its runs' identity (mixbench.rundir) but
+    of no cell's: jobs and cells are compared by their groups (``job_key``), so nothing else may change."""
+    body = experiment_file(name)
+    others = [key for key in body if key not in ("defaults", "hydra", *GROUPS) and not is_runtime_key(key)]
+    assert not others, f"{name}: sets {others}, which no published cell trains"
+    swept = [key for key in sweep_params(name) if key.split(".")[0] not in (*GROUPS, "seed")]
+    assert not swept, f"{name}: sweeps {swept}, which no published cell trains"
+
+
+FIRST_EXPERIMENTS = sorted(
+    {published.experiments(table)[0] for table in TABLES if published.experiments(table)}
+)
+
+
+@pytest.mark.parametrize("name", FIRST_EXPERIMENTS)
+def test_the_first_job_of_an_experiment_trains_a_cell_of_its_table(name: str) -> None:
+    """Composed by Hydra as ``tools/train.py -m`` composes the first job of the grid, the run's config has the
+    run identity of a published cell (data group and top-level values included); one experiment per table,
+    the others are compared through ``job_key``."""
+    overrides = [f"experiment={name}", *(f"{key}={values[0]}" for key, values in sweep_params(name).items())]
+    cfg = compose_validated(overrides)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    found = published.matching_cells(cfg.reference_table, config)
+    assert found, f"{name}: the first job of the grid trains no cell of {cfg.reference_table}"
+    assert all(cell_key(target) == run_identity(config).configuration for target in found)
 
 
 @pytest.mark.parametrize("name", TABLE_EXPERIMENTS)
@@ -231,12 +251,13 @@ def test_grid_names_only_existing_configs(name: str) -> None:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_options_set_by_an_experiment_exist_in_every_config_of_its_grid(name: str) -> None:
-    """``method: {alpha: 0.2}`` next to a swept ``method: vanilla,...`` would give vanilla an alpha it rejects."""
+    """``method: {alpha: 0.2}`` next to a swept ``method: vanilla,...`` would give vanilla an alpha it
+    rejects."""
     body = experiment_file(name)
     for job in experiment_jobs(name):
         for group in ("method", "schedule", "model"):
             reference = stock(group, job[group])
-            for key in paper.flatten(body.get(group) or {}):
+            for key in published.flatten(body.get(group) or {}):
                 if group == "method" and key.startswith("base_options."):
                     assert job["method"] == "sumix"
                     continue
@@ -250,7 +271,7 @@ def test_options_set_by_an_experiment_exist_in_every_config_of_its_grid(name: st
 
 @pytest.mark.parametrize("table", TABLES)
 def test_reference_file_is_well_formed(table: str) -> None:
-    data = paper.load_reference(table)
+    data = published.load_reference(table)
     assert data["name"] == table and data["source"]
     rows = data["rows"]
     for row, entry in rows.items():
@@ -258,9 +279,9 @@ def test_reference_file_is_well_formed(table: str) -> None:
             assert len(entry) == len(data["columns"]), f"{table}: row {row} has {len(entry)} values"
     columns = data.get("columns") or sorted({c for e in rows.values() if isinstance(e, dict) for c in e})
     for column in columns:
-        assert paper.column_metric(data, column)
+        assert published.column_metric(data, column)
     if "metric" in data:
-        assert data["metric"] in (paper.ACCURACY, paper.ERROR)
+        assert data["metric"] in (published.ACCURACY, published.ERROR)
 
 
 @pytest.mark.skipif(
@@ -270,13 +291,13 @@ def test_reference_files_are_the_shared_reference_transcribed() -> None:
     shared = yaml.safe_load(SHARED_REFERENCE.read_text())
     assert set(shared) == set(TABLES)
     for table, reference in shared.items():
-        data = paper.load_reference(table)
+        data = published.load_reference(table)
         assert {k: data[k] for k in TRANSCRIBED_KEYS if k in data} == reference, table
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_mapping_names_existing_configs_and_every_row_and_column(table: str) -> None:
-    data = paper.load_reference(table)
+    data = published.load_reference(table)
     mapping = data["mixbench"]
     assert set(mapping["rows"]) == set(data["rows"]), f"{table}: mixbench.rows must map every row"
     listed = data.get("columns") or sorted(
@@ -313,10 +334,12 @@ def test_mapping_names_existing_configs_and_every_row_and_column(table: str) -> 
 def test_every_runnable_published_cell_is_in_a_grid_of_the_table(table: str) -> None:
     """The table's experiments train every runnable cell with a published accuracy or error.
 
-    Cost-only cells (AlignMixup Table 2's Co-Mixup) need no 300-epoch grid; a method whose config is missing is
-    not required yet (this test fails once its config lands, until a grid trains it).
+    Cost-only cells (AlignMixup Table 2's Co-Mixup) need no 300-epoch grid; a method whose config is missing
+    is not required yet (this test fails once its config lands, until a grid trains it).
     """
-    jobs = {job_key(job) for experiment in paper.experiments(table) for job in experiment_jobs(experiment)}
+    jobs = {
+        job_key(job) for experiment in published.experiments(table) for job in experiment_jobs(experiment)
+    }
     missing = [
         f"[{c.row}, {c.column}]"
         for c in published_cells(table, accuracy_only=True)
@@ -382,87 +405,90 @@ def test_every_job_of_an_experiment_is_a_cell_of_its_table(name: str) -> None:
     ],
 )
 def test_cell_overrides_compose_to_the_mapped_configuration(table, row, column, expected) -> None:
-    cfg = compose_validated(paper.cell_overrides(paper.cell(table, row, column)))
+    cfg = compose_validated(published.cell_overrides(published.cell(table, row, column)))
     for key, value in expected.items():
         assert OmegaConf.select(cfg, key) == value, key
 
 
 def test_cells_that_cannot_run_say_why() -> None:
-    assert not paper.cell("sumix_eccv24_t3_vit", "cutmix+sumix", "cifar100/swin_t").runnable
-    not_runnable = paper.cell("adautomix_iclr24_vit", "adautomix", "cifar100/convnext_t")  # a column's reason
+    assert not published.cell("sumix_eccv24_t3_vit", "cutmix+sumix", "cifar100/swin_t").runnable
+    # a column's reason
+    not_runnable = published.cell("adautomix_iclr24_vit", "adautomix", "cifar100/convnext_t")
     assert not not_runnable.runnable and "convnext_t" in not_runnable.reason
-    assert "SAMix" in paper.cell("openmixup_cifar100_tiny_cub", "samix", "cub200/resnet18").reason  # a row's
-    assert "AdaIN" in paper.cell("alignmixup_cvpr22_t1", "stylemix", "cifar10/r18").reason
+    # a row's reason
+    assert "SAMix" in published.cell("openmixup_cifar100_tiny_cub", "samix", "cub200/resnet18").reason
+    assert "AdaIN" in published.cell("alignmixup_cvpr22_t1", "stylemix", "cifar10/r18").reason
     with pytest.raises(ValueError, match="not runnable"):
-        paper.cell_overrides(not_runnable)
+        published.cell_overrides(not_runnable)
 
 
 # ------------------------------------------------------------------------------------------------ loader
 
 
 def test_error_tables_are_converted_to_accuracy() -> None:
-    assert paper.load_reference("alignmixup_cvpr22_t1")["metric"] == paper.ERROR
-    assert paper.raw_value("alignmixup_cvpr22_t1", "vanilla", "cifar100/r18") == 23.24
+    assert published.load_reference("alignmixup_cvpr22_t1")["metric"] == published.ERROR
+    assert published.raw_value("alignmixup_cvpr22_t1", "vanilla", "cifar100/r18") == 23.24
     # exact, not 76.76000000000001
-    assert paper.published_value("alignmixup_cvpr22_t1", "vanilla", "cifar100/r18") == 76.76
-    assert paper.published_value("alignmixup_cvpr22_t1", "mixup", "cifar10/r18") == 95.97
-    assert paper.published_value("alignmixup_cvpr22_t2_imagenet", "alignmixup_ae", "top1_err") == 81.17
-    assert paper.published_value("alignmixup_cvpr22_t3_robustness", "vanilla", "pgd/cifar10/r18") == 0.01
+    assert published.published_value("alignmixup_cvpr22_t1", "vanilla", "cifar100/r18") == 76.76
+    assert published.published_value("alignmixup_cvpr22_t1", "mixup", "cifar10/r18") == 95.97
+    assert published.published_value("alignmixup_cvpr22_t2_imagenet", "alignmixup_ae", "top1_err") == 81.17
+    assert published.published_value("alignmixup_cvpr22_t3_robustness", "vanilla", "pgd/cifar10/r18") == 0.01
 
 
 def test_accuracy_tables_are_returned_as_published() -> None:
-    assert paper.published_value("openmixup_cifar100_tiny_cub", "cutmix", "cifar100/resnet18") == 78.17
-    assert paper.published_value("sumix_eccv24_t5_robustness", "fmix", "clean_acc/sumix") == 80.20
+    assert published.published_value("openmixup_cifar100_tiny_cub", "cutmix", "cifar100/resnet18") == 78.17
+    assert published.published_value("sumix_eccv24_t5_robustness", "fmix", "clean_acc/sumix") == 80.20
     assert (
-        paper.published_value("sumix_eccv24_t5_robustness", "fmix", "fgsm_err/sumix") == 10.92
+        published.published_value("sumix_eccv24_t5_robustness", "fmix", "fgsm_err/sumix") == 10.92
     )  # error column
 
 
 def test_not_reported_is_none_and_unknown_names_fail() -> None:
-    assert paper.published_value("alignmixup_cvpr22_t2_imagenet", "comixup", "top1_err") is None
-    assert paper.published_value("openmixup_cifar100_tiny_cub", "gridmix", "tiny_imagenet/rx50") is None
+    assert published.published_value("alignmixup_cvpr22_t2_imagenet", "comixup", "top1_err") is None
+    assert published.published_value("openmixup_cifar100_tiny_cub", "gridmix", "tiny_imagenet/rx50") is None
     with pytest.raises(KeyError, match="unknown reference table"):
-        paper.load_reference("no_such_table")
+        published.load_reference("no_such_table")
     with pytest.raises(KeyError, match="no row"):
-        paper.published_value("alignmixup_cvpr22_t1", "no_such_method", "cifar10/r18")
+        published.published_value("alignmixup_cvpr22_t1", "no_such_method", "cifar10/r18")
     with pytest.raises(KeyError, match="no column"):
-        paper.published_value("alignmixup_cvpr22_t1", "mixup", "imagenet/r18")
+        published.published_value("alignmixup_cvpr22_t1", "mixup", "imagenet/r18")
 
 
 def test_quantities_that_are_not_accuracies_are_refused() -> None:
     with pytest.raises(ValueError, match="params_M"):
-        paper.published_value("alignmixup_cvpr22_t2_imagenet", "vanilla", "params_M")
+        published.published_value("alignmixup_cvpr22_t2_imagenet", "vanilla", "params_M")
     with pytest.raises(ValueError, match="auroc"):
-        paper.published_value("alignmixup_cvpr22_t4_ood", "vanilla", "isun/auroc")
-    assert paper.raw_value("alignmixup_cvpr22_t2_imagenet", "puzzlemix", "ms_per_batch") == 846
+        published.published_value("alignmixup_cvpr22_t4_ood", "vanilla", "isun/auroc")
+    assert published.raw_value("alignmixup_cvpr22_t2_imagenet", "puzzlemix", "ms_per_batch") == 846
 
 
 def test_single_number_rows_and_named_columns() -> None:
     table = "alignmixup_cvpr22_t6_ablation"
-    assert paper.published_value(table, "vanilla") == 76.76
-    assert paper.published_value(table, "alignmixup {x,A}", "aligned") == 81.71
+    assert published.published_value(table, "vanilla") == 76.76
+    assert published.published_value(table, "alignmixup {x,A}", "aligned") == 81.71
     with pytest.raises(KeyError, match="single number"):
-        paper.published_value(table, "vanilla", "aligned")
-    assert paper.cell(table, "vanilla").model == "r18"
+        published.published_value(table, "vanilla", "aligned")
+    assert published.cell(table, "vanilla").model == "r18"
 
 
 def test_the_tables_agree_where_they_report_the_same_configuration() -> None:
     """Cross-checks of the transcription and of the error/accuracy convention."""
     t1, logs = "alignmixup_cvpr22_t1", "alignmixup_official_logs"
-    for column in paper.load_reference(t1)["columns"]:  # the paper's numbers are the best epoch of the logs
-        best = paper.published_value(logs, "alignmixup_best", column)
-        assert paper.published_value(t1, "alignmixup", column) == best
+    # the paper's numbers are the best epoch of the logs
+    for column in published.load_reference(t1)["columns"]:
+        best = published.published_value(logs, "alignmixup_best", column)
+        assert published.published_value(t1, "alignmixup", column) == best
     for row in ("vanilla", "manifoldmix", "stylecutmix"):
-        single = paper.published_value("alignmixup_cvpr22_t6_ablation", row)
-        assert single == paper.published_value(t1, row, "cifar100/r18")
+        single = published.published_value("alignmixup_cvpr22_t6_ablation", row)
+        assert single == published.published_value(t1, row, "cifar100/r18")
     for row in ("cutmix", "fmix", "saliencymix", "resizemix"):  # SUMix's base rows are OpenMixup's numbers
         for column in ("cifar100/resnet18", "cifar100/rx50", "tiny_imagenet/resnet18", "tiny_imagenet/rx50"):
-            assert paper.published_value("sumix_eccv24_t1", row, column) == paper.published_value(
+            assert published.published_value("sumix_eccv24_t1", row, column) == published.published_value(
                 "openmixup_cifar100_tiny_cub", row, column
             )
 
 
 def test_loaded_tables_are_copies() -> None:
-    first = paper.load_reference("alignmixup_cvpr22_t1")
+    first = published.load_reference("alignmixup_cvpr22_t1")
     first["rows"]["vanilla"][0] = -1
-    assert paper.load_reference("alignmixup_cvpr22_t1")["rows"]["vanilla"][0] == 5.19
+    assert published.load_reference("alignmixup_cvpr22_t1")["rows"]["vanilla"][0] == 5.19

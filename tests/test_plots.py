@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mixbench.plots import (
+from mixbench.report import build_table
+from mixbench.report.plots import (
     curve_file_name,
     metric_window_span,
     plot_run,
@@ -15,7 +16,6 @@ from mixbench.plots import (
     run_figure,
     write_run_plots,
 )
-from mixbench.tables import build_table
 from tests.test_tables import OPENMIXUP, QUICK, cell_config, curve, folders_of, write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from mixbench.config import CONFIG_DIR
 from mixbench.data import load_split
-from mixbench.gallery import pick_samples
+from mixbench.report.gallery import pick_samples
 from tests.conftest import REPO
 
 

@@ -1,5 +1,6 @@
-"""The table tool: seeds aggregated per configuration, unfinished runs shown and never averaged in, runs matched
-to the published cells they reproduce, error tables converted, EMA networks in their own columns.
+"""The table tool: seeds aggregated per configuration, unfinished runs shown and never averaged in, runs
+matched to the published cells they reproduce (the one run identity of mixbench.rundir), error tables
+converted, EMA networks in their own columns; and the generic Markdown / CSV / LaTeX renderers.
 
 Run directories are faked in tmp_path (summary.json from mixbench.rundir.summary_scores, metrics.jsonl,
 config.yaml composed with Hydra as tools/train.py would).
@@ -22,9 +23,17 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from mixbench import paper
-from mixbench.rundir import summary_scores
-from mixbench.tables import build_table, collect_rows, to_csv, to_latex, to_markdown
+from mixbench.report import (
+    build_table,
+    collect_rows,
+    published,
+    resolve_table_name,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
+from mixbench.report.render import csv_text, latex_escape, latex_tabular, markdown_table
+from mixbench.rundir import RunDirectoryError, run_identity, summary_scores
 from tests.conftest import REPO, compose_config
 
 T1 = "alignmixup_cvpr22_t1"  # top-1 error, best epoch published
@@ -89,7 +98,7 @@ def curve(median: float, best: float, epochs: int = 20) -> list[float]:
 
 @cache
 def _cell_config(table: str, row: str, column: str) -> str:
-    cfg = compose_config(paper.cell_overrides(paper.cell(table, row, column)))
+    cfg = compose_config(published.cell_overrides(published.cell(table, row, column)))
     return json.dumps(OmegaConf.to_container(cfg, resolve=True))
 
 
@@ -151,7 +160,8 @@ def test_one_run_directory_is_a_table_of_one_row(tmp_path: Path) -> None:
 
 
 def test_runs_meet_the_published_cell_of_their_reference_table(tmp_path: Path) -> None:
-    """AlignMixup T1 publishes top-1 error of the best epoch: shown as 100 - error, Δ against our best epoch."""
+    """AlignMixup T1 publishes top-1 error of the best epoch: shown as 100 - error, Δ against our best
+    epoch."""
     config = cell_config(T1, "mixup", "cifar100/r18")
     for seed, (median, best) in enumerate([(78.0, 79.5), (78.4, 80.1)]):
         write_run(tmp_path, folders_of(config), seed, curve(median, best), config=config)
@@ -190,6 +200,24 @@ def test_a_configuration_that_differs_from_the_cell_is_not_compared(tmp_path: Pa
     assert row.published is None and row.note == f"no top-1 cell of {OPENMIXUP}"
 
 
+def test_a_run_with_other_data_options_is_not_compared() -> None:
+    """The run identity includes the data group: the same recipe at another image size is another run."""
+    config = cell_config(OPENMIXUP, "cutmix", "cifar100/rx50")
+    assert published.matching_cells(OPENMIXUP, config)
+    config["data"]["image_size"] = 24
+    assert not published.matching_cells(OPENMIXUP, config)
+
+
+def test_where_and_how_a_run_ran_does_not_change_its_cell() -> None:
+    """Runtime values (device, precision, data.root, the logger, ...) are no part of the run identity."""
+    config = cell_config(OPENMIXUP, "cutmix", "cifar100/rx50")
+    config.update(device="cuda:3", precision="bf16", num_workers=2, runs_root="/elsewhere", progress=False)
+    config["data"]["root"] = "/mnt/datasets"
+    config["logger"] = {"name": "wandb", "mode": "offline"}
+    found = published.matching_cells(OPENMIXUP, config)
+    assert ("cutmix", "cifar100/rx50") in [(target.row, target.column) for target in found]
+
+
 @pytest.mark.parametrize(
     ("table", "row", "column"),
     [
@@ -199,23 +227,36 @@ def test_a_configuration_that_differs_from_the_cell_is_not_compared(tmp_path: Pa
     ],
 )
 def test_the_config_a_cell_trains_matches_that_cell(table: str, row: str, column: str) -> None:
-    found = paper.matching_cells(table, cell_config(table, row, column))
+    found = published.matching_cells(table, cell_config(table, row, column))
     assert (row, column) in [(target.row, target.column) for target in found]
+    # the config published.py builds from configs/ has the identity of the one Hydra composes
+    identity = run_identity(cell_config(table, row, column)).configuration
+    assert published.cell_configuration(published.cell(table, row, column)) == identity
+
+
+def test_table_and_experiment_names_resolve_to_published_tables() -> None:
+    assert resolve_table_name(T1) == T1
+    assert resolve_table_name("alignmixup_t1_cifar") == T1  # an experiment stands for its reference_table
+    with pytest.raises(ValueError, match="experiment quickstart names no published table"):
+        resolve_table_name("quickstart")
+    with pytest.raises(ValueError, match="unknown table 'no_such_table'; valid: .*alignmixup_cvpr22_t1"):
+        resolve_table_name("no_such_table")
 
 
 def test_following_a_published_table_shows_every_cell_in_order(tmp_path: Path) -> None:
-    """--table: T6 reuses T1's runs; cells without runs say so; other configurations are counted, not shown."""
+    """--table: T6 reuses T1's runs; cells without runs say so; other configurations are counted, not
+    shown."""
     t1_vanilla = cell_config(T1, "vanilla", "cifar100/r18")
     write_run(tmp_path, folders_of(t1_vanilla), 0, curve(76.0, 77.0), config=t1_vanilla)
     quick = json.loads(_cell_config(T1, "mixup", "cifar10/r18"))
     quick["data"]["name"] = "digits"
     write_run(tmp_path, QUICK, 0, curve(90.0, 91.0), config=quick)
     table = build_table(tmp_path, "alignmixup_cvpr22_t6_ablation")
-    published = [(row.published.cell.row, row.published.cell.column) for row in table.rows]
-    assert published[0] == ("vanilla", None) and table.rows[0].seeds == 1
+    shown = [(row.published.cell.row, row.published.cell.column) for row in table.rows]
+    assert shown[0] == ("vanilla", None) and table.rows[0].seeds == 1
     assert table.rows[0].delta() == pytest.approx(77.0 - 76.76)
     assert all(row.note == "not run" and row.seeds == 0 for row in table.rows[1:])
-    assert len(published) == len({*published})
+    assert len(shown) == len({*shown})
     assert any("1 configuration(s)" in note and "not shown" in note for note in table.notes)
     assert any(
         note.startswith("Not trainable in mixbench: stylecutmix (needs pretrained AdaIN")
@@ -237,6 +278,52 @@ def test_learned_methods_have_ema_columns(tmp_path: Path) -> None:
     assert "| 81.20 ± 0.28 |" in markdown and "| 82.30 ± 0.28 |" in markdown
     record = next(csv.DictReader(io.StringIO(to_csv(table))))
     assert record["ema_mean"] == "82.3" and record["mean"] == "81.2" and record["ema_delta"] == "0.26"
+
+
+def test_an_unreadable_summary_is_named_in_one_line(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path, QUICK, 0, curve(90.0, 91.0))
+    (run_dir / "summary.json").write_text("{not json")
+    with pytest.raises(RunDirectoryError, match=r"summary.json is not readable JSON") as caught:
+        build_table(tmp_path)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------- generic renderers
+
+
+def test_markdown_table_aligns_escapes_and_ends_with_a_newline() -> None:
+    text = markdown_table(["name", "ms"], [["a|b", "1.5"], ["c", "20"]], align=["l", "r"])
+    assert text == "| name | ms |\n|---|---:|\n| a\\|b | 1.5 |\n| c | 20 |\n"
+    assert markdown_table(["x", "y"], []) == "| x | y |\n|---|---|\n"  # no align: all left
+    with pytest.raises(ValueError, match="row 0 has 2 cells for 1 columns"):
+        markdown_table(["x"], [["1", "2"]])
+    with pytest.raises(ValueError, match="alignments must be one of"):
+        markdown_table(["x"], [], align=["right"])
+    with pytest.raises(ValueError, match="2 alignments for 1 columns"):
+        markdown_table(["x"], [], align=["l", "r"])
+
+
+def test_csv_text_has_a_header_and_empty_fields_for_missing_keys() -> None:
+    text = csv_text(["a", "b"], [{"a": 1, "b": "x,y"}, {"b": 2.5}])
+    assert text == 'a,b\n1,"x,y"\n,2.5\n'
+    assert list(csv.DictReader(io.StringIO(text))) == [{"a": "1", "b": "x,y"}, {"a": "", "b": "2.5"}]
+    with pytest.raises(ValueError):
+        csv_text(["a"], [{"c": 1}])  # a key that is not a column is a mistake, not a silent drop
+
+
+def test_latex_tabular_escapes_every_cell() -> None:
+    text = latex_tabular(["method", "Δ"], [["my_method&co", "+0.50 ± 0.10"]], align="lr")
+    assert text.splitlines() == [
+        r"\begin{tabular}{lr}",
+        r"\hline",
+        r"method & $\Delta$ \\",
+        r"\hline",
+        r"my\_method\&co & +0.50 $\pm$ 0.10 \\",
+        r"\hline",
+        r"\end{tabular}",
+    ]
+    assert text.endswith("\n") and latex_tabular(["a"], []).startswith(r"\begin{tabular}{l}")
+    assert latex_escape("50% of {x} — 3 · 2 − 1") == r"50\% of \{x\} -- 3 $\cdot$ 2 $-$ 1"
 
 
 # ------------------------------------------------------------------------------------------------ LaTeX

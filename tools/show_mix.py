@@ -24,7 +24,7 @@ from mixbench.config import ConfigError, validate
 from mixbench.data import load_split
 from mixbench.engine.build import build_model_and_method
 from mixbench.engine.runtime import resolve_runtime
-from mixbench.gallery import draw_preview, pick_samples
+from mixbench.report.gallery import draw_preview, pick_samples
 from mixbench.rng import MixRandom
 from mixbench.rundir import run_directory
 

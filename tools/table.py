@@ -30,28 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "tables"
 
 
-def resolve_table_name(name: str) -> str:
-    """A results/paper table name, or an experiment name standing for its reference_table; ValueError if neither."""
-    from omegaconf import OmegaConf
-
-    from mixbench import paper
-    from mixbench.config import CONFIG_DIR
-
-    if name in paper.reference_tables():
-        return name
-    experiment = CONFIG_DIR / "experiment" / f"{name}.yaml"
-    if experiment.is_file():
-        reference = OmegaConf.load(experiment).get("reference_table")
-        if reference in paper.reference_tables():
-            return str(reference)
-        raise ValueError(
-            f"experiment {name} names no published table; pick one of: {', '.join(paper.reference_tables())}"
-        )
-    raise ValueError(
-        f"unknown table '{name}'; valid: {', '.join(paper.reference_tables())} (or an experiment name)"
-    )
-
-
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -86,39 +64,31 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    from mixbench.tables import build_table, find_summaries, to_csv, to_latex, to_markdown
+    from mixbench.report import build_table, resolve_table_name, to_markdown, write_table_files
+    from mixbench.rundir import SUMMARY_FILE, RunDirectoryError, find_runs
 
     try:
         table_name = resolve_table_name(args.table) if args.table else None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if not find_summaries(args.runs):
+    if not find_runs(args.runs):
         print(
-            f"error: no summary.json under {args.runs}; train something first (tools/train.py)",
+            f"error: no {SUMMARY_FILE} under {args.runs}; train something first (tools/train.py)",
             file=sys.stderr,
         )
         return 2
-    from mixbench.atomic import atomic_write_text
-
-    table = build_table(args.runs, table_name)
+    try:
+        table = build_table(args.runs, table_name)
+    except RunDirectoryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     stem = args.name or table_name or args.runs.resolve().name
-    markdown = to_markdown(table)
-    print(markdown, end="")
-    written = [args.out / f"{stem}.md", args.out / f"{stem}.csv"]
-    atomic_write_text(markdown, written[0])
-    atomic_write_text(to_csv(table), written[1])
-    if args.latex:
-        written.append(args.out / f"{stem}.tex")
-        atomic_write_text(to_latex(table), written[-1])
-    if args.plots:
-        from mixbench.plots import plot_table, write_run_plots
-
-        written.append(plot_table(table, args.out / f"{stem}.png"))
-        curves = write_run_plots(table, args.out / f"{stem}_curves")
-    message = "wrote " + ", ".join(_display(path) for path in written)
-    if args.plots:
-        message += f" and {len(curves)} run figure(s) in {_display(args.out / f'{stem}_curves')}"
+    print(to_markdown(table), end="")
+    written = write_table_files(table, args.out, stem, latex=args.latex, plots=args.plots)
+    message = "wrote " + ", ".join(_display(path) for path in written.tables)
+    if written.curves_dir is not None:
+        message += f" and {len(written.curves)} run figure(s) in {_display(written.curves_dir)}"
     print(message, file=sys.stderr)
     return 0
 

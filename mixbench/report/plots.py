@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mixbench.tables import HEADLINE, ONLINE, STATISTIC_LABEL, Row, Table, mean_std, read_metrics
+from mixbench.report.runs import HEADLINE
+from mixbench.report.tables import STATISTIC_LABEL, Row, Table, mean_std
+from mixbench.rundir import ONLINE, read_run
 
 DPI = 110
 NETWORK_STYLE = {ONLINE: ("tab:blue", "o"), "ema": ("tab:orange", "s")}
@@ -28,7 +29,8 @@ OTHER_STYLE = ("tab:green", "^")
 
 
 def metric_window_span(epochs: Sequence[int], window: int) -> tuple[int, int] | None:
-    """First and last epoch of the metric window (the last ``window`` recorded epochs); None while fewer exist."""
+    """First and last epoch of the metric window (the last ``window`` recorded epochs); None while fewer
+    exist."""
     if window < 1:
         raise ValueError("the metric window must be at least 1 epoch")
     if len(epochs) < window:
@@ -57,26 +59,20 @@ def plot_run(run_dir: Path, out: Path) -> Path:
 
 def run_figure(run_dir: Path) -> Figure:
     """The figure of :func:`plot_run`: (top-1, losses) axes, the metric window shaded on both."""
-    run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    records = read_metrics(run_dir)
-    window = int(summary["metric_window"])
-    networks = summary.get("evaluated") or [ONLINE]
-    epochs = [int(record["epoch"]) for record in records]
-    span = metric_window_span(epochs, window)
+    run = read_run(run_dir)
+    window = run.window
+    networks = run.networks
+    span = metric_window_span(run.recorded_epochs, window)
 
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     accuracy_axes, loss_axes = figure.subplots(1, 2)
     for label in networks:
-        prefix = "" if label == ONLINE else f"{label}_"
         color, _ = NETWORK_STYLE.get(label, OTHER_STYLE)
         name = f"{label} " if len(networks) > 1 else ""
-        curve = [
-            (record["epoch"], record[f"{prefix}top1"]) for record in records if f"{prefix}top1" in record
-        ]
-        if curve:
-            accuracy_axes.plot(*zip(*curve, strict=True), color=color, label=f"{name}test top-1")
-        median = summary.get(f"{prefix}median_last{window}_top1")
+        epochs, top1 = run.curve(label, "top1")
+        if top1:
+            accuracy_axes.plot(epochs, top1, color=color, label=f"{name}test top-1")
+        median = run.scores(label)["median"]
         if span and median is not None:
             accuracy_axes.hlines(
                 median,
@@ -85,16 +81,12 @@ def run_figure(run_dir: Path) -> Figure:
                 linestyles="--",
                 label=f"{name}median of last {window}: {median:.2f}",
             )
-        test_loss = [
-            (record["epoch"], record[f"{prefix}test_loss"])
-            for record in records
-            if f"{prefix}test_loss" in record
-        ]
+        epochs, test_loss = run.curve(label, "test_loss")
         if test_loss:
-            loss_axes.plot(*zip(*test_loss, strict=True), color=color, label=f"{name}test loss")
-    train_loss = [(record["epoch"], record["train_loss"]) for record in records if "train_loss" in record]
+            loss_axes.plot(epochs, test_loss, color=color, label=f"{name}test loss")
+    epochs, train_loss = run.curve(ONLINE, "train_loss")
     if train_loss:
-        loss_axes.plot(*zip(*train_loss, strict=True), color="tab:gray", label="train loss (mixed objective)")
+        loss_axes.plot(epochs, train_loss, color="tab:gray", label="train loss (mixed objective)")
     for axes in (accuracy_axes, loss_axes):
         if span:
             axes.axvspan(
@@ -107,15 +99,15 @@ def run_figure(run_dir: Path) -> Figure:
             )
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
-        if records:
+        if run.history:
             axes.legend(fontsize=8)
         else:
             axes.text(0.5, 0.5, "no epoch recorded yet", transform=axes.transAxes, ha="center", va="center")
     accuracy_axes.set_ylabel("top-1 (%)")
     loss_axes.set_ylabel("loss")
-    status = f"{summary['status']} {summary['epochs_done']}/{summary['epochs']} epochs"
-    names = "  ".join(str(summary[key]) for key in ("data", "model", "method", "schedule"))
-    figure.suptitle(f"{names}  seed {summary['seed']}: {status}\n{run_dir}", fontsize=9)
+    status = f"{run.status} {run.epochs_done}/{run.epochs} epochs"
+    names = "  ".join(run.group_names)
+    figure.suptitle(f"{names}  seed {run.seed}: {status}\n{run_dir}", fontsize=9)
     return figure
 
 
@@ -129,7 +121,8 @@ def curve_file_name(row_or_run_dir: Path) -> str:
 
 
 def _row_label(row: Row, with_table: bool) -> str:
-    """``mixup``, ``alignmixup_cvpr22_t1: mixup`` or ``fmix+sumix (sumix,base=fmix)``, plus what is missing."""
+    """``mixup``, ``alignmixup_cvpr22_t1: mixup`` or ``fmix+sumix (sumix,base=fmix)``, plus what is
+    missing."""
     if row.published:
         label = (
             f"{row.published.cell.table}: {row.published.cell.row}" if with_table else row.published.cell.row
@@ -166,6 +159,10 @@ def _draw_panel(axes, rows: list[Row], networks: list[str], with_table: bool) ->
         axes.set_yticks([])
         return
     offsets = {network: 0.15 * index for index, network in enumerate(networks)}
+    ours = {
+        network: f"ours{', ' + network if len(networks) > 1 else ''}: mean ± std over seeds (dots: seeds)"
+        for network in networks
+    }
     for position, row in enumerate(rows):
         statistic = row.published.our_statistic if row.published else HEADLINE
         for network in networks:
@@ -184,7 +181,7 @@ def _draw_panel(axes, rows: list[Row], networks: list[str], with_table: bool) ->
                 color=color,
                 ms=6,
                 capsize=3,
-                label=f"ours{', ' + network if len(networks) > 1 else ''}: mean ± std over seeds (dots: seeds)",
+                label=ours[network],
             )
         if row.published_value is not None:
             axes.scatter(

@@ -1,0 +1,42 @@
+"""The files of a table: ``<out>/<stem>.md`` and ``.csv`` (``.tex``, figures on request), each written
+atomically (a reader never sees a torn file; files written before a failure stay)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixbench.atomic import atomic_write_text
+from mixbench.report.table_text import to_csv, to_latex, to_markdown
+from mixbench.report.tables import Table
+
+
+@dataclass
+class WrittenFiles:
+    """What :func:`write_table_files` wrote: the table files (and table figure), and the run figures."""
+
+    tables: list[Path] = field(default_factory=list)
+    curves_dir: Path | None = None  # the folder of the run figures, when they were asked for
+    curves: list[Path] = field(default_factory=list)
+
+
+def write_table_files(
+    table: Table, out: Path, stem: str, *, latex: bool = False, plots: bool = False
+) -> WrittenFiles:
+    """Write ``<out>/<stem>.md`` and ``.csv``, with ``latex`` also ``.tex``, with ``plots`` also ``.png``
+    (:func:`~mixbench.report.plots.plot_table`) and one curve figure per run in ``<out>/<stem>_curves``."""
+    out = Path(out)
+    written = WrittenFiles()
+    for suffix, text in ((".md", to_markdown(table)), (".csv", to_csv(table))):
+        written.tables.append(out / f"{stem}{suffix}")
+        atomic_write_text(text, written.tables[-1])
+    if latex:
+        written.tables.append(out / f"{stem}.tex")
+        atomic_write_text(to_latex(table), written.tables[-1])
+    if plots:
+        from mixbench.report.plots import plot_table, write_run_plots  # matplotlib only when drawing
+
+        written.tables.append(plot_table(table, out / f"{stem}.png"))
+        written.curves_dir = out / f"{stem}_curves"
+        written.curves = write_run_plots(table, written.curves_dir)
+    return written
