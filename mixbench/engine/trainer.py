@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mixbench.atomic import load_checkpoint
-from mixbench.config import ConfigError, validate
+from mixbench.config import ConfigError, to_plain, validate
 from mixbench.data import DataBundle, build_loaders, check_dataset
 from mixbench.engine.build import build_model_and_method, input_size
 from mixbench.engine.distributed import (
@@ -62,8 +62,10 @@ from mixbench.rundir import (
     RunDirectory,
     headline_key,
     identity_mismatch,
+    run_identity,
     summary_scores,
 )
+from mixbench.trackers import Tracker, check_tracker_available, open_tracker
 
 INIT_STREAM = 2**31 - 1  # seed stream of the initial weights, apart from the per-epoch streams
 FINITE_CHECK_EVERY = 50  # steps between checks of the loss (each check is one device sync)
@@ -79,6 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Under torchrun every process calls this; they share one run (see :mod:`mixbench.engine.distributed`).
     """
     validate(cfg)
+    check_tracker_available(logger_config(cfg))
     runtime = resolve_runtime(cfg)
     launch = launch_from_environment()
     check_launch(cfg, launch, runtime.device)
@@ -170,6 +173,11 @@ def _warn_if_other_recipe(cfg: DictConfig) -> None:
         )
 
 
+def logger_config(cfg: DictConfig) -> dict[str, Any]:
+    """The ``logger`` group as a dict (TensorBoard for configs composed without the group)."""
+    return to_plain(cfg.logger) if cfg.get("logger") is not None else {"name": "tensorboard"}
+
+
 class Trainer:
     """One run: owns the objects, the loop, and what it writes through its :class:`RunDirectory`."""
 
@@ -196,7 +204,7 @@ class Trainer:
         self.wall_time = 0.0
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.pretrained_sha256: str | None = None
-        self.writer = None
+        self.tracker: Tracker | None = None
         self._provenance = None
 
     # -- the run -------------------------------------------------------------------------------------
@@ -206,25 +214,37 @@ class Trainer:
         if main:
             self.run_dir.make()
             self.run_dir.write_config(self.cfg)
-            self.writer = _tensorboard_writer(self.run_dir.tensorboard_dir, purge_step=start_epoch)
+            self.tracker = self._open_tracker(start_epoch)
         epochs = int(self.schedule.epochs)
         where = f"resuming at epoch {start_epoch + 1}" if start_epoch else "starting"
         processes = f" × {self.launch.world_size} processes" if self.launch.distributed else ""
         self._print(f"{where}: {self.run_dir.path} ({epochs} epochs on {self.runtime.device}{processes})")
-        self._write_summary(RUNNING)
+        summary = self._write_summary(RUNNING)
+        status = FAILED
         try:
             for epoch in range(start_epoch, epochs):
                 record = self._run_epoch(epoch)
                 self.history.append(record)
+                self._log(record)  # before the checkpoint: a kill in between re-logs the epoch on resume
                 self._save(epoch + 1)
-                self._log(record)
         except RunFailed as failure:
-            self._write_summary(FAILED, message=str(failure))
+            summary = self._write_summary(FAILED, message=str(failure))
             raise
+        else:
+            summary = self._write_summary(COMPLETE)
+            status = COMPLETE
         finally:
-            if self.writer is not None:
-                self.writer.close()
-        return self._write_summary(COMPLETE)
+            if self.tracker is not None:
+                self.tracker.finish(summary, status)
+        return summary
+
+    def _open_tracker(self, start_epoch: int) -> Tracker:
+        """The experiment tracker of ``logger=`` on the run's tracker folder, resumed at ``start_epoch``;
+        the tracker's run is named by the run directory under the runs root (``digits/r18/.../seed0``)."""
+        logger = logger_config(self.cfg)
+        folder = self.run_dir.tracker_dir(str(logger["name"]))
+        run_name = str(run_identity(self.cfg).relative_path())
+        return open_tracker(logger, folder, to_plain(self.cfg), start_epoch, run_name)
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         self._reseed(epoch)
@@ -388,11 +408,8 @@ class Trainer:
             f"top-5 {record['top5']:.2f}{extra}  lr {record['lr']:.4g}  {record['seconds']:.1f} s  "
             f"{record['images_per_s']:.0f} img/s"
         )
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, epoch)
-            self.writer.flush()
+        if self.tracker is not None:
+            self.tracker.log_epoch(record)
 
     def _write_summary(self, status: str, message: str | None = None) -> dict[str, Any]:
         labels = [label or "online" for label in self.method.eval_models(self.model)]
@@ -446,15 +463,6 @@ class Trainer:
                 f"complete: {self.run_dir.path}  median top-1 of the last {self.window} epochs {value:.2f}"
             )
         return summary
-
-
-def _tensorboard_writer(log_dir: Path, purge_step: int):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a declared dependency; tolerate its absence in slim installs
-        return None
-    # purge_step drops events of epochs after the checkpoint, written by a run that was then killed.
-    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step or None)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
