@@ -36,13 +36,6 @@ from mixbench.config import ConfigError, check_group_choice
 
 RUN_ID_FILE = "run-id"
 
-# logger name -> (module, class) of its Tracker; imported only when opened, so the packages stay optional.
-_TRACKERS: dict[str, tuple[str, str]] = {
-    "none": ("mixbench.trackers.base", "NoneTracker"),
-    "tensorboard": ("mixbench.trackers.tensorboard", "TensorBoardTracker"),
-    "wandb": ("mixbench.trackers.wandb", "WandbTracker"),
-    "mlflow": ("mixbench.trackers.mlflow", "MlflowTracker"),
-}
 _SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
@@ -125,20 +118,6 @@ def check_tracker_available(logger_cfg: Mapping[str, Any]) -> None:
             extra = name if name in ("wandb", "mlflow") else ""
             fix = f'pip install -e ".[{extra}]"' if extra else f"pip install {module}"
             raise ConfigError(f"logger={name} needs {what}; install it with {fix}")
-
-
-def open_tracker(
-    logger_cfg: Mapping[str, Any],
-    folder: Path,
-    config: Mapping[str, Any],
-    start_epoch: int = 0,
-    run_name: str = "",
-) -> Tracker:
-    """The tracker ``logger_cfg["name"]`` names, opened on ``folder`` (arguments: see :class:`Tracker`)."""
-    check_tracker_available(logger_cfg)
-    module, cls = _TRACKERS[str(logger_cfg.get("name", "none"))]
-    tracker_class = getattr(importlib.import_module(module), cls)
-    return tracker_class(logger_cfg, Path(folder), config, start_epoch, run_name)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
