@@ -1,7 +1,9 @@
 """Command-line helpers shared by the tools: early checks of overrides and one-line errors.
 
 Hydra reports a bad override (unknown group option, unknown key) in several lines; the tools check the
-overrides first and turn any problem into one line naming the fix.
+overrides first and turn any problem into one line naming the fix: each composed config is validated
+(:func:`mixbench.config.validate`, values) and its names checked against the registries
+(:func:`mixbench.engine.build.check_registered`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from mixbench.config import CONFIG_DIR, SELECTABLE_GROUPS, ConfigError, check_group_choice, validate
+from mixbench.engine.build import check_registered
 
 MAX_CHECKED_COMBINATIONS = 64
 
@@ -56,6 +59,7 @@ def check_overrides(arguments: list[str], config_name: str = "train") -> None:
                 raise ConfigError(_one_line(error)) from error
             if config_name == "train":
                 validate(cfg)
+                check_registered(cfg)
 
 
 def _one_line(error: BaseException | None) -> str:

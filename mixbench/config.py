@@ -2,10 +2,18 @@
 
 Every check raises :class:`ConfigError` with one line naming the problem and the fix; ``tools/train.py``
 prints it and exits non-zero before a run directory is made.
+
+This module imports nothing of mixbench: it is what every tool loads first, before anything heavy, and what
+the methods, models and data may use without an import cycle.  So it checks values only; the checks that
+need the registries (a data, model or method name with a config file but no implementation, the augment
+policy) are made where the objects are built (:func:`mixbench.engine.build.check_registered`, called by the
+command line's early check and by ``build_model_and_method``; the data builder refuses an unknown dataset
+or policy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,40 +34,32 @@ def group_options(group: str) -> list[str]:
 
 
 def check_group_choice(group: str, choice: str) -> None:
+    """Refuse a ``group=choice`` override naming no file of ``configs/<group>/``, listing the valid ones."""
     options = group_options(group)
     if choice not in options:
         raise ConfigError(f"unknown {group} '{choice}'; valid: {', '.join(options)}")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Static checks of values; the method/model and dataset checks need built objects (see trainer)."""
+    """Checks of the values of ``cfg`` that need no registry (see the module docstring for the others)."""
     for group in GROUPS:
         if group not in cfg or "name" not in cfg[group]:
             raise ConfigError(f"the config has no {group}; select one with {group}=<name>")
-    from mixbench.data import DATASETS
-    from mixbench.methods import METHODS
-    from mixbench.models import MODELS
-
-    _check_registered("data", cfg.data.name, DATASETS)
-    _check_registered("model", cfg.model.name, MODELS)
-    _check_registered("method", cfg.method.name, METHODS)
     check_method_values(cfg.method, prefix="method")
     _check_schedule(cfg.schedule)
     if cfg.schedule.get("requires_pretrained") and not cfg.model.get("pretrained_path"):
         raise ConfigError(
             f"schedule {cfg.schedule.name} fine-tunes ImageNet weights: set model.pretrained_path=<a local "
-            f"torchvision weights file for {cfg.model.name}> (nothing is downloaded), or pick another schedule"
+            f"torchvision weights file for {cfg.model.name}> (nothing is downloaded), "
+            "or pick another schedule"
         )
     if cfg.data.num_classes < 2:
         raise ConfigError(f"data.num_classes must be at least 2, got {cfg.data.num_classes}")
 
 
-def _check_registered(group: str, name: str, registry: dict[str, Any]) -> None:
-    if name not in registry:
-        raise ConfigError(f"unknown {group} '{name}'; valid: {', '.join(sorted(registry))}")
-
-
-def check_method_values(method: DictConfig, prefix: str) -> None:
+def check_method_values(method: Mapping[str, Any], prefix: str) -> None:
+    """Refuse a non-positive ``alpha`` (or ``*_alpha``) and a ``*prob`` outside [0, 1]; ``prefix`` is the
+    config key of ``method`` in the message (``method``, ``method.options.cutmix``)."""
     for key, value in method.items():
         if key == "alpha" or str(key).endswith("_alpha"):
             if not isinstance(value, (int, float)) or value <= 0:
@@ -90,11 +90,8 @@ def _check_schedule(schedule: DictConfig) -> None:
         raise ConfigError(
             f"unknown schedule.lr_schedule.name '{schedule.lr_schedule.name}'; valid: step, cosine"
         )
-    from mixbench.data.transforms import POLICIES
-
-    if schedule.augment not in POLICIES:
-        raise ConfigError(f"unknown schedule.augment '{schedule.augment}'; valid: {', '.join(POLICIES)}")
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain Python containers, interpolations resolved."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
+from mixbench.cli import check_overrides
 from mixbench.config import CONFIG_DIR, GROUPS, ConfigError, group_options, validate
-from mixbench.data import DATASETS
+from mixbench.data import DATASETS, build_loaders, check_dataset
+from mixbench.data.transforms import POLICIES
+from mixbench.engine.build import build_model_and_method, check_registered
+from mixbench.engine.runtime import Runtime
 from mixbench.methods import METHODS
 from mixbench.models import MODELS
 from tests.conftest import compose_config, run_cli, tiny_overrides
@@ -107,6 +112,61 @@ def test_invalid_values_are_refused_with_the_fix(override: str, fragment: str) -
         validate(cfg)
 
 
+def _one_line_config_error(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert isinstance(error.value, ConfigError) and message and "\n" not in message, message
+    return message
+
+
+def test_validate_needs_no_registry_and_the_builders_refuse_an_unknown_augment_policy() -> None:
+    """``validate`` checks values only (it imports no registry); the policy is checked by the command line's
+    early check, by ``build_model_and_method`` and by the data builder, each in one line."""
+    cfg = compose_config(["experiment=quickstart", "schedule.augment=nosuch", "device=cpu"])
+    validate(cfg)
+    expected = f"unknown schedule.augment 'nosuch'; valid: {', '.join(POLICIES)}"
+    with pytest.raises(ConfigError) as error:
+        check_registered(cfg)
+    assert _one_line_config_error(error) == expected
+    with pytest.raises(ConfigError) as error:
+        check_overrides(["experiment=quickstart", "schedule.augment=nosuch"])
+    assert _one_line_config_error(error) == expected
+    with pytest.raises(ConfigError) as error:
+        build_model_and_method(cfg, Runtime.cpu())
+    assert _one_line_config_error(error) == expected
+    with pytest.raises(ConfigError) as error:
+        build_loaders(cfg.data, "nosuch", 8, 8, 8, torch.device("cpu"))
+    assert _one_line_config_error(error) == expected
+
+
+@pytest.mark.parametrize(
+    ("group", "registry", "name"),
+    [("method", METHODS, "vanilla"), ("model", MODELS, "r18"), ("data", DATASETS, "digits")],
+)
+def test_a_config_file_without_an_implementation_is_refused_in_one_line(
+    monkeypatch, group: str, registry: dict, name: str
+) -> None:
+    """A ``configs/<group>/<name>.yaml`` whose implementation is not registered: the file composes and
+    validates, the command line's check and the builders refuse it, listing the registered names."""
+    cfg = compose_config(["experiment=quickstart", "device=cpu"])
+    assert cfg[group].name == name
+    monkeypatch.delitem(registry, name)
+    validate(cfg)
+    with pytest.raises(ConfigError) as error:
+        check_registered(cfg)
+    message = _one_line_config_error(error)
+    assert message.startswith(f"unknown {group} '{name}'; valid: ") and sorted(registry)[0] in message
+    with pytest.raises(ConfigError) as error:
+        check_overrides(["experiment=quickstart"])
+    assert _one_line_config_error(error) == message
+    with pytest.raises(ConfigError) as error:
+        build_model_and_method(cfg, Runtime.cpu())
+    assert _one_line_config_error(error) == message
+    if group == "data":  # the trainer checks the dataset's files first
+        with pytest.raises(ConfigError) as error:
+            check_dataset(cfg.data)
+        assert _one_line_config_error(error) == message
+
+
 def _assert_one_line_error(result, fragment: str) -> None:
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
@@ -127,6 +187,10 @@ def _assert_one_line_error(result, fragment: str) -> None:
         (["schedule.batch_size=1"], "batch_size must be at least 2"),
         (["model=swin_t", "method=manifoldmix", "model.width=null"], "cannot run on model swin_t"),
         (["device=cuda"], "no CUDA GPU is visible"),
+        (
+            ["method=switch", "method.options={cutmix: {beta: 1.0}}"],
+            "method.options.cutmix: method 'cutmix' does not take option(s) beta; valid: alpha",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_makes_no_run_directory(tmp_path: Path, arguments, fragment) -> None:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from mixbench.cli import MAX_CHECKED_COMBINATIONS, check_overrides
 from mixbench.config import ConfigError, validate
-from mixbench.engine import trainer
+from mixbench.engine import build as engine_build
 from mixbench.engine.build import build_model_and_method
 from mixbench.engine.runtime import Runtime
 from mixbench.methods import METHODS
@@ -109,7 +109,7 @@ def test_every_method_trains_a_step_on_every_cnn(method: str, model: str) -> Non
 def test_every_input_space_method_trains_a_step_on_swin_t(
     method: str, shared_swin_builder, monkeypatch
 ) -> None:
-    monkeypatch.setattr(trainer, "build_model", shared_swin_builder)
+    monkeypatch.setattr(engine_build, "build_model", shared_swin_builder)
     cfg = cli_config(method, "swin_t", f"data.image_size={SWIN_SIZE}")
     one_training_step(cfg, SWIN_SIZE)
 

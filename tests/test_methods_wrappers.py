@@ -6,6 +6,11 @@ constructed inputs (in [0, 1]; equal to lam when the two distances are equal), a
 checked by recording the model's calls (the clean forward carries no gradient).  Switch: each choice is drawn
 with its probability, and a step's loss is the chosen method's loss for the same generator state.  Core
 properties use cutmix; the other cutting methods are exercised when they are registered.
+
+Both wrappers take their children built (``Switch(methods, probs)``, ``SUMix(base, gamma, distance)``);
+building them by name is :mod:`mixbench.engine.method_config`'s: ``build_method`` (the Python API,
+constructor defaults) and ``build_method_from_config`` (a run's config, each child from its own config),
+whose refusals are checked here too, and the checkpoint keys of the old by-name constructors are kept.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 import mixbench.methods.sumix as sumix_module
-from mixbench.config import CONFIG_DIR, ConfigError, to_plain
-from mixbench.methods import METHODS, InputMixMethod, MixMethod, build_method, mixed_cross_entropy
+from mixbench import build_method
+from mixbench.config import CONFIG_DIR, ConfigError
+from mixbench.engine.method_config import build_method_from_config
+from mixbench.methods import METHODS, InputMixMethod, MixMethod, mixed_cross_entropy
 from mixbench.methods.cutmix import CutMix
+from mixbench.methods.mixup import Mixup
 from mixbench.methods.stylemix import StyleCutMix, StyleMix
 from mixbench.methods.sumix import SUMIX_BASES, SUMix, reestimated_ratio, semantic_distances
 from mixbench.methods.switch import HEAD_REPLACING_METHODS, Switch
@@ -52,8 +61,9 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ready_sumix(model: nn.Module, seed: int, **options) -> SUMix:
+    """SUMix built by name (``base``, ``gamma``, ...), set up for ``model``, bound to ``MixRandom(seed)``."""
     torch.manual_seed(123)  # W_u's initialisation
-    method = SUMix(**options)
+    method = build_method("sumix", **options)
     method.setup(model, CLASSES)
     method.bind(MixRandom(seed))
     return method
@@ -97,33 +107,62 @@ class ForwardRecorder:
 @pytest.mark.parametrize("base", ["mixup", "vanilla", "manifoldmix", "nosuch"])
 def test_sumix_refuses_a_base_that_is_not_a_cutting_method_and_lists_the_valid_ones(base: str) -> None:
     with pytest.raises(ValueError) as info:
-        SUMix(base=base)
+        build_method("sumix", base=base)
     message = one_line(info)
     assert base in message and all(name in message for name in SUMIX_BASES)
+    if base in METHODS:  # the same refusal for a built base
+        with pytest.raises(ValueError) as info:
+            SUMix(build_method(base))
+        message = one_line(info)
+        assert base in message and all(name in message for name in SUMIX_BASES)
+
+
+def sumix_config(**options) -> dict:
+    """A run's method config for sumix: configs/method/sumix.yaml's values updated by ``options``."""
+    return {**OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "method" / "sumix.yaml")), **options}
 
 
 def test_sumix_builds_its_base_from_the_config_plus_base_options_as_a_submodule() -> None:
-    default = SUMix(base="cutmix")
+    default = build_method_from_config(sumix_config())
     assert isinstance(default.base, CutMix) and default.base.alpha == 1.0  # configs/method/cutmix.yaml
     assert dict(default.named_children())["base"] is default.base  # checkpointed with the method
-    assert SUMix(base="cutmix", base_options={"alpha": 0.2}).base.alpha == 0.2
-    with pytest.raises(ValueError, match="does not take option"):
-        SUMix(base="cutmix", base_options={"beta": 1.0})
-    with pytest.raises(ValueError, match="alpha must be a positive number"):
-        SUMix(base="cutmix", base_options={"alpha": 0.0})
+    assert build_method_from_config(sumix_config(base_options={"alpha": 0.2})).base.alpha == 0.2
+    fmix = build_method_from_config(sumix_config(base="fmix"))
+    assert fmix.base.alpha == 0.2, "the base starts from configs/method/fmix.yaml, not the constructor's 1.0"
+    assert build_method("sumix", base="fmix").base.alpha == 1.0, "the Python API starts from the constructor"
+    with pytest.raises(ValueError, match="does not take option") as info:
+        build_method_from_config(sumix_config(base_options={"beta": 1.0}))
+    assert one_line(info).startswith("method.base_options: ") and "valid: alpha" in str(info.value)
+    with pytest.raises(ValueError, match="alpha must be a positive number") as info:
+        build_method_from_config(sumix_config(base_options={"alpha": 0.0}))
+    assert "method.base_options.alpha" in one_line(info)
+    base = CutMix(alpha=0.3)
+    assert SUMix(base, gamma=1.0).base is base  # a built base is used as it is
+
+
+class LossOnly(MixMethod):
+    """A stand-in for a registered cutting method that exposes no mixed batch (only a loss)."""
+
+    name = "cutmix"
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
 
 
 def test_sumix_refuses_a_base_that_exposes_no_mixed_batch(monkeypatch) -> None:
-    class LossOnly(MixMethod):
-        name = "cutmix"
-
-        def __init__(self, alpha: float = 1.0) -> None:
-            super().__init__()
-
+    with pytest.raises(ValueError) as info:
+        SUMix(LossOnly())
+    assert "mix_with_model" in one_line(info)
     monkeypatch.setitem(METHODS, "cutmix", LossOnly)
     with pytest.raises(ValueError) as info:
-        SUMix(base="cutmix")
+        build_method("sumix", base="cutmix")
     assert "mix_with_model" in one_line(info)
+
+
+@pytest.mark.parametrize("base", ["cutmix", None])
+def test_sumix_refuses_a_base_given_by_name_or_missing_pointing_to_build_method(base) -> None:
+    with pytest.raises(TypeError, match=r"build_method\('sumix', base=<name>\)"):
+        SUMix(base)
 
 
 def test_sumix_gets_the_batch_from_mix_with_model_when_the_base_defines_it(monkeypatch) -> None:
@@ -242,7 +281,7 @@ def test_absolute_distance_gives_an_occluded_source_a_smaller_share_than_an_inta
 @pytest.mark.parametrize("distance", ["euclidean", "Signed", ""])
 def test_sumix_refuses_an_unknown_distance_in_one_line(distance: str) -> None:
     with pytest.raises(ValueError) as info:
-        SUMix(distance=distance)
+        SUMix(CutMix(), distance=distance)
     message = one_line(info)
     assert "method.distance" in message and "signed" in message and "absolute" in message
 
@@ -419,8 +458,8 @@ def test_sumix_setup_sizes_w_u_from_the_last_stage_without_touching_batch_norm_s
 
 def test_sumix_refuses_a_model_without_hidden_stages(swin_meta) -> None:
     with pytest.raises(StageUnavailableError, match="swin_t"):
-        SUMix().check_model(swin_meta)
-    SUMix().check_model(tiny_r18())
+        SUMix(CutMix()).check_model(swin_meta)
+    SUMix(CutMix()).check_model(tiny_r18())
 
 
 def test_sumix_preview_shows_the_base_mix_with_the_reestimated_ratios() -> None:
@@ -443,7 +482,7 @@ def test_sumix_runs_on_the_other_registered_cutting_methods(base: str) -> None:
         hasattr(cls, "mix_with_model") or getattr(cls, "mix", InputMixMethod.mix) is not InputMixMethod.mix
     ):
         with pytest.raises(ValueError, match="neither"):
-            SUMix(base=base)
+            build_method("sumix", base=base)
         return
     model = tiny_r18()
     x, y = batch(6)
@@ -463,7 +502,7 @@ def swin_meta() -> nn.Module:
 
 def test_switch_draws_each_choice_with_its_probability() -> None:
     probs = [0.2, 0.3, 0.5]
-    method = Switch(choices=["vanilla", "mixup", "cutmix"], probs=probs)
+    method = build_method("switch", choices=["vanilla", "mixup", "cutmix"], probs=probs)
     method.bind(MixRandom(0))
     draws = 4000
     counts = [0, 0, 0]
@@ -471,7 +510,7 @@ def test_switch_draws_each_choice_with_its_probability() -> None:
         counts[method.draw_choice()] += 1
     chi_square = sum((c - draws * p) ** 2 / (draws * p) for c, p in zip(counts, probs, strict=True))
     assert chi_square < 13.82, f"counts {counts} for p {probs} (chi-square {chi_square:.1f}, df 2, p = 0.001)"
-    certain = Switch(choices=["mixup", "cutmix"], probs=[1.0, 0.0])
+    certain = Switch([Mixup(), CutMix()], probs=[1.0, 0.0])
     certain.bind(MixRandom(1))
     assert {certain.draw_choice() for _ in range(200)} == {0}
 
@@ -481,7 +520,7 @@ def test_switch_step_is_the_chosen_methods_step_for_the_same_generator_state() -
     x, y = batch(7)
     chosen = set()
     for seed in range(8):
-        method = Switch(choices=["mixup", "cutmix"])
+        method = build_method("switch", choices=["mixup", "cutmix"])
         method.bind(MixRandom(seed))
         loss, logs = method.training_step(model, x, y)
         rng = MixRandom(seed)
@@ -515,16 +554,67 @@ def test_switch_step_is_the_chosen_methods_step_for_the_same_generator_state() -
         {"options": {"manifoldmix": {"alpha": 1.0}}},
         {"options": {"cutmix": {"alpha": -1.0}}},
         {"options": {"cutmix": {"beta": 1.0}}},
+        {"options": {"cutmix": 0.2}},
+        {"method": "cutmix"},
     ],
 )
 def test_switch_refuses_invalid_settings_in_one_line(options: dict) -> None:
     with pytest.raises(ValueError) as info:
-        Switch(**options)
+        build_method("switch", **options)
+    one_line(info)
+    with pytest.raises(ValueError) as info:  # the same through a run's config
+        build_method_from_config({"name": "switch", "choices": ["mixup", "cutmix"], **options})
     one_line(info)
 
 
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"choices": ["mixup", "nosuch"]}, "method.choices: unknown method 'nosuch'; valid: "),
+        ({"options": {"cutmix": {"beta": 1.0}}}, "method.options.cutmix: method 'cutmix' does not take"),
+        ({"options": {"cutmix": {"alpha": -1.0}}}, "method.options.cutmix.alpha must be a positive number"),
+        ({"options": {"manifoldmix": {"alpha": 1.0}}}, "method.options names manifoldmix, not among"),
+    ],
+)
+def test_switch_refusals_name_the_config_key(options: dict, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        build_method("switch", **options)
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [
+        {},
+        [],
+        [Mixup(), Mixup()],
+        ["mixup", "cutmix"],
+        "mixup",
+        {"mixup": Mixup(), "again": Switch([Mixup()])},
+    ],
+)
+def test_switch_refuses_invalid_built_choices_in_one_line(methods) -> None:
+    with pytest.raises((ValueError, TypeError)) as info:
+        Switch(methods)
+    one_line(info)
+
+
+def test_switch_takes_built_choices_as_a_mapping_or_labelled_by_their_names() -> None:
+    mixup, cutmix = Mixup(), CutMix(alpha=0.2)
+    assert dict(Switch([mixup, cutmix]).methods) == {"mixup": mixup, "cutmix": cutmix}
+    wide, narrow = CutMix(alpha=1.0), CutMix(alpha=0.2)
+    labelled = Switch({"wide": wide, "narrow": narrow}, probs=[0.25, 0.75])
+    assert labelled.choices == ["wide", "narrow"] and labelled.probs == [0.25, 0.75]
+
+
 def test_switch_builds_choices_from_their_configs_plus_options_and_shares_the_generator() -> None:
-    method = Switch(choices=["mixup", "cutmix", "manifoldmix"], options={"cutmix": {"alpha": 0.2}})
+    method = build_method_from_config(
+        {
+            "name": "switch",
+            "choices": ["mixup", "cutmix", "manifoldmix"],
+            "probs": None,
+            "options": {"cutmix": {"alpha": 0.2}},
+        }
+    )
     assert method.methods["cutmix"].alpha == 0.2 and method.methods["mixup"].alpha == 1.0
     assert method.methods["manifoldmix"].alpha == 2.0 and method.probs == pytest.approx([1 / 3] * 3)
     assert method.required_stages == (0, 1, 2)
@@ -534,19 +624,22 @@ def test_switch_builds_choices_from_their_configs_plus_options_and_shares_the_ge
 
 
 def test_switch_check_model_raises_when_any_choice_cannot_run(swin_meta) -> None:
-    Switch(choices=["mixup", "cutmix"]).check_model(swin_meta)
+    build_method("switch", choices=["mixup", "cutmix"]).check_model(swin_meta)
     with pytest.raises(StageUnavailableError, match="manifoldmix"):
-        Switch(choices=["cutmix", "manifoldmix"]).check_model(swin_meta)
+        build_method("switch", choices=["cutmix", "manifoldmix"]).check_model(swin_meta)
     with pytest.raises(StageUnavailableError, match="sumix"):
-        Switch(choices=["cutmix", "sumix"]).check_model(swin_meta)
+        build_method("switch", choices=["cutmix", "sumix"]).check_model(swin_meta)
 
 
 def test_switch_refuses_alignmixup_ae_when_built_naming_it_and_why() -> None:
     with pytest.raises(ValueError) as info:
-        Switch(choices=["cutmix", "alignmixup_ae"])
+        build_method("switch", choices=["cutmix", "alignmixup_ae"])
     message = one_line(info)
     assert "switch cannot use alignmixup_ae" in message and "its own embedding and classifier" in message
     assert "drop it from method.choices" in message
+    with pytest.raises(ValueError) as info:  # built by the user, refused all the same
+        Switch({"cutmix": CutMix(), "ae": build_method("alignmixup_ae")})
+    assert "switch cannot use alignmixup_ae" in one_line(info)
 
 
 class OwnClassifier(MixMethod):
@@ -562,8 +655,7 @@ class OwnClassifier(MixMethod):
 
 
 def test_switch_setup_refuses_any_choice_that_evaluates_another_network_in_one_line() -> None:
-    method = Switch(choices=["mixup", "cutmix"])
-    method.methods["cutmix"] = OwnClassifier()
+    method = Switch({"mixup": Mixup(), "cutmix": OwnClassifier()})
     with pytest.raises(ConfigError) as info:
         method.setup(tiny_r18(), CLASSES)
     assert "switch cannot use cutmix: it evaluates a network of its own" in one_line(info)
@@ -581,12 +673,12 @@ def test_switch_refuses_exactly_the_methods_that_evaluate_a_network_of_their_own
     model = tiny_r18()
     if name in HEAD_REPLACING_METHODS:
         with pytest.raises(ValueError, match=f"switch cannot use {name}"):
-            Switch(choices=[name])
+            build_method("switch", choices=[name])
         alone = build_method(name)  # the class defaults (its config interpolates the dataset's image size)
         alone.setup(model, CLASSES)
         assert alone.eval_models(model).get("") is not model
     else:
-        method = Switch(choices=[name])
+        method = build_method("switch", choices=[name])
         method.setup(model, CLASSES)
         assert method.eval_models(model)[""] is model
 
@@ -612,8 +704,7 @@ class WithEma(MixMethod):
 
 
 def test_switch_delegates_eval_models_param_groups_and_after_step_to_every_choice() -> None:
-    method = Switch(choices=["mixup", "cutmix"])
-    method.methods["cutmix"] = WithEma()
+    method = Switch({"mixup": Mixup(), "cutmix": WithEma()})
     model = tiny_r18()
     networks = method.eval_models(model)
     assert networks == {"": model, "cutmix_ema": method.methods["cutmix"].ema}
@@ -625,7 +716,7 @@ def test_switch_delegates_eval_models_param_groups_and_after_step_to_every_choic
 
 def test_switch_param_groups_include_a_sumix_choice_w_u_once() -> None:
     model = tiny_r18()
-    method = Switch(choices=["sumix", "mixup"])
+    method = build_method("switch", choices=["sumix", "mixup"])
     method.setup(model, CLASSES)
     grouped = [p for group in method.param_groups(0.1, 0.0) for p in group["params"]]
     assert [id(p) for p in grouped] == [id(p) for p in method.methods["sumix"].uncertainty_head.parameters()]
@@ -636,7 +727,7 @@ def test_switch_preview_is_the_chosen_methods_preview_and_says_which() -> None:
     x, y = batch(8)
     seen = set()
     for seed in range(6):
-        method = Switch(choices=["mixup", "cutmix"])
+        method = build_method("switch", choices=["mixup", "cutmix"])
         method.bind(MixRandom(seed))
         preview = method.preview(model, x, y)
         name = "cutmix" if "drew cutmix" in preview.note else "mixup"
@@ -658,11 +749,45 @@ def test_wrapper_options_are_set_from_the_command_line_as_documented() -> None:
             "method.options={cutmix: {alpha: 0.2}}",
         ]
     )
-    switch = build_method("switch", **{k: v for k, v in to_plain(switch_cfg.method).items() if k != "name"})
+    switch = build_method_from_config(switch_cfg.method)
     assert switch.probs == [0.25, 0.75] and switch.methods["cutmix"].alpha == 0.2
     sumix_cfg = compose_config(["method=sumix", "method.base_options={alpha: 0.3}", "method.gamma=1.0"])
-    sumix = build_method("sumix", **{k: v for k, v in to_plain(sumix_cfg.method).items() if k != "name"})
+    sumix = build_method_from_config(sumix_cfg.method)
     assert sumix.base.alpha == 0.3 and sumix.gamma == 1.0
+
+
+# ----------------------------------------------------------------------------------- checkpoint layout
+
+
+def test_composites_keep_the_checkpoint_keys_of_the_by_name_constructors() -> None:
+    """Checkpoints written before the children were built outside the classes still load: the state dict
+    keys are ``methods.<choice>.*`` for the switch and ``base.*`` / ``uncertainty_head.*`` for SUMix.  The
+    literal keys below are those the old ``Switch(choices=[mixup, sumix])`` wrote; the rest is checked by
+    loading, strictly, the state of one build into another."""
+    model = tiny_r18()
+    switch = build_method("switch", choices=["mixup", "sumix"])
+    switch.setup(model, CLASSES)
+    assert list(switch.state_dict()) == [
+        "methods.sumix.uncertainty_head.weight",
+        "methods.sumix.uncertainty_head.bias",
+    ]
+    learned = build_method("sumix", base="automix")
+    learned.setup(model, CLASSES)
+    alone = build_method("automix")
+    alone.setup(model, CLASSES)
+    expected = {f"base.{key}" for key in alone.state_dict()} | {
+        "uncertainty_head.weight",
+        "uncertainty_head.bias",
+    }
+    assert set(learned.state_dict()) == expected and any(k.startswith("base.mix_block.") for k in expected)
+    wrapped = build_method("switch", choices=["mixup", "sumix", "automix"])
+    wrapped.setup(model, CLASSES)
+    assert {k for k in wrapped.state_dict() if k.startswith("methods.automix.")} == {
+        f"methods.automix.{key}" for key in alone.state_dict()
+    }
+    again = build_method("switch", choices=["mixup", "sumix", "automix"])
+    again.setup(model, CLASSES)
+    again.load_state_dict(wrapped.state_dict())  # strict
 
 
 # --------------------------------------------------------------------------------------------- style methods

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from mixbench.config import ConfigError
 from mixbench.data.base import ArraySplit, DatasetMissingError
 from mixbench.data.loaders import (
     ArrayImageDataset,
@@ -21,7 +22,7 @@ from mixbench.data.loaders import (
     TransformedDataset,
     WorkerLoader,
 )
-from mixbench.data.transforms import eval_transform, train_transform
+from mixbench.data.transforms import POLICIES, eval_transform, train_transform
 
 # name -> (module under mixbench.data, the config keys passed to load()/check() as options)
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -36,9 +37,21 @@ DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+def check_registered_dataset(name: str) -> None:
+    """Refuse (:class:`ConfigError`, one line) a dataset name without an entry in ``DATASETS``."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data '{name}'; valid: {', '.join(sorted(DATASETS))}")
+
+
+def check_augment(policy: str) -> None:
+    """Refuse (:class:`ConfigError`, one line) an augmentation policy that :mod:`~mixbench.data.transforms`
+    does not define."""
+    if policy not in POLICIES:
+        raise ConfigError(f"unknown schedule.augment '{policy}'; valid: {', '.join(POLICIES)}")
+
+
 def _module_and_options(data_cfg: Any):
-    if data_cfg.name not in DATASETS:
-        raise ValueError(f"unknown dataset '{data_cfg.name}'; valid: {', '.join(sorted(DATASETS))}")
+    check_registered_dataset(data_cfg.name)
     module_name, keys = DATASETS[data_cfg.name]
     module = importlib.import_module(f"mixbench.data.{module_name}")
     return module, {key: data_cfg[key] for key in keys}
@@ -80,6 +93,7 @@ def build_loaders(
     ``rank`` / ``world_size``: this process's shards (see :mod:`mixbench.data.loaders`); the batch sizes are
     per process (the trainer passes the global batch divided by ``world_size``).
     """
+    check_augment(augment)
     normalizer = Normalizer(data_cfg.mean, data_cfg.std, device, channels_last)
     train_split, test_split = load_split(data_cfg, "train"), load_split(data_cfg, "test")
     shard = {"rank": rank, "world_size": world_size}
@@ -114,6 +128,8 @@ def _as_dataset(split: ArraySplit | Dataset, transform) -> Dataset:
 
 __all__ = [
     "DATASETS",
+    "check_augment",
+    "check_registered_dataset",
     "DataBundle",
     "DatasetMissingError",
     "ArraySplit",

@@ -1,8 +1,10 @@
 """Mixing methods by name.
 
 Adding a method: one file in this package whose class is decorated with ``@register_method`` (every module
-here is imported, so nothing else needs editing), and one config ``configs/method/<name>.yaml`` with the
-paper's defaults.
+here is imported, so nothing else needs editing), and its defaults as a config of the ``method`` group
+(``configs/method/<name>``; see the README).  Methods never read configs: the engine and
+:func:`mixbench.build_method` turn names and options into methods, composite ones (``switch``, ``sumix``)
+included, whose children they build and hand over (:mod:`mixbench.engine.method_config`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def build_method(name: str, **options: Any) -> MixMethod:
-    """The method ``name`` built with the options of its config (everything but ``name``)."""
+def build_method(name: str, **arguments: Any) -> MixMethod:
+    """The registered method ``name``'s class called with ``arguments``, its constructor's keyword arguments.
+
+    A composite method takes methods already built (``build_method("switch", methods=[Mixup(), CutMix()])``);
+    to name its children instead (``choices=[...]``, ``base=...``), with every option checked in one line,
+    use :func:`mixbench.build_method`.
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method '{name}'; valid: {', '.join(sorted(METHODS))}")
-    return METHODS[name](**options)
+    return METHODS[name](**arguments)
 
 
 __all__ = [

@@ -15,7 +15,7 @@ where to get them: ``vgg_normalised.pth`` and ``decoder.pth`` released with AdaI
 StyleMix code, github.com/alsdml/StyleMix, loads the same two, the decoder as decoder.pth.tar).  The method
 itself is not implemented in this version: with both paths given, the constructor fails with one line saying
 so, rather than train with something else.  The other constructor arguments only mirror the official
-defaults kept in ``configs/method/stylemix.yaml`` and ``stylecutmix.yaml`` (for a later implementation);
+defaults kept in the method configs ``stylemix`` and ``stylecutmix`` (for a later implementation);
 they are not used.
 """
 

@@ -51,9 +51,12 @@ of METHODS.md's summary is therefore pinned by the computation of the released c
 The mixed batch goes through ``model(x~, mix_stage=last, mix_fn=capture)``: ``capture`` records h and returns
 it unchanged, so there is one call to ``forward`` (DDP-safe) and h is the tensor the logits come from.
 
-The base is built from ``configs/method/<base>.yaml`` plus ``base_options`` and held as a submodule (its
-state is checkpointed).  Its mixed batch comes from ``base.mix_with_model(model, x, y)`` when it defines one
-(saliency and learned methods), else from ``base.mix(x, y)``; a base with neither is refused.  ``setup``,
+:class:`SUMix` takes its base already built, ``SUMix(CutMix(alpha=0.2), gamma=0.5)``, and holds it as the
+submodule ``base`` (its state is checkpointed as ``base.*``); building it by name is done by
+:func:`mixbench.build_method` and a run's config (``method=sumix method.base=cutmix
+method.base_options={alpha: 0.2}``, see :mod:`mixbench.engine.method_config`).  Its mixed batch comes from
+``base.mix_with_model(model, x, y)`` when it defines one (saliency and learned methods), else from
+``base.mix(x, y)``; a base with neither is refused.  ``setup``,
 ``bind``, ``after_step``, ``eval_models``, ``param_groups`` and ``check_model`` are delegated to it.  SUMix's
 loss replaces the base's classification loss: PuzzleMix's clean loss is not part of a SUMix step.  A base
 that trains a part of its own defines ``mix_block_loss(x, y)`` (AutoMix: the EMA teacher's mixed CE on the
@@ -84,9 +87,6 @@ smaller share, as the paper's motivation describes (an option, not the specified
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,7 +100,6 @@ from mixbench.methods.base import (
     mixed_cross_entropy,
 )
 from mixbench.methods.registry import register_method
-from mixbench.methods.switch import build_configured_method
 from mixbench.models.base import StagedNet, StageUnavailableError
 from mixbench.rng import MixRandom
 
@@ -178,37 +177,44 @@ def _defines(method: MixMethod, attribute: str) -> bool:
     return callable(own) and own is not getattr(InputMixMethod, attribute, None)
 
 
-def build_base(base: str, base_options: Mapping[str, Any] | None) -> MixMethod:
-    if base not in SUMIX_BASES:
+def check_base_name(name: str) -> None:
+    """Refuse (one line) a base that is not one of the cutting methods SUMix wraps, listing them."""
+    if name not in SUMIX_BASES:
         raise ValueError(
-            f"method.base '{base}' is not a cutting method SUMix wraps; valid: {', '.join(SUMIX_BASES)}"
+            f"method.base '{name}' is not a cutting method SUMix wraps; valid: {', '.join(SUMIX_BASES)}"
         )
-    method = build_configured_method(base, base_options, "method.base_options")
-    if not (_defines(method, "mix_with_model") or _defines(method, "mix")):
+
+
+def check_base(base: MixMethod) -> None:
+    """Refuse (one line) a base SUMix cannot wrap: not a built cutting method, or one exposing no mixed
+    batch (neither ``mix_with_model`` nor ``mix``)."""
+    if not isinstance(base, MixMethod):
+        raise TypeError(
+            f"sumix takes a built base method, not {base!r}; build it by name with "
+            "mixbench.build_method('sumix', base=<name>)"
+        )
+    check_base_name(base.name)
+    if not (_defines(base, "mix_with_model") or _defines(base, "mix")):
         raise ValueError(
-            f"method.base '{base}' exposes no mixed batch: it defines neither "
+            f"method.base '{base.name}' exposes no mixed batch: it defines neither "
             "mix_with_model(model, x, y) nor mix(x, y)"
         )
-    return method
 
 
 @register_method
 class SUMix(MixMethod):
+    """SUMix around the cutting method ``base`` (built), regulariser weight ``gamma``; see the module."""
+
     name = "sumix"
 
-    def __init__(
-        self,
-        base: str = "cutmix",
-        gamma: float = 0.5,
-        base_options: Mapping[str, Any] | None = None,
-        distance: str = "signed",
-    ) -> None:
+    def __init__(self, base: MixMethod, gamma: float = 0.5, distance: str = "signed") -> None:
         super().__init__()
+        check_base(base)
         if gamma < 0:
             raise ValueError(f"method.gamma must be non-negative, got {gamma}")
         check_distance(distance)
-        self.base_name = base
-        self.base = build_base(base, base_options)
+        self.base_name = base.name
+        self.base = base
         self.gamma = float(gamma)
         self.distance = distance
         self.required_stages = self.base.required_stages

@@ -5,44 +5,45 @@ Suggested by the benchmark's reproduction report (e.g. AlignMixup vs CutMix with
     choices = [m_1, ..., m_n],  probs = [p_1, ..., p_n]  (default uniform; p_k >= 0, sum p_k = 1)
     each step:  k ~ Categorical(probs)  (from the run's generator),  loss = loss of m_k on the batch
 
-Each choice is built from its own ``configs/method/<name>.yaml`` defaults plus ``options.<name>`` overrides
-(``method=switch method.choices=[mixup,cutmix] method.options={cutmix: {alpha: 0.2}}``) and held in an
-``nn.ModuleDict``, so that its trainable parts and EMA copies are checkpointed and optimised.  Every choice
-shares the run's generator, and every choice's ``after_step`` runs after every step (an EMA keeps tracking the
-online network whether or not its method was drawn).  ``check_model`` and ``required_stages`` are the union
-over the choices: the switch runs on a model only if every choice does.
+:class:`Switch` takes the choices already built, ``Switch({"mixup": Mixup(), "cutmix": CutMix(alpha=0.2)})``
+or ``Switch([Mixup(), CutMix()])`` (labelled by their names), and holds them in an ``nn.ModuleDict`` under
+their labels, so that their trainable parts and EMA copies are checkpointed (``methods.<label>.*``) and
+optimised.  Building them by name is not this module's business: :func:`mixbench.build_method` and a run's
+config (``method=switch method.choices=[mixup,cutmix] method.options={cutmix: {alpha: 0.2}}``, see
+:mod:`mixbench.engine.method_config`) build each choice and hand it over.  Every choice shares the run's
+generator, and every choice's ``after_step`` runs after every step (an EMA keeps tracking the online network
+whether or not its method was drawn).  ``check_model`` and ``required_stages`` are the union over the
+choices: the switch runs on a model only if every choice does.
 
 Every choice must train and evaluate the model itself, with its own head: after ``setup``, a choice's
 ``eval_models(model)`` must list ``model`` as the online network ``""`` (extra networks such as an EMA copy
 are fine).  A choice that classifies through a network of its own breaks this: the switch would train two
 different classifiers on alternate steps and evaluate one.  The registered method that does so,
 ``alignmixup_ae`` (its own embedding ``f`` and classifier ``g`` replace the model's head, its decoder adds a
-reconstruction loss, and it evaluates ``g(f(GAP(F(x))))``), is refused when the switch is built
-(``HEAD_REPLACING_METHODS``); any other choice that breaks the rule is refused by :meth:`Switch.setup`, which
-checks ``eval_models`` of every choice once the model exists.  Both refusals are one line.
+reconstruction loss, and it evaluates ``g(f(GAP(F(x))))``), is refused by name before anything is built
+(``HEAD_REPLACING_METHODS``, :func:`check_choice`); any other choice that breaks the rule is refused by
+:meth:`Switch.setup`, which checks ``eval_models`` of every choice once the model exists.  Both refusals are
+one line.
 
-Logs: ``choice`` (the drawn index), ``choice_<name>`` (1 for the drawn choice, else 0: its epoch mean is that
-choice's share of the steps) and each choice's own logs as ``<name>_<key>``.  The trainer averages a key over
-all the steps of an epoch, so the mean of ``<name>_<key>`` over the steps that drew ``<name>`` is
-``train_<name>_<key> / train_choice_<name>``.
+Logs: ``choice`` (the drawn index), ``choice_<label>`` (1 for the drawn choice, else 0: its epoch mean is that
+choice's share of the steps) and each choice's own logs as ``<label>_<key>``.  The trainer averages a key over
+all the steps of an epoch, so the mean of ``<label>_<key>`` over the steps that drew ``<label>`` is
+``train_<label>_<key> / train_choice_<label>``.
 
 There is no official code for a switch; OpenMixup's ``mix_mode`` list with ``mix_prob`` is the same idea.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from mixbench.config import CONFIG_DIR, ConfigError, check_method_values
+from mixbench.config import ConfigError
 from mixbench.methods.base import Logs, MixMethod, MixPreview
-from mixbench.methods.registry import METHODS, register_method
+from mixbench.methods.registry import register_method
 from mixbench.models.base import StagedNet, StageUnavailableError
 from mixbench.rng import MixRandom
 
@@ -54,43 +55,59 @@ HEAD_REPLACING_METHODS = {
 }
 
 
-def method_defaults(name: str) -> dict[str, Any]:
-    """The options of ``configs/method/<name>.yaml`` (everything but ``name``)."""
-    path = CONFIG_DIR / "method" / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"method '{name}' has no config {path}")
-    options = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    options.pop("name", None)
-    return options
-
-
-def _accepted_options(cls: type) -> set[str] | None:
-    """Keyword arguments of ``cls``'s constructor; ``None`` when it takes ``**kwargs``."""
-    parameters = inspect.signature(cls.__init__).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    return {p.name for p in parameters if p.name != "self"}
-
-
-def build_configured_method(name: str, overrides: Mapping[str, Any] | None, where: str) -> MixMethod:
-    """Method ``name`` built from its config's defaults updated by ``overrides``.
-
-    ``where`` is the config key the overrides come from (``method.options.cutmix``), used in error messages.
-    """
-    if name not in METHODS:
+def check_choice(name: str) -> None:
+    """Refuse (one line) a method the switch cannot choose, by its name: the switch itself, or a method
+    that evaluates a network of its own (``HEAD_REPLACING_METHODS``)."""
+    if name == Switch.name:
+        raise ValueError("method.choices may not contain switch itself")
+    if name in HEAD_REPLACING_METHODS:
         raise ValueError(
-            f"{where}: method '{name}' is not available; registered: {', '.join(sorted(METHODS))}"
+            f"method.choices: switch cannot use {name}: {HEAD_REPLACING_METHODS[name]}, while the other "
+            "choices train and evaluate the model's own head; drop it from method.choices"
         )
-    options = {**method_defaults(name), **dict(overrides or {})}
-    accepted = _accepted_options(METHODS[name])
-    unknown = sorted(set(options) - accepted) if accepted is not None else []
-    if unknown:
-        raise ValueError(
-            f"{where}: method '{name}' does not take option(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(accepted)) or 'none'}"
+
+
+def check_choice_names(choices: Sequence[str]) -> list[str]:
+    """``choices`` as a list of names, refused in one line when empty, repeated or not choosable."""
+    names = [str(name) for name in choices]
+    if not names:
+        raise ValueError("method.choices is empty; give at least one method, e.g. [mixup,cutmix]")
+    if len(set(names)) != len(names):
+        raise ValueError(f"method.choices={names} names a method twice; each method may appear once")
+    for name in names:
+        check_choice(name)
+    return names
+
+
+def _labelled(methods: Mapping[str, MixMethod] | Sequence[MixMethod]) -> dict[str, MixMethod]:
+    """The choices by label: a mapping as given, a sequence labelled by each method's ``name``."""
+    if isinstance(methods, str):
+        raise TypeError(
+            f"switch takes built methods, not the name '{methods}'; build choices by name with "
+            "mixbench.build_method('switch', choices=[...])"
         )
-    check_method_values(OmegaConf.create(options), prefix=where)
-    return METHODS[name](**options)
+    if isinstance(methods, Mapping):
+        labelled = {str(label): method for label, method in methods.items()}
+    else:
+        labelled = {}
+        for method in methods:
+            label = str(getattr(method, "name", method))
+            if label in labelled:
+                raise ValueError(
+                    f"switch: two choices are named {label}; pass a mapping {{label: method}} with distinct "
+                    "labels"
+                )
+            labelled[label] = method
+    if not labelled:
+        raise ValueError("switch needs at least one method to choose from (method.choices is empty)")
+    for label, method in labelled.items():
+        if not isinstance(method, MixMethod):
+            raise TypeError(
+                f"switch choice {label} is {type(method).__name__}, not a built MixMethod; build choices by "
+                "name with mixbench.build_method('switch', choices=[...])"
+            )
+        check_choice(method.name)
+    return labelled
 
 
 def _checked_probabilities(probs: Sequence[float] | None, choices: list[str]) -> list[float]:
@@ -111,48 +128,21 @@ def _checked_probabilities(probs: Sequence[float] | None, choices: list[str]) ->
     return [p / total for p in values]  # exact sum for NumPy's sampler
 
 
-def _checked_choices(choices: Sequence[str]) -> list[str]:
-    names = [str(name) for name in choices]
-    if not names:
-        raise ValueError("method.choices is empty; give at least one method, e.g. [mixup,cutmix]")
-    if len(set(names)) != len(names):
-        raise ValueError(f"method.choices={names} names a method twice; each method may appear once")
-    if "switch" in names:
-        raise ValueError("method.choices may not contain switch itself")
-    for name in names:
-        if name in HEAD_REPLACING_METHODS:
-            raise ValueError(
-                f"method.choices: switch cannot use {name}: {HEAD_REPLACING_METHODS[name]}, while the other "
-                "choices train and evaluate the model's own head; drop it from method.choices"
-            )
-    return names
-
-
 @register_method
 class Switch(MixMethod):
+    """One of ``methods`` per training step, drawn with ``probs`` (uniform by default); see the module."""
+
     name = "switch"
 
     def __init__(
         self,
-        choices: Sequence[str] = ("mixup", "cutmix"),
+        methods: Mapping[str, MixMethod] | Sequence[MixMethod],
         probs: Sequence[float] | None = None,
-        options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
-        self.choices = _checked_choices(choices)
+        self.methods = nn.ModuleDict(_labelled(methods))
+        self.choices = list(self.methods)
         self.probs = _checked_probabilities(probs, self.choices)
-        options = dict(options or {})
-        strays = sorted(set(options) - set(self.choices))
-        if strays:
-            raise ValueError(
-                f"method.options names {', '.join(strays)}, not among the choices {self.choices}"
-            )
-        self.methods = nn.ModuleDict(
-            {
-                name: build_configured_method(name, options.get(name), f"method.options.{name}")
-                for name in self.choices
-            }
-        )
         self.required_stages = tuple(sorted({s for m in self.methods.values() for s in m.required_stages}))
 
     # -- delegation to every choice ------------------------------------------------------------------
