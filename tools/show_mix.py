@@ -26,14 +26,14 @@ from mixbench.engine.build import build_model_and_method
 from mixbench.engine.runtime import resolve_runtime
 from mixbench.report.gallery import draw_preview, pick_samples
 from mixbench.rng import MixRandom
-from mixbench.rundir import run_directory
+from mixbench.rundir import RunDirectory
 
 
 def _weights(cfg: DictConfig) -> Path | None:
     if cfg.checkpoint in (None, "null"):
         return None
     if cfg.checkpoint == "auto":
-        path = run_directory(cfg) / "checkpoint.pt"
+        path = RunDirectory.of(cfg).checkpoint_file
         return path if path.exists() else None
     path = Path(cfg.checkpoint)
     if not path.exists():
