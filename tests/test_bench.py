@@ -1,4 +1,5 @@
-"""tools/bench.py: one row per requested method and model, vanilla as the reference, honest n/a and skipped rows."""
+"""tools/bench.py: one row per requested method and model, vanilla as the reference, honest n/a and skipped
+rows, and the host syncs of each row's timed steps."""
 
 from __future__ import annotations
 
@@ -8,18 +9,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixbench.bench import (
-    compose_row_configs,
-    resolve_request,
-    run_benchmark,
-    write_report,
-)
+from mixbench.bench.benchmark import run_benchmark
+from mixbench.bench.report import to_csv, to_markdown, write_report
+from mixbench.bench.request import compose_row_configs, resolve_request
+from mixbench.bench.results import BenchReport
+from mixbench.bench.timing import bench_row
 from mixbench.config import ConfigError
+from mixbench.engine import build as engine_build
 from mixbench.engine.build import build_model_and_method
 from mixbench.engine.runtime import resolve_runtime
 from mixbench.engine.step import build_training_step
+from mixbench.methods.mixup import Mixup
+from mixbench.models import build_model
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny steps: see tests/conftest.py
 
 BATCH = 4
+HERE = Path(__file__).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
+HOST_SYNCS_COLUMN = 7  # of a table line split at "|": "", model, method, step, images/s, × vanilla, memory
 
 
 def _request(methods: str, models: str, overrides: list[str], image_size: int | None = None) -> tuple:
@@ -116,7 +123,18 @@ def test_a_method_needing_external_weights_is_listed_as_skipped_with_the_reason(
     assert stylemix.note.startswith("skipped: ") and "AdaIN" in stylemix.note
 
 
-def test_a_feature_method_on_a_transformer_is_listed_as_not_applicable(tmp_path: Path) -> None:
+def test_a_feature_method_on_a_transformer_is_listed_as_not_applicable(monkeypatch) -> None:
+    built: dict[tuple, torch.nn.Module] = {}
+
+    def build_once(name: str, **arguments) -> torch.nn.Module:
+        """Swin-T's 28M weights initialised once and handed to every row (only statuses are checked)."""
+        key = (name, *sorted(arguments.items()))
+        if key not in built:
+            built[key] = build_model(name, **arguments)
+        built[key].zero_grad(set_to_none=True)
+        return built[key]
+
+    monkeypatch.setattr(engine_build, "build_model", build_once)
     request, runtime = _request("manifoldmix", "swin_t", [], image_size=8)
     report = run_benchmark(request, runtime, log=lambda message: None)
     rows = _rows(report)
@@ -155,3 +173,52 @@ def test_bad_input_fails_with_one_line_before_timing(overrides: list[str], model
 def test_unknown_method_names_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match="valid:"):
         _request("mixupp", "r18", [])
+
+
+def test_the_host_syncs_column_is_zero_for_a_step_that_never_reads_the_device(cnn_report) -> None:
+    report, (markdown_path, csv_path) = cnn_report
+    vanilla = _rows(report)["r18", "vanilla"]
+    assert vanilla.host_syncs_per_step == 0 and vanilla.host_sync_sites == {}
+    assert vanilla.cuda_syncs_per_step is None  # CUDA's sync debug mode does not run on a CPU
+    text = markdown_path.read_text()
+    header_line = next(line for line in text.splitlines() if line.startswith("| model |"))
+    assert header_line.split("|")[HOST_SYNCS_COLUMN].strip() == "host syncs / step"
+    assert "CUDA syncs" not in header_line
+    vanilla_line = next(line for line in text.splitlines() if line.startswith("| r18 | vanilla |"))
+    assert vanilla_line.split("|")[HOST_SYNCS_COLUMN].strip() == "0"
+    assert "Host syncs / step: reads of tensor values on the host" in text  # the column is explained
+    first = next(csv.DictReader(csv_path.open()))
+    assert first["host_syncs_per_step"] == "0.00" and first["cuda_syncs_per_step"] == ""
+    assert first["host_syncs_of"].startswith("reads of tensor values on the host")
+    skipped = _rows(report)["r18", "stylemix"]
+    assert skipped.host_syncs_per_step is None  # not run, not measured
+
+
+def test_a_method_reading_once_per_step_shows_one_host_sync_per_step(cnn_report, monkeypatch) -> None:
+    """mixup made to read its loss on the host each step: 1.00 per timed step, sited at the reading line."""
+    mixup_step = Mixup.training_step
+
+    def reading_step(self, model, x, y):
+        loss, logs = mixup_step(self, model, x, y)
+        loss.detach().item()  # one host read per step
+        return loss, logs
+
+    monkeypatch.setattr(Mixup, "training_step", reading_step)
+    request, runtime = _request("mixup", "r18", ["model.width=4"])
+    row = bench_row(compose_row_configs(request)["r18", "mixup"], runtime, request.steps, request.warmup)
+    site = f"{HERE}:{_line_of('# one host read per step')}"
+    assert row.host_syncs_per_step == 1.0 and row.host_sync_sites == {site: 1.0}
+    report, _ = cnn_report
+    reading = BenchReport(
+        [row], report.device, report.slug, report.facts, report.memory_of, report.host_syncs_of
+    )
+    line = next(line for line in to_markdown(reading).splitlines() if line.startswith("| r18 | mixup |"))
+    assert line.split("|")[HOST_SYNCS_COLUMN].strip() == "1.00"
+    assert f"host syncs at {site} (1.00/step)" in line
+    written = next(csv.DictReader(to_csv(reading).splitlines()))
+    assert written["host_syncs_per_step"] == "1.00" and written["host_sync_sites"] == f"{site} (1.00/step)"
+
+
+def _line_of(text: str) -> int:
+    lines = Path(__file__).read_text().splitlines()
+    return next(number for number, line in enumerate(lines, start=1) if text in line)

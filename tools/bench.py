@@ -1,14 +1,16 @@
 """Time one training step of every method on every model on this device -> results/bench/<device>.md|csv.
 
-    python tools/bench.py                                   # all methods; CUDA: r18, wrn16_8, rx50 at batch 128
-                                                            # CPU: r18 at 32 px, batch 32, 5 timed steps
+    python tools/bench.py                           # all methods; CUDA: r18, wrn16_8, rx50 at batch 128
+                                                    # CPU: r18 at 32 px, batch 32, 5 timed steps
     python tools/bench.py --methods mixup,cutmix --models r18 --steps 50
     python tools/bench.py --models swin_t --image-size 224 --batch-size 64 schedule=vit_cifar
     python tools/bench.py --data digits model.width=8 device=cpu --out /tmp/bench
 
 Any further ``key=value`` is a ``tools/train.py`` override applied to every row (device=, precision=,
 channels_last=, schedule=, model.width=, ...).  Batches are synthetic and already on the device, so no dataset
-is needed and the data pipeline is not timed; see mixbench/bench.py for what is measured.
+is needed and the data pipeline is not timed; see mixbench/bench/ for what is measured.  Each row also counts
+the host syncs of its timed steps (reads of device values on the host, blocking host-device copies; see
+mixbench/engine/host_syncs.py) and names where they are.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mixbench.bench import resolve_request, run_benchmark, to_markdown, write_report
+from mixbench.bench.benchmark import run_benchmark
+from mixbench.bench.report import to_markdown, write_report
+from mixbench.bench.request import resolve_request
 from mixbench.cli import fail
 from mixbench.config import ConfigError
 

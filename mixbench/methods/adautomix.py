@@ -2,7 +2,8 @@
 
 A generator mixes ``N`` images (default 3; ``random_num_sources`` draws N uniformly in {2, .., num_sources}
 each step) from the EMA teacher's stage-3 features of the clean batch ``z = f_ema^(3)(x)``.  With sources
-``pi_1 = identity, pi_2, .., pi_N`` (random pairings) and ratios ``lam_i = u_i / sum_j u_j``, ``u_i ~ Beta(1, 1)``::
+``pi_1 = identity, pi_2, .., pi_N`` (random pairings) and ratios ``lam_i = u_i / sum_j u_j``,
+``u_i ~ Beta(1, 1)``::
 
     z_i = lam_i * z[pi_i]                                   (lam embedding, see below)
     q_i = W_q z_i,  k_i = W_k z_i   (1x1 convs C -> C/2),    v_i = W_v z_i   (1x1 conv C -> 1)
@@ -13,10 +14,12 @@ each step) from the EMA teacher's stage-3 features of the clean batch ``z = f_em
 Losses (one backward pass).  The classifier (online network ``f``), on a generated batch whose masks are
 computed without gradient and on an N-way mixup with the same ratios and pairings::
 
-    L_f = softCE(f(x_gen.detach()), t) + (1 - a) * CE(f(x), y) + a * softCE(f(sum_i lam_i x[pi_i]), t),  a = 0.5
+    L_f = softCE(f(x_gen.detach()), t) + (1 - a) * CE(f(x), y) + a * softCE(f(sum_i lam_i x[pi_i]), t),
+    a = 0.5
 
 The generator, through the frozen EMA teacher, on an independent draw of ratios and pairings; on adversarial
-steps (every ``adv_interval`` = 2nd step, counted by the teacher's update counter, which survives checkpoints)::
+steps (every ``adv_interval`` = 2nd step, counted by the teacher's update counter, which survives
+checkpoints)::
 
     L_g = -b * softCE(f_ema(x_gen), t) + (1 - b) * (1 - S),   b = 0.3
     S   = mean over the batch of sum_i lam_i * cos(f_ema(x_gen), f_ema(x[pi_i]))      (logits)
@@ -42,8 +45,8 @@ Readings and deliberate deviations from the official code (OpenMixup ``AdAutoMix
   The mean gap ``|mean(M_i) - lam_i|`` is logged (``mask_area_gap``) to show how far the areas drift.
 * **lam_margin.** The official N >= 3 branch tests ``lam_margin >= lam_1 or lam_margin < 1 - lam_1``, which is
   almost always true, so its backbone is trained on plain N-way mixup instead of generated images.  Here the
-  backbone's generated batch falls back to mixup only when a ratio is ``<= lam_margin`` or ``>= 1 - lam_margin``
-  (for N = 2 exactly the official two-way rule).
+  backbone's generated batch falls back to mixup only when a ratio is ``<= lam_margin`` or
+  ``>= 1 - lam_margin`` (for N = 2 exactly the official two-way rule).
 * **The a-weighted mixup term is used for every N.** The official N = 2 path drops it (its classifier loss is
   then ``CE(f(x)) + softCE(f(x_gen))``).
 * **Ratios per branch.** The official N >= 3 path shares one ratio vector between the generator and the
@@ -54,7 +57,8 @@ Readings and deliberate deviations from the official code (OpenMixup ``AdAutoMix
   (computed once from the stage-3 features; the official code runs the teacher once per source; BatchNorm's
   batch statistics are invariant to the permutation).  Masks are upsampled to the image size (= the official
   factor 4 on CIFAR ResNets).  Teacher BatchNorm statistics are copied from the online network
-  (:mod:`mixbench.methods.ema`).  The generator's maths run in fp32 under autocast, as the official code forces.
+  (:mod:`mixbench.methods.ema`).  The generator's maths run in fp32 under autocast, as the official code
+  forces.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixPreview, soft_cross_entropy
+from mixbench.methods.base import Logs, MixPreview, device_scalar, soft_cross_entropy
 from mixbench.methods.mix_block import (
     LearnedMixMethod,
     attention_readout,
@@ -236,7 +240,8 @@ class AdAutoMix(LearnedMixMethod):
         ratios = self.draw_ratios(count)
         identity = torch.arange(batch, device=device)
         sources = torch.stack([identity] + [self.rng.permutation(batch).to(device) for _ in range(count - 1)])
-        lams = torch.as_tensor(ratios, dtype=torch.float32, device=device)
+        # one fill per ratio: no host-to-device copy (which would wait for the kernels queued before it)
+        lams = torch.stack([device_scalar(ratio, device) for ratio in ratios])
         return Draw(sources=sources, lams=lams, host_lams=ratios)
 
     def falls_back_to_mixup(self, draw: Draw) -> bool:
@@ -314,8 +319,8 @@ class AdAutoMix(LearnedMixMethod):
         losses = self.compute_losses(model, x, y)
         logs = {
             "lam": losses.classifier_draw.lams[0].detach(),
-            "num_sources": torch.tensor(float(losses.classifier_draw.sources.shape[0])),
-            "adversarial": torch.tensor(float(losses.adversarial)),
+            "num_sources": device_scalar(losses.classifier_draw.sources.shape[0], x.device),
+            "adversarial": device_scalar(losses.adversarial, x.device),
             "ce_generated": losses.generated.detach(),
             "ce_clean": losses.clean.detach(),
             "ce_mixup": losses.mixup.detach(),

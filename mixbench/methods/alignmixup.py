@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixMethod, MixPreview, mixed_cross_entropy
+from mixbench.methods.base import Logs, MixMethod, MixPreview, device_scalar, mixed_cross_entropy
 from mixbench.methods.registry import register_method
 from mixbench.methods.sinkhorn import SinkhornResult, log_sinkhorn, squared_euclidean_cost
 from mixbench.models.base import StageUnavailableError
@@ -151,9 +151,9 @@ def align_mix(
     keep_first_geometry: bool,
     options: SinkhornOptions,
 ) -> tuple[torch.Tensor, SinkhornResult]:
-    """AlignMix of a (B, c, h, w) feature tensor with its partners ``features[perm]``; returns the mixed tensor
-    (same shape and dtype) and the Sinkhorn result.  Gradients reach ``features`` through both terms, never
-    through the plan."""
+    """AlignMix of a (B, c, h, w) feature tensor with its partners ``features[perm]``; returns the mixed
+    tensor (same shape and dtype) and the Sinkhorn result.  Gradients reach ``features`` through both terms,
+    never through the plan."""
     batch, channels, height, width = features.shape
     flat = features.reshape(batch, channels, height * width)
     partner = flat[perm]
@@ -184,9 +184,13 @@ def alignment_logs(result: SinkhornResult, assignment_rows: int) -> Logs:
     return {"sinkhorn_iterations": result.iterations.float().mean(), "row_sum_error": row_error}
 
 
-def unaligned_logs() -> Logs:
-    """The alignment logs of a step that aligned nothing: zeros (see the module docstring on epoch means)."""
-    return {"sinkhorn_iterations": torch.zeros(()), "row_sum_error": torch.zeros(())}
+def unaligned_logs(device: torch.device | str = "cpu") -> Logs:
+    """The alignment logs of a step that aligned nothing: zeros on ``device`` (see the module docstring on
+    epoch means)."""
+    return {
+        "sinkhorn_iterations": torch.zeros((), device=device),
+        "row_sum_error": torch.zeros((), device=device),
+    }
 
 
 def mix_with_partners(values: torch.Tensor, perm: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
@@ -260,7 +264,8 @@ class AlignMixMethod(MixMethod):
         keep_first_geometry: bool,
         logs: Logs,
     ) -> torch.Tensor:
-        """:func:`align_mix` of ``features`` with ``features[perm]``; its Sinkhorn statistics go to ``logs``."""
+        """:func:`align_mix` of ``features`` with ``features[perm]``; its Sinkhorn statistics go to
+        ``logs``."""
         mixed, result = align_mix(features, perm, lam, keep_first_geometry, self.sinkhorn)
         logs.update(alignment_logs(result, features.shape[-2] * features.shape[-1]))
         return mixed
@@ -301,15 +306,15 @@ class AlignMixup(AlignMixMethod):
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         draw = self.draw(x.shape[0])
         # lam as a tensor: a Python float in the closure would make torch.compile recompile for every value.
-        lam = torch.tensor(draw.lam, device=x.device)
+        lam = device_scalar(draw.lam, x.device)
         logs: Logs = {
-            "lam": torch.tensor(draw.lam),
-            "feature_mix": torch.tensor(float(not draw.input_mix)),
-            "keep_a_geometry": torch.tensor(float(draw.keep_first_geometry)),
+            "lam": lam,
+            "feature_mix": device_scalar(not draw.input_mix, x.device),
+            "keep_a_geometry": device_scalar(draw.keep_first_geometry, x.device),
         }
         if draw.input_mix:
             logits = model(mix_with_partners(x, draw.perm, lam))
-            logs.update(unaligned_logs())
+            logs.update(unaligned_logs(x.device))
         else:
 
             def mix_fn(features: torch.Tensor) -> torch.Tensor:

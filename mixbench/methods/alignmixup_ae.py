@@ -39,26 +39,26 @@ examples only, with no alignment).  The paper fixes f, D, the clean-only L2 reco
   (+10M on ResNet-50) rules out a 2048*7*7 -> 512 layer (51M).  As ``f`` and ``g`` are linear and follow a
   linear pooling, embedding mixup gives the logits of mixing the pooled features (and, as for AlignMixup on a
   pooling head, the "keep A's geometry" feature mix gives them too, the column sums of R being exact).
-* ``N`` (BatchNorm1d before ``f``) centres and scales the pooled features.  Two stacked linear layers ``g(f(.))``
-  trained by SGD feed each other's growth (the gradient of ``g`` scales with ``|f(a)|``, that of ``f`` with
-  ``|g|*|a|``), and the pooled post-ReLU features of a bottleneck ResNet share a large common mean (``|GAP(A)|``
-  is about 37 at initialisation for ResNeXt-50 at width 32 on the digits, against 2.3 for WRN16-8 and 4.3
-  for PreActResNet18): without ``N`` the cross-entropy alone (no reconstruction step yet) takes the ResNeXt
-  run from loss 2.3 to 142 within 6 steps at lr 0.1, momentum 0.9, with ``|f|`` and ``|g|`` growing
-  together until NaN; with ``N`` its loss stays within 2.3-4.3 over its first 15 steps.  ``N`` is affine at
-  evaluation, so the evaluated network is still linear after the pooling; during training it uses the
-  statistics of the batch it sees (the mixed batch after input or feature mixing, the clean batch before
+* ``N`` (BatchNorm1d before ``f``) centres and scales the pooled features.  Two stacked linear layers
+  ``g(f(.))`` trained by SGD feed each other's growth (the gradient of ``g`` scales with ``|f(a)|``, that of
+  ``f`` with ``|g|*|a|``), and the pooled post-ReLU features of a bottleneck ResNet share a large common mean
+  (``|GAP(A)|`` is about 37 at initialisation for ResNeXt-50 at width 32 on the digits, against 2.3 for
+  WRN16-8 and 4.3 for PreActResNet18): without ``N`` the cross-entropy alone (no reconstruction step yet)
+  takes the ResNeXt run from loss 2.3 to 142 within 6 steps at lr 0.1, momentum 0.9, with ``|f|`` and ``|g|``
+  growing together until NaN; with ``N`` its loss stays within 2.3-4.3 over its first 15 steps.  ``N`` is
+  affine at evaluation, so the evaluated network is still linear after the pooling; during training it uses
+  the statistics of the batch it sees (the mixed batch after input or feature mixing, the clean batch before
   embedding mixing).
 * ``decoder_lr_scale``: the decoder regresses pixels under a mean squared error, whose curvature is not
   bounded as the cross-entropy's is, and at the classification recipe's SGD rate (0.1, momentum 0.9) its
   updates overshoot: on WRN16-8 (width 8, digits) the reconstruction loss of the successive reconstruction
   steps went 1.1, 2.4, 21, 97 (1.1, 2.5, 24, 52 with the encoder cut off from it: the decoder alone is
-  unstable), and that last step sent a gradient of norm 161 into the backbone (0.4-1.3 on other steps), after which the
-  classifier diverged to NaN on ordinary steps.  PreActResNet18 stayed just below the limit (the decoder's
-  last convolution reads 32 channels there, 64 on WRN16-8).  At a tenth of the rate the reconstruction
-  loss falls steadily (1.1 -> 0.5 over the first 130 steps of WRN16-8).  Only ``D`` is slowed: the
-  reconstruction gradient reaches ``f`` and the encoder at full strength, so the joint training is
-  unchanged.
+  unstable), and that last step sent a gradient of norm 161 into the backbone (0.4-1.3 on other steps),
+  after which the classifier diverged to NaN on ordinary steps.  PreActResNet18 stayed just below the limit
+  (the decoder's last convolution reads 32 channels there, 64 on WRN16-8).  At a tenth of the rate the
+  reconstruction loss falls steadily (1.1 -> 0.5 over the first 130 steps of WRN16-8).  Only ``D`` is
+  slowed: the reconstruction gradient reaches ``f`` and the encoder at full strength, so the joint training
+  is unchanged.
 * ``D``: a linear layer to a ``decoder_width x h x w`` grid (the feature grid at ``image_size``), then
   ``log2(image_size / h)`` residual up-sampling blocks (BigGAN-style: BN-ReLU-upsample-conv-BN-ReLU-conv plus
   an upsample-1x1-conv shortcut; widths halve down to 32) and BN-ReLU-conv3x3 to 3 channels, no output
@@ -92,7 +92,7 @@ from mixbench.methods.alignmixup import (
     mix_with_partners,
     unaligned_logs,
 )
-from mixbench.methods.base import Logs, MixPreview, mixed_cross_entropy
+from mixbench.methods.base import Logs, MixPreview, device_scalar, mixed_cross_entropy
 from mixbench.methods.registry import register_method
 from mixbench.methods.stage_probe import stage_shape
 
@@ -129,7 +129,8 @@ class ResidualUpBlock(nn.Module):
 
 
 class ResidualDecoder(nn.Module):
-    """``D: e -> x^``: a linear map to a ``width x h x w`` grid, ``upsamplings`` residual up-blocks, a 3x3 conv."""
+    """``D: e -> x^``: a linear map to a ``width x h x w`` grid, ``upsamplings`` residual up-blocks, a 3x3
+    conv."""
 
     def __init__(
         self, embedding_dim: int, width: int, grid: tuple[int, int], upsamplings: int, out_channels: int = 3
@@ -237,7 +238,8 @@ class AlignMixupAE(AlignMixMethod):
         return {"": EmbeddingClassifier(model, self.feature_norm, self.embed, self.classifier)}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """``N``, ``f`` and ``g`` at ``lr``; the decoder at ``decoder_lr_scale * lr`` (see the module docstring)."""
+        """``N``, ``f`` and ``g`` at ``lr``; the decoder at ``decoder_lr_scale * lr`` (see the module
+        docstring)."""
         self._require_setup()
         head = [*self.feature_norm.parameters(), *self.embed.parameters(), *self.classifier.parameters()]
         return [
@@ -269,12 +271,9 @@ class AlignMixupAE(AlignMixMethod):
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         self._require_setup()
         draw = self.draw(x.shape[0])
-        lam = torch.tensor(draw.lam, device=x.device)
-        logs: Logs = {
-            "lam": torch.tensor(draw.lam),
-            "reconstruct_step": torch.tensor(float(draw.reconstruct)),
-        }
-        logs.update({f"level_{name}": torch.tensor(float(draw.level == name)) for name in LEVELS})
+        lam = device_scalar(draw.lam, x.device)
+        logs: Logs = {"lam": lam, "reconstruct_step": device_scalar(draw.reconstruct, x.device)}
+        logs.update({f"level_{name}": device_scalar(draw.level == name, x.device) for name in LEVELS})
         embedding, clean_embedding = self._embeddings(model, x, draw, lam, logs)
         loss = mixed_cross_entropy(
             self.classifier(embedding), y, y[draw.perm], draw.lam, self.label_smoothing
@@ -291,7 +290,7 @@ class AlignMixupAE(AlignMixMethod):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The mixed embedding the classifier reads, and (on reconstruction steps) the clean one."""
         stage = last_feature_stage(model)
-        logs.update(unaligned_logs())
+        logs.update(unaligned_logs(x.device))
         if draw.level == "input":
             embedding = self.embedding(model.forward_features(mix_with_partners(x, draw.perm, lam), stage))
             clean = self.embedding(model.forward_features(x, stage)) if draw.reconstruct else None

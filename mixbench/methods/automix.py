@@ -1,9 +1,9 @@
 """AutoMix (Liu et al., "AutoMix: Unveiling the Power of Mixup for Stronger Classifiers", ECCV 2022).
 
 A learned Mix Block generates a pixel mask for each pair from the EMA teacher's stage-3 features of the clean
-batch ``z = f_ema^(3)(x)`` (CIFAR R18: 256x8x8; ``feature_stage`` 2 for OpenMixup's WRN recipes, which also give
-the Mix Block its own lr and SGD momentum 0: ``mix_block_lr``, ``mix_block_momentum``); with ``perm`` a pairing
-and ``C`` the stage's channels::
+batch ``z = f_ema^(3)(x)`` (CIFAR R18: 256x8x8; ``feature_stage`` 2 for OpenMixup's WRN recipes, which also
+give the Mix Block its own lr and SGD momentum 0: ``mix_block_lr``, ``mix_block_momentum``); with ``perm`` a
+pairing and ``C`` the stage's channels::
 
     q = W_qk z_i,  k = W_qk z_perm         (one 1x1 conv C -> C/2 shared by query and key)
     P = softmax(q^T k / sqrt(C/2))         (HW x HW, rows: positions of z_i, softmax over positions of z_perm)
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixedBatch, MixPreview, mixed_cross_entropy
+from mixbench.methods.base import Logs, MixedBatch, MixPreview, device_scalar, mixed_cross_entropy
 from mixbench.methods.mix_block import (
     LearnedMixMethod,
     attention_readout,
@@ -102,7 +102,8 @@ def mix_pair(x: torch.Tensor, perm: torch.Tensor, share_of_partner: torch.Tensor
 
 
 def mask_ratio_loss(share_of_partner: torch.Tensor, lam: float, margin: float) -> torch.Tensor:
-    """``max(|1 - mean(m) - lam| - margin, 0)``: the batch's share of ``x`` should be ``lam`` within ``margin``."""
+    """``max(|1 - mean(m) - lam| - margin, 0)``: the batch's share of ``x`` should be ``lam`` within
+    ``margin``."""
     return (torch.abs(1.0 - share_of_partner.mean() - lam) - margin).clamp_min(0.0)
 
 
@@ -202,7 +203,8 @@ class AutoMix(LearnedMixMethod):
     def mix_block_terms(
         self, features: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float, perm: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(the EMA teacher's mixed CE on the live mask, the weighted mask loss, the mask): trains the Mix Block."""
+        """(the EMA teacher's mixed CE on the live mask, the weighted mask loss, the mask): trains the Mix
+        Block."""
         ema, mix_block = self.check_ready()
         share = mix_block(features, perm, lam, spatial_size(x))
         teacher_logits = ema(mix_pair(x, perm, share))
@@ -211,7 +213,8 @@ class AutoMix(LearnedMixMethod):
         return mix_block_mix, mask, share
 
     def mix_with_model(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
-        """The backbone branch alone (for wrappers such as SUMix): one draw of ``(lam, perm)``, detached mask."""
+        """The backbone branch alone (for wrappers such as SUMix): one draw of ``(lam, perm)``, detached
+        mask."""
         lam, perm = self.draw(x.shape[0])
         return self.backbone_batch(self.teacher_features(x), x, y, lam, perm)
 
@@ -224,8 +227,8 @@ class AutoMix(LearnedMixMethod):
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         losses = self.compute_losses(model, x, y)
         logs = {
-            "lam": torch.tensor(losses.lam_backbone),
-            "lam_mix_block": torch.tensor(losses.lam_mix_block),
+            "lam": device_scalar(losses.lam_backbone, x.device),
+            "lam_mix_block": device_scalar(losses.lam_mix_block, x.device),
             "mix_block_share_of_b": losses.mix_block_share,
             "ce_clean": losses.clean.detach(),
             "ce_mix": losses.backbone_mix.detach(),
@@ -247,5 +250,6 @@ class AutoMix(LearnedMixMethod):
             "mask (share of b)": share,
             "mixed": mix_pair(x, perm, share),
         }
-        note = f"lam {lam:.2f}; batch share of b {float(share.mean()):.2f} (the mask loss asks for ~{1 - lam:.2f})"
+        share_of_b = float(share.mean())
+        note = f"lam {lam:.2f}; batch share of b {share_of_b:.2f} (the mask loss asks for ~{1 - lam:.2f})"
         return MixPreview(rows=rows, lam=torch.full((x.shape[0],), lam), note=note)

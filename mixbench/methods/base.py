@@ -24,6 +24,18 @@ from mixbench.rng import MixRandom
 Logs = dict[str, torch.Tensor]
 
 
+def device_scalar(
+    value: float | bool, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A 0-dim tensor holding the host value ``value``, made on ``device`` by a fill.
+
+    ``torch.full`` passes the value to the fill kernel as an argument, so no host-to-device copy (which waits
+    for the kernels queued before it) is made, unlike ``torch.tensor(value, device=device)``.  The value is
+    rounded to ``dtype`` as ``torch.tensor(value, dtype=dtype)`` would round it.
+    """
+    return torch.full((), float(value), dtype=dtype, device=device)
+
+
 def mixed_cross_entropy(
     logits: torch.Tensor,
     y_a: torch.Tensor,
@@ -45,8 +57,8 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def in_layout_of(mixed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``mixed`` in the memory format of the batch ``x`` (channels_last or contiguous).
 
-    Mixing by reshapes and permutes of cells can leave a tensor whose strides follow neither layout (or, when a
-    cell is one pixel, channels_last on a contiguous batch); the model then runs slower kernels, and on the
+    Mixing by reshapes and permutes of cells can leave a tensor whose strides follow neither layout (or, when
+    a cell is one pixel, channels_last on a contiguous batch); the model then runs slower kernels, and on the
     CPU in torch 2.14 a strided 1x1 convolution's backward on such an input was seen to corrupt the heap.
     """
     channels_last = (
@@ -118,7 +130,8 @@ class MixMethod(nn.Module):
 
     @torch.no_grad()
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
-        """The rows ``tools/show_mix.py`` draws for this method (sources, masks or alignments, mixed images)."""
+        """The rows ``tools/show_mix.py`` draws for this method (sources, masks or alignments, mixed
+        images)."""
         return MixPreview(rows={"images": x}, lam=torch.ones(x.shape[0]), note=f"{self.name} does not mix")
 
 
@@ -127,8 +140,8 @@ class MixPreview:
     """What ``tools/show_mix.py`` draws for a batch: rows of images, masks or alignments, and the ratios.
 
     ``rows`` maps a row title to a (B, C, H, W) tensor: images are normalised like the batch (the tool
-    un-normalises them), single-channel rows are masks or maps in [0, 1].  ``lam`` is each sample's label share
-    of its first source.
+    un-normalises them), single-channel rows are masks or maps in [0, 1].  ``lam`` is each sample's label
+    share of its first source.
     """
 
     rows: dict[str, torch.Tensor]
@@ -146,7 +159,10 @@ class InputMixMethod(MixMethod):
         batch = self.mix(x, y)
         logits = model(batch.x)
         loss = mixed_cross_entropy(logits, batch.y_a, batch.y_b, batch.lam, self.label_smoothing)
-        return loss, {"lam": torch.as_tensor(batch.lam_mean(), dtype=torch.float32)}
+        lam_mean = batch.lam_mean()
+        if torch.is_tensor(lam_mean):  # a per-sample lam computed on the device stays there
+            return loss, {"lam": lam_mean.to(torch.float32)}
+        return loss, {"lam": device_scalar(lam_mean, x.device)}
 
     @torch.no_grad()
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:

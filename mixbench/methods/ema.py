@@ -3,15 +3,16 @@
     theta_ema <- m * theta_ema + (1 - m) * theta          after every optimizer step (parameters)
     buffers_ema <- buffers                                (BatchNorm running statistics, copied)
 
-AutoMix's schedule (OpenMixup ``CosineScheduleHook`` with ``adjust_scope=[0.1, 1.0]``, ``warming_up="constant"``),
-with ``t`` the number of updates made so far and ``T`` the run's total number of optimizer steps::
+AutoMix's schedule (OpenMixup ``CosineScheduleHook`` with ``adjust_scope=[0.1, 1.0]``,
+``warming_up="constant"``), with ``t`` the number of updates made so far and ``T`` the run's total number of
+optimizer steps::
 
     m(t) = m_0                                                     for t < int(0.1 * T)
     m(t) = m_end - (m_end - m_0) * (cos(pi * t / T) + 1) / 2        for int(0.1 * T) <= t <= T
 
-``m_0 = 0.999`` and ``m_end = 0.999999`` on CIFAR/Tiny.  The cosine's phase is the *global* progress ``t / T``,
-as in the official hook, so at 10% the momentum steps from 0.999 to 0.999025 rather than restarting a cosine
-at its start; the schedule is non-decreasing and reaches ``m_end`` at ``t = T``.
+``m_0 = 0.999`` and ``m_end = 0.999999`` on CIFAR/Tiny.  The cosine's phase is the *global* progress
+``t / T``, as in the official hook, so at 10% the momentum steps from 0.999 to 0.999025 rather than
+restarting a cosine at its start; the schedule is non-decreasing and reaches ``m_end`` at ``t = T``.
 
 The number of updates is a buffer (``num_updates``) so that it is saved in the method's ``state_dict`` and a
 resumed run continues the schedule; a Python copy of it drives the schedule so that no step reads a device
@@ -59,7 +60,8 @@ class EmaModel(nn.Module):
         super().__init__()
         if not 0.0 <= base_momentum <= end_momentum <= 1.0:
             raise ValueError(
-                f"EMA momenta must satisfy 0 <= base <= end <= 1, got base {base_momentum}, end {end_momentum}"
+                f"EMA momenta must satisfy 0 <= base <= end <= 1, got base {base_momentum}, end "
+                f"{end_momentum}"
             )
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)

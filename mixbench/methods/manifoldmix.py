@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods.base import Logs, MixMethod, MixPreview, mixed_cross_entropy
+from mixbench.methods.base import Logs, MixMethod, MixPreview, device_scalar, mixed_cross_entropy
 from mixbench.methods.registry import register_method
 
 
@@ -37,14 +37,15 @@ class ManifoldMix(MixMethod):
         lam = float(self.rng.beta(self.alpha))
         perm = self.rng.permutation(x.shape[0])
         # lam as a tensor: a Python float in the closure would make torch.compile recompile for every value.
-        lam_tensor = torch.tensor(lam, device=x.device)
+        lam_tensor = device_scalar(lam, x.device)
         logits = model(x, mix_stage=stage, mix_fn=lambda h: lam_tensor * h + (1.0 - lam_tensor) * h[perm])
         loss = mixed_cross_entropy(logits, y, y[perm], lam, self.label_smoothing)
-        return loss, {"lam": torch.tensor(lam), "stage": torch.tensor(float(stage))}
+        return loss, {"lam": lam_tensor, "stage": device_scalar(stage, x.device)}
 
     @torch.no_grad()
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
-        """Sources and their pixel mix; a mix at stage k >= 1 happens on hidden states, which have no image."""
+        """Sources and their pixel mix; a mix at stage k >= 1 happens on hidden states, which have no
+        image."""
         lam = float(self.rng.beta(self.alpha))
         perm = self.rng.permutation(x.shape[0])
         rows = {

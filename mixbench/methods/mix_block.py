@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import MixMethod
+from mixbench.methods.base import MixMethod, device_scalar
 from mixbench.methods.ema import EmaModel
 from mixbench.methods.stage_probe import evaluating, stage_shape
 from mixbench.models.base import StagedNet
@@ -42,7 +42,8 @@ def stage_channels(model: StagedNet, stage: int) -> int:
 
 
 def init_mix_block(block: nn.Module, std: float = 0.01) -> None:
-    """Normal(0, std) weights and zero biases for every conv (OpenMixup's Mix Block init): masks start flat."""
+    """Normal(0, std) weights and zero biases for every conv (OpenMixup's Mix Block init): masks start
+    flat."""
     for module in block.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.normal_(module.weight, std=std)
@@ -98,7 +99,8 @@ class LearnedMixMethod(MixMethod):
         ema_end_momentum: float,
         ema_constant_fraction: float,
     ) -> None:
-        """The options every learned method takes; their defaults live in each method's signature (its config)."""
+        """The options every learned method takes; their defaults live in each method's signature (its
+        config)."""
         super().__init__()
         if feature_stage < 1:
             raise ValueError(f"feature_stage must be a hidden stage (>= 1), got {feature_stage}")
@@ -157,7 +159,8 @@ class LearnedMixMethod(MixMethod):
     # -- shared pieces of a step ---------------------------------------------------------------------
     @torch.no_grad()
     def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The EMA teacher's hidden state at ``feature_stage`` of the clean batch (no gradient to anything)."""
+        """The EMA teacher's hidden state at ``feature_stage`` of the clean batch (no gradient to
+        anything)."""
         ema, _ = self.check_ready()
         return ema.module.forward_features(x, self.feature_stage)
 
@@ -169,5 +172,7 @@ class LearnedMixMethod(MixMethod):
             return self.teacher_features(x)
 
     def momentum_log(self) -> torch.Tensor:
-        ema, _ = self.check_ready()
-        return torch.tensor(ema.momentum(self.total_steps), dtype=torch.float64)
+        """The momentum the next EMA update will use, as a float64 log value on the Mix Block's device."""
+        ema, mix_block = self.check_ready()
+        device = next(mix_block.parameters()).device
+        return device_scalar(ema.momentum(self.total_steps), device, dtype=torch.float64)

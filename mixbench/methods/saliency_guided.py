@@ -1,14 +1,16 @@
-"""What the saliency-guided methods share: Puzzle Mix (Kim et al., ICML 2020) and Co-Mixup (Kim et al., ICLR 2021).
+"""What the saliency-guided methods share: Puzzle Mix (Kim et al., ICML 2020) and Co-Mixup (Kim et al.,
+ICLR 2021).
 
 Both build their step the same way::
 
-    S = input-gradient saliency of the clean batch        (one forward, one backward into x: gradient_saliency.py)
-    loss = mixed loss of the mix that S guides             (each method's own: SaliencyGuidedMixMethod.mixed_loss)
-         + clean_lam * CE(f(x), y)                         (when clean_lam > 0, on the saliency forward's logits)
+    S = input-gradient saliency of the clean batch   (one forward, one backward into x: gradient_saliency.py)
+    loss = mixed loss of the mix that S guides        (each method's: SaliencyGuidedMixMethod.mixed_loss)
+         + clean_lam * CE(f(x), y)                    (when clean_lam > 0, on the saliency forward's logits)
 
-The saliency forward keeps its graph only when ``clean_lam > 0``, so the clean term costs no third forward pass.
-Both mix on a k x k grid of cells: saliency is averaged per cell (:func:`~mixbench.methods.gradient_saliency.pool_saliency`)
-and per-cell values (masks, shares) are enlarged back to the pixels by :func:`upsample_cells`.
+The saliency forward keeps its graph only when ``clean_lam > 0``, so the clean term costs no third forward
+pass.  Both mix on a k x k grid of cells: saliency is averaged per cell
+(:func:`~mixbench.methods.gradient_saliency.pool_saliency`) and per-cell values (masks, shares) are
+enlarged back to the pixels by :func:`upsample_cells`.
 """
 
 from __future__ import annotations

@@ -40,7 +40,9 @@ def grey(images: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) luma of RGB images, or the channel mean when there are not 3 channels."""
     if images.shape[1] != 3:
         return images.mean(dim=1, keepdim=True)
-    weights = torch.tensor(LUMA_WEIGHTS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    # one fill per weight: no host-to-device copy (which would wait for the kernels queued before it)
+    luma = [torch.full((), weight, device=images.device, dtype=images.dtype) for weight in LUMA_WEIGHTS]
+    weights = torch.stack(luma).view(1, 3, 1, 1)
     return (images * weights).sum(dim=1, keepdim=True)
 
 

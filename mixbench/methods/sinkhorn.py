@@ -45,8 +45,8 @@ class SinkhornResult:
 def squared_euclidean_cost(points_a: torch.Tensor, points_b: torch.Tensor) -> torch.Tensor:
     """``C[b, i, j] = ||points_a[b, i] - points_b[b, j]||^2`` for (B, n, d) and (B, m, d) inputs.
 
-    Expanded as ``||a||^2 + ||b||^2 - 2 a.b`` with one batched matrix product, so memory is O(B n m), never the
-    O(B n m d) of broadcasting the differences; clamped at 0 against rounding.
+    Expanded as ``||a||^2 + ||b||^2 - 2 a.b`` with one batched matrix product, so memory is O(B n m),
+    never the O(B n m d) of broadcasting the differences; clamped at 0 against rounding.
     """
     squared_a = points_a.pow(2).sum(-1, keepdim=True)
     squared_b = points_b.pow(2).sum(-1).unsqueeze(-2)

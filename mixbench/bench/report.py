@@ -1,0 +1,162 @@
+"""The benchmark's files: ``<device slug>.md`` (header, what the columns mean, the table) and ``.csv`` (one
+line per row with the header's values repeated), rendered with :mod:`mixbench.report.render`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mixbench.atomic import atomic_write_text
+from mixbench.bench.results import BenchReport, BenchRow
+from mixbench.report.render import csv_text, markdown_table
+
+NO_VALUE = "—"
+
+CSV_COLUMNS = (
+    "model",
+    "method",
+    "status",
+    "step_ms",
+    "images_per_s",
+    "ratio_to_vanilla",
+    "peak_memory_mb",
+    "host_syncs_per_step",
+    "cuda_syncs_per_step",
+    "host_sync_sites",
+    "model_params",
+    "method_params",
+    "note",
+    "device",
+    "precision",
+    "channels_last",
+    "batch_size",
+    "image_size",
+    "steps",
+    "torch",
+    "git_commit",
+    "peak_memory_of",
+    "host_syncs_of",
+)
+
+
+def write_report(report: BenchReport, out_dir: Path) -> tuple[Path, Path]:
+    """``<out_dir>/<device slug>.md`` and ``.csv``, each written atomically."""
+    markdown_path, csv_path = out_dir / f"{report.slug}.md", out_dir / f"{report.slug}.csv"
+    atomic_write_text(to_markdown(report), markdown_path)
+    atomic_write_text(to_csv(report), csv_path)
+    return markdown_path, csv_path
+
+
+def has_cuda_syncs(report: BenchReport) -> bool:
+    """Whether the rows carry CUDA's sync debug mode's counts (a CUDA run): the table then shows them."""
+    return any(row.cuda_syncs_per_step is not None for row in report.rows)
+
+
+def to_markdown(report: BenchReport) -> str:
+    """The Markdown file: title, header facts, what the columns mean, the table."""
+    header = " · ".join(f"{key}: {value}" for key, value in report.facts.items())
+    cuda = has_cuda_syncs(report)
+    explanation = (
+        "One step = one full training step as `tools/train.py` takes it (forward through the method, "
+        "backward, optimizer step, after-step hook) on synthetic batches already on the device: the data "
+        "pipeline is excluded. Step time is the median over the timed steps; images/s = batch size / median "
+        "step time; × vanilla = step time / vanilla's on the same model. Peak memory: "
+        f"{report.memory_of}. Host syncs / step: {report.host_syncs_of}; 0 means the step never waits for "
+        "the device, and the note names the file:line of each sync. Method params: the method's own "
+        "trainable parts. Written by `python tools/bench.py`."
+    )
+    columns = [
+        "model",
+        "method",
+        "step (ms)",
+        "images/s",
+        "× vanilla",
+        "peak memory (MB)",
+        "host syncs / step",
+    ]
+    if cuda:
+        columns.append("CUDA syncs / step")
+    columns += ["model params (M)", "method params", "note"]
+    align = ["l", "l"] + ["r"] * (len(columns) - 3) + ["l"]
+    table = markdown_table(columns, [_markdown_cells(row, cuda) for row in report.rows], align=align)
+    return f"# Training-step cost on {report.device}\n\n{header}\n\n{explanation}\n\n{table}"
+
+
+def _markdown_cells(row: BenchRow, cuda: bool) -> list[str]:
+    cells = [
+        row.model,
+        row.method,
+        _number(row.step_ms, "{:.1f}"),
+        _number(row.images_per_s, "{:.0f}"),
+        _number(row.ratio_to_vanilla, "{:.2f}"),
+        _number(row.peak_memory_mb, "{:.0f}"),
+        _syncs(row.host_syncs_per_step),
+    ]
+    if cuda:
+        cells.append(_syncs(row.cuda_syncs_per_step))
+    model_millions = row.model_params / 1e6 if row.model_params is not None else None
+    cells += [_number(model_millions, "{:.2f}"), _number(row.method_params, "{:,}"), _note(row)]
+    return cells
+
+
+def _syncs(per_step: float | None) -> str:
+    """``0`` for a step that never syncs (the case to aim for), else two decimals."""
+    if per_step == 0:
+        return "0"
+    return _number(per_step, "{:.2f}")
+
+
+def _note(row: BenchRow) -> str:
+    notes = [row.note] if row.note else []
+    if row.host_sync_sites:
+        notes.append("host syncs at " + sync_sites_text(row.host_sync_sites))
+    return "; ".join(notes)
+
+
+def sync_sites_text(sites: dict[str, float]) -> str:
+    """``mixbench/methods/sinkhorn.py:87 (5.00/step), ...``."""
+    return ", ".join(f"{site} ({per_step:.2f}/step)" for site, per_step in sites.items())
+
+
+def _number(value: float | int | None, pattern: str) -> str:
+    return NO_VALUE if value is None else pattern.format(value)
+
+
+def to_csv(report: BenchReport) -> str:
+    """The CSV file: one line per row, numbers rounded, the header's values repeated on every line."""
+    facts = report.facts
+    constant = {
+        "device": report.device,
+        "precision": facts["precision"],
+        "channels_last": facts["channels_last"],
+        "batch_size": facts["batch size"],
+        "image_size": facts["image size"].removesuffix(" px"),
+        "steps": facts["steps timed"].split()[0],
+        "torch": facts["torch"],
+        "git_commit": facts["git commit"],
+        "peak_memory_of": report.memory_of,
+        "host_syncs_of": report.host_syncs_of,
+    }
+    rows = [
+        {
+            "model": row.model,
+            "method": row.method,
+            "status": row.status,
+            "step_ms": _rounded(row.step_ms, 3),
+            "images_per_s": _rounded(row.images_per_s, 1),
+            "ratio_to_vanilla": _rounded(row.ratio_to_vanilla, 4),
+            "peak_memory_mb": _rounded(row.peak_memory_mb, 1),
+            "host_syncs_per_step": _rounded(row.host_syncs_per_step, 2),
+            "cuda_syncs_per_step": _rounded(row.cuda_syncs_per_step, 2),
+            "host_sync_sites": sync_sites_text(row.host_sync_sites),
+            "model_params": "" if row.model_params is None else row.model_params,
+            "method_params": "" if row.method_params is None else row.method_params,
+            "note": row.note,
+            **constant,
+        }
+        for row in report.rows
+    ]
+    return csv_text(CSV_COLUMNS, rows)
+
+
+def _rounded(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"

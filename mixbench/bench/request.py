@@ -1,0 +1,151 @@
+"""What a benchmark measures: the methods, models, batch, steps and overrides, resolved from the command line
+and the device's defaults, and each row's config composed and validated before anything is timed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mixbench.config import CONFIG_DIR, ConfigError, check_group_choice, validate
+from mixbench.engine.build import build_model_and_method
+from mixbench.engine.runtime import Runtime, resolve_runtime
+from mixbench.methods import METHODS
+
+REFERENCE_METHOD = "vanilla"
+SELECTED_BY_FLAGS = {"data": "--data", "model": "--models", "method": "--methods"}
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """What a plain ``tools/bench.py`` measures on a kind of device."""
+
+    models: tuple[str, ...]
+    batch_size: int
+    steps: int
+    warmup: int
+
+
+DEFAULTS = {
+    # All methods on the three CIFAR CNNs: 86 s on an H100 (bf16, channels_last, torch 2.11).
+    "cuda": DeviceDefaults(models=("r18", "wrn16_8", "rx50"), batch_size=128, steps=20, warmup=5),
+    # The published PreActResNet18 at CIFAR's 32 px, a small batch: 6 minutes on 2 idle AMD EPYC cores.
+    "cpu": DeviceDefaults(models=("r18",), batch_size=32, steps=5, warmup=2),
+}
+
+
+@dataclass
+class BenchRequest:
+    """A resolved benchmark: every field has its final value."""
+
+    methods: list[str]
+    models: list[str]
+    data: str
+    batch_size: int
+    image_size: int | None  # None: the data config's size (or the schedule's train_size)
+    steps: int
+    warmup: int
+    compile: bool
+    overrides: list[str] = field(default_factory=list)  # free key=value overrides applied to every row
+
+
+def resolve_request(
+    methods: str | None,
+    models: str | None,
+    data: str,
+    batch_size: int | None,
+    image_size: int | None,
+    steps: int | None,
+    warmup: int | None,
+    compile_model: bool,
+    overrides: list[str],
+) -> tuple[BenchRequest, Runtime]:
+    """Fill what was not given with the defaults of the device the overrides select (``device=auto``: CUDA
+    when visible); raise :class:`ConfigError` with one line for anything invalid."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" not in override:
+            raise ConfigError(f"'{override}' is not a key=value override; flags start with --")
+        if key in SELECTED_BY_FLAGS:
+            raise ConfigError(f"select {key} with {SELECTED_BY_FLAGS[key]}, not the override {override}")
+    check_group_choice("data", data)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        base = _compose([f"data={data}", *overrides])
+    runtime = resolve_runtime(base)
+    defaults = DEFAULTS["cuda" if runtime.device.type == "cuda" else "cpu"]
+    model_names = _split(models) if models else list(defaults.models)
+    for name in model_names:
+        check_group_choice("model", name)
+    method_names = sorted(METHODS) if methods in (None, "all") else _split(methods)
+    for name in method_names:
+        check_group_choice("method", name)
+    method_names = [REFERENCE_METHOD] + [
+        name for name in dict.fromkeys(method_names) if name != REFERENCE_METHOD
+    ]
+    request = BenchRequest(
+        methods=method_names,
+        models=list(dict.fromkeys(model_names)),
+        data=data,
+        batch_size=batch_size if batch_size is not None else defaults.batch_size,
+        image_size=image_size,
+        steps=steps if steps is not None else defaults.steps,
+        warmup=warmup if warmup is not None else defaults.warmup,
+        compile=compile_model,
+        overrides=list(overrides),
+    )
+    _check_numbers(request)
+    return request, runtime
+
+
+def _split(names: str) -> list[str]:
+    return [name.strip() for name in names.split(",") if name.strip()]
+
+
+def _check_numbers(request: BenchRequest) -> None:
+    if request.batch_size < 2:
+        raise ConfigError(f"--batch-size must be at least 2 (mixing pairs samples), got {request.batch_size}")
+    if request.steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {request.steps}")
+    if request.warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, got {request.warmup}")
+    if request.image_size is not None and request.image_size < 8:
+        raise ConfigError(f"--image-size must be at least 8 px, got {request.image_size}")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    try:
+        return compose(config_name="train", overrides=overrides)
+    except Exception as error:  # Hydra and OmegaConf errors: one line
+        raise ConfigError(
+            f"the overrides {' '.join(overrides)} do not compose: {_first_line(error)}"
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def row_overrides(request: BenchRequest, model: str, method: str) -> list[str]:
+    """The ``tools/train.py`` overrides of one row."""
+    overrides = [f"data={request.data}", f"model={model}", f"method={method}", *request.overrides]
+    overrides += [f"schedule.batch_size={request.batch_size}", f"compile={str(request.compile).lower()}"]
+    if request.image_size is not None:  # the network's input and the data's size (AlignMixup/AE's decoder)
+        overrides += [f"data.image_size={request.image_size}", f"schedule.train_size={request.image_size}"]
+    return overrides
+
+
+def compose_row_configs(request: BenchRequest) -> dict[tuple[str, str], DictConfig]:
+    """Every row's config, composed and validated, and every model built once on the CPU, before anything is
+    timed: an override that does not fit a model fails here with one line, not after minutes of timing."""
+    configs = {}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for model in request.models:
+            for method in request.methods:
+                cfg = _compose(row_overrides(request, model, method))
+                validate(cfg)
+                configs[model, method] = cfg
+    cpu = Runtime.cpu()
+    for model in request.models:
+        build_model_and_method(configs[model, REFERENCE_METHOD], cpu)  # vanilla runs on every model
+    return configs
