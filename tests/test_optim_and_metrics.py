@@ -15,9 +15,9 @@ from mixbench.atomic import atomic_save, atomic_write_json, load_checkpoint
 from mixbench.config import CONFIG_DIR
 from mixbench.engine.optim import build_lr_schedule, build_optimizer, parameter_groups
 from mixbench.metrics import median_last_k, topk_correct
-from mixbench.rundir import summary_scores
 from mixbench.models import build_model
 from mixbench.rng import MixRandom, derive_seed
+from mixbench.rundir import summary_scores
 
 UPE = 10  # updates per epoch
 

@@ -142,7 +142,8 @@ def test_identity_has_no_runtime_keys_and_keeps_computed_values() -> None:
     for key in ("device", "num_workers", "data.root", "runs_root", "precision"):
         assert key not in stock and key not in changed
     assert "schedule.optimizer.lr" not in stock  # the shipped value: implied by the schedule's name
-    assert changed["schedule.optimizer.lr"] == 0.2 and changed["method.name"] == "vanilla" and changed["seed"] == 0
+    assert changed["schedule.optimizer.lr"] == 0.2
+    assert changed["method.name"] == "vanilla" and changed["seed"] == 0
 
 
 def test_pretrained_weights_path_is_where_not_what() -> None:
