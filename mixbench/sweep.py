@@ -18,9 +18,8 @@ command line of a single run (``python tools/train.py <the job's overrides>``) a
 
 Why subprocesses instead of Hydra's in-process basic launcher: one CUDA context per job and per GPU, a crash
 (even a segfault or out-of-memory kill) stays inside its job, and memory is returned to the GPU when a job
-ends.
-Each job gets ``OMP_NUM_THREADS = cpus // slots`` unless the caller set it, so that concurrent jobs do not
-oversubscribe the node's cores.
+ends.  Each job gets ``OMP_NUM_THREADS = cpus // slots`` unless the caller set it, so that concurrent jobs
+do not oversubscribe the node's cores.
 """
 
 from __future__ import annotations
