@@ -11,7 +11,7 @@ import pytest
 from mixbench.engine.trainer import train
 from mixbench.methods import METHODS
 from mixbench.rundir import run_directory
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 NEEDS_EXTERNAL_WEIGHTS = {
     name for name, cls in METHODS.items() if getattr(cls, "needs_external_weights", False)

@@ -16,7 +16,7 @@ from mixbench.engine.build import build_model_and_method, check_registered
 from mixbench.engine.runtime import Runtime
 from mixbench.methods import METHODS
 from mixbench.models import MODELS
-from tests.conftest import compose_config, run_cli, tiny_overrides
+from tests.helpers import compose_config, run_cli, tiny_overrides
 
 REQUIRED_SCHEDULES = {
     "alignmix_cifar",

@@ -42,7 +42,7 @@ from mixbench.engine.evaluate import evaluate
 from mixbench.engine.runtime import Runtime
 from mixbench.methods.base import Logs, MixMethod, mixed_cross_entropy
 from mixbench.rng import MixRandom
-from tests.conftest import REPO, compose_config, tiny_overrides
+from tests.helpers import REPO, compose_config, tiny_overrides
 
 DIGITS_TEST_IMAGES = 450
 CPU = torch.device("cpu")

@@ -22,7 +22,7 @@ from mixbench.config import CONFIG_DIR, GROUPS, ConfigError, group_options, vali
 from mixbench.methods import METHODS
 from mixbench.report import published
 from mixbench.rundir import flatten, is_runtime_key, run_identity
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 NON_TABLE_EXPERIMENTS = {"quickstart"}  # experiments that reproduce no published table

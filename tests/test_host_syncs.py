@@ -35,7 +35,7 @@ from mixbench.engine.step import TrainingStep, build_training_step
 from mixbench.engine.trainer import Trainer
 from mixbench.methods import METHODS
 from mixbench.methods.mixup import Mixup
-from tests.conftest import compose_config, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see tests/conftest.py
 

@@ -35,7 +35,7 @@ from mixbench.engine.runtime import Runtime
 from mixbench.methods import METHODS
 from mixbench.models import build_model
 from mixbench.rng import MixRandom
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 NEEDS_EXTERNAL_WEIGHTS = {
     name for name, cls in METHODS.items() if getattr(cls, "needs_external_weights", False)

@@ -21,7 +21,7 @@ from mixbench.methods.mixup import Mixup
 from mixbench.methods.vanilla import Vanilla
 from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
-from tests.conftest import LinearNet, StageRecorder, hand_ce
+from tests.helpers import LinearNet, StageRecorder, hand_ce
 
 BATCH, SIZE, CLASSES = 8, 16, 10
 

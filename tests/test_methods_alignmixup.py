@@ -32,7 +32,7 @@ from mixbench.methods.alignmixup_ae import AlignMixupAE
 from mixbench.methods.sinkhorn import log_sinkhorn, squared_euclidean_cost
 from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
-from tests.conftest import StageRecorder, compose_config, hand_ce
+from tests.helpers import StageRecorder, compose_config, hand_ce
 
 BATCH, SIZE, CLASSES = 6, 32, 10
 STABILITY_STEPS = 20

@@ -31,7 +31,7 @@ from mixbench.methods.saliencymix import SaliencyMix
 from mixbench.methods.smoothmix import SmoothMix
 from mixbench.rng import MixRandom
 from mixbench.rundir import run_directory
-from tests.conftest import FixedLam, LinearNet, compose_config, tiny_overrides
+from tests.helpers import FixedLam, LinearNet, compose_config, tiny_overrides
 
 BATCH, SIZE, CLASSES = 8, 16, 10
 NAMES = ["fmix", "resizemix", "saliencymix", "gridmix", "smoothmix"]

@@ -26,7 +26,7 @@ from mixbench.methods.ema import EmaModel, automix_momentum
 from mixbench.methods.mix_block import init_mix_block, stage_channels
 from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
-from tests.conftest import compose_config, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 
 BATCH, SIZE, CLASSES, TOTAL_STEPS = 8, 16, 10, 100
 

@@ -43,7 +43,7 @@ from mixbench.methods.puzzlemix import (
 from mixbench.methods.saliency_guided import upsample_cells
 from mixbench.models import build_model
 from mixbench.rng import MixRandom
-from tests.conftest import FixedLam, LinearNet, compose_config
+from tests.helpers import FixedLam, LinearNet, compose_config
 
 BATCH, SIZE, CLASSES = 8, 16, 10
 

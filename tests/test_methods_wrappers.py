@@ -36,7 +36,7 @@ from mixbench.methods.sumix import SUMIX_BASES, SUMix, reestimated_ratio, semant
 from mixbench.methods.switch import HEAD_REPLACING_METHODS, Switch
 from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
-from tests.conftest import compose_config, run_cli, tiny_overrides
+from tests.helpers import compose_config, run_cli, tiny_overrides
 
 BATCH, SIZE, CLASSES = 8, 16, 10
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from mixbench.config import CONFIG_DIR
 from mixbench.data import load_split
 from mixbench.report.gallery import pick_samples
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_pick_samples_takes_one_image_per_class_first() -> None:

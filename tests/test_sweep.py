@@ -13,7 +13,7 @@ import yaml
 
 from mixbench.rundir import run_directory
 from mixbench.sweep import Job, PoolError, report, resolve_devices, run_pool
-from tests.conftest import REPO, compose_config, run_cli, tiny_overrides
+from tests.helpers import REPO, compose_config, run_cli, tiny_overrides
 
 # A job that records (its device, start, end) and sleeps, so that overlaps can be measured; exit code from
 # argv.

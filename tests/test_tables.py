@@ -34,7 +34,7 @@ from mixbench.report import (
 )
 from mixbench.report.render import csv_text, latex_escape, latex_tabular, markdown_table
 from mixbench.rundir import RunDirectoryError, run_identity, summary_scores
-from tests.conftest import REPO, compose_config
+from tests.helpers import REPO, compose_config
 
 T1 = "alignmixup_cvpr22_t1"  # top-1 error, best epoch published
 OPENMIXUP = "openmixup_cifar100_tiny_cub"  # top-1 accuracy, median of the last 10 published

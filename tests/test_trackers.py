@@ -22,7 +22,7 @@ import pytest
 from mixbench.config import ConfigError
 from mixbench.trackers import NoneTracker, check_tracker_available, open_tracker
 from mixbench.trackers.base import RUN_ID_FILE, read_run_id
-from tests.conftest import REPO, compose_config, run_cli, tiny_overrides
+from tests.helpers import REPO, compose_config, run_cli, tiny_overrides
 
 CONFIG: dict[str, Any] = {
     "data": {"name": "digits", "image_size": 8},

@@ -20,7 +20,7 @@ from mixbench.engine.trainer import RunFailed, train
 from mixbench.methods.vanilla import Vanilla
 from mixbench.metrics import median_last_k
 from mixbench.rundir import run_directory
-from tests.conftest import REPO, compose_config, run_cli, tiny_overrides
+from tests.helpers import REPO, compose_config, run_cli, tiny_overrides
 
 TIMING_KEYS = {"seconds", "train_seconds", "images_per_s"}
 
