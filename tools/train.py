@@ -20,6 +20,7 @@ from mixbench.cli import check_overrides, fail
 from mixbench.config import ConfigError
 from mixbench.data import DatasetMissingError
 from mixbench.engine.trainer import RunFailed, train
+from mixbench.rundir import RunDirectoryError
 from mixbench.sweep import FAILED_JOBS
 
 
@@ -27,7 +28,7 @@ from mixbench.sweep import FAILED_JOBS
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except (ConfigError, DatasetMissingError, RunFailed) as error:
+    except (ConfigError, DatasetMissingError, RunDirectoryError, RunFailed) as error:
         if _in_process_sweep():  # report, and let the other jobs of the grid run
             print(f"error: {error}", file=sys.stderr, flush=True)
             FAILED_JOBS.append(" ".join(HydraConfig.get().overrides.task))

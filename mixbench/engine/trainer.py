@@ -60,6 +60,7 @@ from mixbench.rundir import (
     FAILED,
     RUNNING,
     RunDirectory,
+    RunDirectoryError,
     headline_key,
     identity_mismatch,
     run_identity,
@@ -130,12 +131,15 @@ def _existing_summary(run_dir: RunDirectory, cfg: DictConfig, force: bool) -> di
     """The summary of a complete run to skip; refuses a directory made by a different configuration."""
     if not run_dir.has_config() or force:
         return None
-    differing = identity_mismatch(run_dir.read_config(), cfg)
+    try:
+        differing = identity_mismatch(run_dir.read_config(), cfg)
+        how = f"differs in {', '.join(differing[:5])}"
+    except RunDirectoryError as error:  # a config.yaml that is not a run configuration at all
+        differing, how = [str(error)], f"its config.yaml: {error}"
     if differing:
         raise ConfigError(
-            f"{run_dir.path} holds a run of a different configuration (differs in "
-            f"{', '.join(differing[:5])}); "
-            "pass force=true to replace it or set runs_root=<another folder>"
+            f"{run_dir.path} holds a run of a different configuration ({how}); pass force=true to replace it "
+            "or set runs_root=<another folder>"
         )
     summary = run_dir.read_summary()
     if summary is not None and summary["status"] == COMPLETE:
