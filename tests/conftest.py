@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,11 @@ def swin_meta() -> nn.Module:
     """Swin-T at 32 px on the meta device: the stage contract without the memory or the init time."""
     with torch.device("meta"):
         return build_model("swin_t", num_classes=10, image_size=32)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets one core's worth of threads (and so do the tools it starts), so
+    that the workers together use the machine's cores without oversubscribing them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
