@@ -13,6 +13,8 @@ or policy).
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,10 @@ def validate(cfg: DictConfig) -> None:
     for group in GROUPS:
         if group not in cfg or "name" not in cfg[group]:
             raise ConfigError(f"the config has no {group}; select one with {group}=<name>")
+    _check_finite(cfg)
+    _check_runtime(cfg)
     check_method_values(cfg.method, prefix="method")
+    _check_data(cfg.data, cfg.schedule)
     _check_schedule(cfg.schedule)
     if cfg.schedule.get("requires_pretrained") and not cfg.model.get("pretrained_path"):
         raise ConfigError(
@@ -53,30 +58,109 @@ def validate(cfg: DictConfig) -> None:
             f"torchvision weights file for {cfg.model.name}> (nothing is downloaded), "
             "or pick another schedule"
         )
-    if cfg.data.num_classes < 2:
-        raise ConfigError(f"data.num_classes must be at least 2, got {cfg.data.num_classes}")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require_integer(key: str, value: Any, minimum: int, meaning: str) -> None:
+    if not _is_integer(value) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum} ({meaning}), got {value!r}")
+
+
+def _require_number(key: str, value: Any, low: float, high: float | None = None, meaning: str = "") -> None:
+    """Refuse ``value`` unless it is finite, ``>= low`` and, when ``high`` is given, ``< high``."""
+    bounds = f">= {low}" if high is None else f"in [{low}, {high})"
+    if not _is_number(value) or value < low or (high is not None and value >= high):
+        extra = f" ({meaning})" if meaning else ""
+        raise ConfigError(f"{key} must be a finite number {bounds}{extra}, got {value!r}")
+
+
+def _check_finite(cfg: DictConfig) -> None:
+    """No NaN or infinity anywhere in the four groups (a NaN lr or alpha would train to a NaN loss)."""
+    for group in GROUPS:
+        for key, value in _flat(OmegaConf.to_container(cfg[group], resolve=True), group):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+
+
+def _flat(tree: Any, prefix: str) -> list[tuple[str, Any]]:
+    if isinstance(tree, Mapping):
+        return [item for key, value in tree.items() for item in _flat(value, f"{prefix}.{key}")]
+    if isinstance(tree, list):
+        return [item for index, value in enumerate(tree) for item in _flat(value, f"{prefix}[{index}]")]
+    return [(prefix, tree)]
+
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check_runtime(cfg: DictConfig) -> None:
+    """The root's runtime values: types and ranges (seed 1.5 would train as seed 1 in a folder seed1.5)."""
+    _require_integer("seed", cfg.get("seed"), 0, "the run's random seed")
+    device = cfg.get("device", "auto")
+    if not isinstance(device, str) or not DEVICE.match(device):
+        raise ConfigError(f"device={device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    choices = {"precision": ("auto", "bf16", "fp32"), "channels_last": ("auto", True, False)}
+    choices["progress"] = ("auto", True, False)
+    for key, valid in choices.items():
+        if key in cfg and cfg[key] not in valid:
+            names = ", ".join(str(v).lower() for v in valid)
+            raise ConfigError(f"{key}={cfg[key]!r} is not one of {names}")
+    for key in ("compile", "force", "sync_bn"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    if "num_workers" in cfg:
+        _require_integer("num_workers", cfg.num_workers, 0, "DataLoader worker processes")
+    if "eval_batch_size" in cfg:
+        _require_integer("eval_batch_size", cfg.eval_batch_size, 1, "images per evaluation batch")
+
+
+MIN_IMAGE_SIZE = 8  # the CIFAR networks halve the resolution three times
+
+
+def _check_data(data: DictConfig, schedule: DictConfig) -> None:
+    _require_integer("data.num_classes", data.get("num_classes"), 2, "classes of the dataset")
+    _require_integer(
+        "data.image_size", data.get("image_size"), MIN_IMAGE_SIZE, "the side of the images in px"
+    )
+    if schedule.get("train_size") is not None:
+        _require_integer(
+            "schedule.train_size", schedule.train_size, MIN_IMAGE_SIZE, "training resolution in px"
+        )
+    for key in ("mean", "std"):
+        values = data.get(key)
+        if values is not None and (len(values) != 3 or not all(_is_number(v) for v in values)):
+            raise ConfigError(f"data.{key} must be three finite numbers (R, G, B), got {list(values)}")
+    if data.get("std") is not None and any(v <= 0 for v in data.std):
+        raise ConfigError(f"data.std must be positive, got {list(data.std)}")
 
 
 def check_method_values(method: Mapping[str, Any], prefix: str) -> None:
-    """Refuse a non-positive ``alpha`` (or ``*_alpha``) and a ``*prob`` outside [0, 1]; ``prefix`` is the
-    config key of ``method`` in the message (``method``, ``method.options.cutmix``)."""
+    """Refuse a non-positive or non-finite ``alpha`` (or ``*_alpha``) and a ``*prob`` outside [0, 1];
+    ``prefix`` is the config key of ``method`` in the message (``method``, ``method.options.cutmix``)."""
     for key, value in method.items():
         if key == "alpha" or str(key).endswith("_alpha"):
-            if not isinstance(value, (int, float)) or value <= 0:
+            if not _is_number(value) or value <= 0:
                 raise ConfigError(
                     f"{prefix}.{key} must be a positive number (Beta(alpha, alpha)), got {value}"
                 )
-        if key.endswith("prob") and isinstance(value, (int, float)) and not 0 <= value <= 1:
+        if str(key).endswith("prob") and isinstance(value, (int, float)) and not 0 <= value <= 1:
             raise ConfigError(f"{prefix}.{key} must lie in [0, 1], got {value}")
 
 
 def _check_schedule(schedule: DictConfig) -> None:
     epochs, window, batch = schedule.epochs, schedule.metric_window, schedule.batch_size
-    if not isinstance(batch, int) or batch < 2:
+    if not _is_integer(batch) or batch < 2:
         raise ConfigError(f"schedule.batch_size must be at least 2 (mixing pairs samples), got {batch}")
-    if not isinstance(window, int) or window < 1:
+    if not _is_integer(window) or window < 1:
         raise ConfigError(f"schedule.metric_window must be a positive number of epochs, got {window}")
-    if not isinstance(epochs, int) or epochs < window:
+    if not _is_integer(epochs) or epochs < window:
         raise ConfigError(
             f"schedule.epochs={epochs} is below the metric window of {window} epochs (median of the last "
             f"{window}); raise schedule.epochs or lower schedule.metric_window"
@@ -84,12 +168,28 @@ def _check_schedule(schedule: DictConfig) -> None:
     optimizer = schedule.optimizer
     if optimizer.name not in ("sgd", "adamw"):
         raise ConfigError(f"unknown schedule.optimizer.name '{optimizer.name}'; valid: sgd, adamw")
-    if optimizer.lr <= 0:
-        raise ConfigError(f"schedule.optimizer.lr must be positive, got {optimizer.lr}")
-    if schedule.lr_schedule.name not in ("step", "cosine"):
+    if not _is_number(optimizer.lr) or optimizer.lr <= 0:
+        raise ConfigError(f"schedule.optimizer.lr must be a positive finite number, got {optimizer.lr}")
+    _require_number("schedule.optimizer.weight_decay", optimizer.get("weight_decay", 0.0), 0.0)
+    if optimizer.name == "sgd":
+        _require_number("schedule.optimizer.momentum", optimizer.get("momentum", 0.0), 0.0, 1.0)
+    _require_number("schedule.label_smoothing", schedule.get("label_smoothing", 0.0), 0.0, 1.0)
+    clip = schedule.get("grad_clip")
+    if clip is not None and (not _is_number(clip) or clip <= 0):
+        raise ConfigError(f"schedule.grad_clip must be null or a positive number, got {clip!r}")
+    lr_schedule = schedule.lr_schedule
+    if lr_schedule.name not in ("step", "cosine"):
+        raise ConfigError(f"unknown schedule.lr_schedule.name '{lr_schedule.name}'; valid: step, cosine")
+    warmup = lr_schedule.get("warmup_epochs", 0)
+    if not _is_integer(warmup) or not 0 <= warmup < epochs:
         raise ConfigError(
-            f"unknown schedule.lr_schedule.name '{schedule.lr_schedule.name}'; valid: step, cosine"
+            f"schedule.lr_schedule.warmup_epochs must be an integer in [0, {epochs}), got {warmup!r}"
         )
+    for key in ("warmup_lr", "min_lr"):
+        _require_number(f"schedule.lr_schedule.{key}", lr_schedule.get(key, 0.0), 0.0)
+    milestones = lr_schedule.get("milestones") or []
+    if lr_schedule.name == "step" and not all(_is_integer(m) and 0 < m for m in milestones):
+        raise ConfigError(f"schedule.lr_schedule.milestones must be positive epochs, got {list(milestones)}")
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import math
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +49,16 @@ from omegaconf.errors import OmegaConfBaseException
 from mixbench.atomic import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
 from mixbench.config import CONFIG_DIR, GROUPS
 from mixbench.metrics import median_last_k
+from mixbench.runlock import LOCK_FILE, RunLock
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 TENSORBOARD_DIR = "tb"
+ERROR_LOG = "error.log"
 
-RUNNING, COMPLETE, FAILED = "running", "complete", "failed"
+RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
 ONLINE = (
     "online"  # the label of the online network in summary.json's "evaluated" (its metric keys have no prefix)
 )
@@ -294,7 +298,7 @@ def summary_scores(
 # Every key of summary.json, in the order written; per-network keys are listed for the online network
 # (an EMA network adds the same four with the prefix "ema_").
 SUMMARY_KEYS = (
-    "status",  # running | complete | failed
+    "status",  # running | complete | failed | interrupted
     "data",
     "model",
     "method",
@@ -328,6 +332,7 @@ SUMMARY_KEYS = (
     "updated_at",
     "message",
 )
+CHECKPOINT_KEYS = ("epoch", "model", "method", "optimizer", "history", "wall_time")
 REQUIRED_SUMMARY_KEYS = ("status", "seed", "epochs", "epochs_done", "metric_window")
 
 
@@ -365,6 +370,11 @@ class RunDirectory:
         return self.path / CHECKPOINT_FILE
 
     @property
+    def error_log(self) -> Path:
+        """Tracebacks of the errors that ended the run (the terminal gets one line)."""
+        return self.path / ERROR_LOG
+
+    @property
     def tensorboard_dir(self) -> Path:
         return self.path / TENSORBOARD_DIR
 
@@ -385,7 +395,7 @@ class RunDirectory:
             config = yaml.safe_load(self.config_file.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise RunDirectoryError(
-                f"{self.config_file} cannot be read ({_first_line(error)}); remove the run directory or "
+                f"{self.config_file} cannot be read ({first_line(error)}); remove the run directory or "
                 "pass force=true to replace it"
             ) from error
         if not isinstance(config, dict):
@@ -435,7 +445,7 @@ class RunDirectory:
             summary = json.loads(self.summary_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise RunDirectoryError(
-                f"{self.summary_file} is not readable JSON ({_first_line(error)}); the run rewrites it when "
+                f"{self.summary_file} is not readable JSON ({first_line(error)}); the run rewrites it when "
                 "it resumes"
             ) from error
         missing = [
@@ -454,15 +464,62 @@ class RunDirectory:
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         atomic_save(dict(state), self.checkpoint_file)
 
-    def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:
-        """The checkpoint, loaded with ``weights_only=True`` (never runs pickled code)."""
-        return load_checkpoint(self.checkpoint_file, map_location=map_location)
+    def load_checkpoint(self, map_location: Any = "cpu", payload: bytes | None = None) -> dict[str, Any]:
+        """The checkpoint (or its bytes ``payload``, read elsewhere), loaded with ``weights_only=True``, so
+        loading never runs pickled code; a damaged or foreign file is one :class:`RunDirectoryError`."""
+        source: Any = io.BytesIO(payload) if payload is not None else self.checkpoint_file
+        try:
+            state = load_checkpoint(source, map_location=map_location)
+        except Exception as error:  # truncated, not a torch file, or a pickle that is not plain data
+            raise RunDirectoryError(
+                f"{self.checkpoint_file} is damaged or not a mixbench checkpoint "
+                f"({first_line(error)[:160]}); delete it to restart the run from its first epoch, or pass "
+                "force=true"
+            ) from error
+        missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+        if missing:
+            raise RunDirectoryError(
+                f"{self.checkpoint_file} lacks {', '.join(missing)}; delete it to restart the run from its "
+                "first epoch, or pass force=true"
+            )
+        return state
 
     def make(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
 
+    # -- the writer's lock and what a dead writer left ------------------------------------------------------
+    def lock(self) -> RunLock:
+        """The run's exclusive lock, not yet taken: ``with run_dir.lock(): ...`` (:mod:`mixbench.runlock`)."""
+        return RunLock(self.path)
 
-def _first_line(error: BaseException) -> str:
+    def temporary_files(self) -> list[Path]:
+        """Half-written files of atomic writes (``.<name>.<random>.tmp``) anywhere in the run directory."""
+        if not self.path.is_dir():
+            return []
+        return sorted(path for path in self.path.rglob(".*.tmp") if path.is_file())
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Delete the half-written files a killed writer left; only call it while holding :meth:`lock`."""
+        found = self.temporary_files()
+        for path in found:
+            path.unlink(missing_ok=True)
+        return found
+
+    def clear(self) -> None:
+        """Delete everything in the run directory but its lock file (``force=true``, under the lock)."""
+        if not self.path.is_dir():
+            return
+        for entry in self.path.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 

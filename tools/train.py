@@ -9,7 +9,11 @@ Re-running a command resumes its run from the last checkpoint, or skips it when 
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,21 +23,46 @@ from omegaconf import DictConfig
 from mixbench.cli import check_overrides, fail
 from mixbench.config import ConfigError
 from mixbench.data import DatasetMissingError
-from mixbench.engine.trainer import RunFailed, train
+from mixbench.engine.trainer import RunFailed, RunInterrupted, train
 from mixbench.rundir import RunDirectoryError
+from mixbench.runlock import RunLockedError
 from mixbench.sweep import FAILED_JOBS
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        train(cfg)
-    except (ConfigError, DatasetMissingError, RunDirectoryError, RunFailed) as error:
+        with interrupted_by_signals():
+            train(cfg)
+    except (KeyboardInterrupt, RunInterrupted) as interruption:
+        cause = str(interruption) or "Ctrl-C"
+        code = 128 + (signal.Signals[cause].value if cause in signal.Signals.__members__ else signal.SIGINT)
+        fail(f"interrupted by {cause}; the same command resumes the run from its last checkpoint", code=code)
+    except (ConfigError, DatasetMissingError, RunDirectoryError, RunFailed, RunLockedError) as error:
         if _in_process_sweep():  # report, and let the other jobs of the grid run
             print(f"error: {error}", file=sys.stderr, flush=True)
             FAILED_JOBS.append(" ".join(HydraConfig.get().overrides.task))
             return
         fail(str(error), code=1 if isinstance(error, RunFailed) else 2)
+
+
+@contextlib.contextmanager
+def interrupted_by_signals() -> Iterator[None]:
+    """SIGTERM (Slurm, ``timeout``, ``kill``, a sweep's parent) and SIGHUP end the run like Ctrl-C: it is
+    marked ``interrupted`` and the process exits with one line.  The previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number: int, frame: object) -> None:
+        raise RunInterrupted(signal.Signals(number).name)
+
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _in_process_sweep() -> bool:

@@ -19,12 +19,12 @@ process group and keeps its seeds and numbers.
 
 from __future__ import annotations
 
-import io
 import math
 import resource
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from mixbench.atomic import load_checkpoint
 from mixbench.config import ConfigError, to_plain, validate
 from mixbench.data import DataBundle, build_loaders, check_dataset
 from mixbench.engine.build import build_model_and_method, input_size
@@ -58,9 +57,11 @@ from mixbench.rng import MixRandom, derive_seed
 from mixbench.rundir import (
     COMPLETE,
     FAILED,
+    INTERRUPTED,
     RUNNING,
     RunDirectory,
     RunDirectoryError,
+    first_line,
     headline_key,
     identity_mismatch,
     run_identity,
@@ -73,7 +74,13 @@ FINITE_CHECK_EVERY = 50  # steps between checks of the loss (each check is one d
 
 
 class RunFailed(RuntimeError):
-    """Training stopped (non-finite loss); the message says where and what was kept."""
+    """Training stopped (a non-finite loss, or any error); the message is one line saying why and what was
+    kept."""
+
+
+class RunInterrupted(BaseException):
+    """A signal asked the run to stop (SIGTERM from Slurm, ``timeout`` or ``kill``; SIGHUP); the message names
+    it.  Like ``KeyboardInterrupt`` it is not an ``Exception``, so nothing on the way swallows it."""
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -120,11 +127,21 @@ def _train(cfg: DictConfig, runtime: Runtime, launch: Launch) -> dict[str, Any]:
             f"schedule.batch_size={cfg.schedule.batch_size} exceeds the {data.num_train} training images; "
             "lower it"
         )
-    if cfg.force:
-        on_main(lambda: shutil.rmtree(run_dir.path) if run_dir.path.exists() else None)
-    trainer = Trainer(cfg, runtime, run_dir, model, method, data, launch)
-    trainer.pretrained_sha256 = pretrained_sha256
-    return trainer.fit()
+    lock = run_dir.lock()
+    created = not run_dir.path.exists()
+    try:
+        on_main(lock.acquire)  # one writer per run directory (rank 0 holds it for all the processes)
+        existing = on_main(lambda: _existing_summary(run_dir, cfg, force=bool(cfg.force)))
+        if existing is not None:  # another process completed it while this one was building
+            return existing
+        on_main(run_dir.clear if cfg.force else run_dir.remove_temporary_files)
+        trainer = Trainer(cfg, runtime, run_dir, model, method, data, launch)
+        trainer.pretrained_sha256 = pretrained_sha256
+        return trainer.fit()
+    finally:
+        if launch.is_main and created and lock.held and not run_dir.has_config():
+            shutil.rmtree(run_dir.path, ignore_errors=True)  # nothing of the run was written: leave no folder
+        lock.release()
 
 
 def _existing_summary(run_dir: RunDirectory, cfg: DictConfig, force: bool) -> dict[str, Any] | None:
@@ -141,7 +158,10 @@ def _existing_summary(run_dir: RunDirectory, cfg: DictConfig, force: bool) -> di
             f"{run_dir.path} holds a run of a different configuration ({how}); pass force=true to replace it "
             "or set runs_root=<another folder>"
         )
-    summary = run_dir.read_summary()
+    try:
+        summary = run_dir.read_summary()
+    except RunDirectoryError:  # damaged: the checkpoint is the truth, and resuming rewrites the summary
+        summary = None
     if summary is not None and summary["status"] == COMPLETE:
         window = summary["metric_window"]
         print(
@@ -234,6 +254,20 @@ class Trainer:
         except RunFailed as failure:
             summary = self._write_summary(FAILED, message=str(failure))
             raise
+        except (KeyboardInterrupt, RunInterrupted) as interruption:
+            cause = str(interruption) or "Ctrl-C"
+            done = len(self.history)
+            summary = self._write_summary(
+                INTERRUPTED,
+                message=f"interrupted by {cause} after {done} epoch(s); the same command resumes it",
+            )
+            raise
+        except Exception as error:  # anything else ends the run as failed, with its cause in one line
+            message = f"{type(error).__name__}: {first_line(error)}"
+            if main:
+                message += f" (the traceback is in {self._write_error_log(error)})"
+            summary = self._write_summary(FAILED, message=message)
+            raise RunFailed(message) from error
         else:
             summary = self._write_summary(COMPLETE)
             status = COMPLETE
@@ -241,6 +275,16 @@ class Trainer:
             if self.tracker is not None:
                 self.tracker.finish(summary, status)
         return summary
+
+    def _write_error_log(self, error: BaseException) -> Path:
+        """The traceback of the exception that ended the run, appended to ``<run>/error.log``."""
+        path = self.run_dir.error_log
+        text = "".join(traceback.format_exception(error))
+        with path.open("a") as handle:
+            handle.write(
+                f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} after {len(self.history)} epoch(s)\n{text}"
+            )
+        return path
 
     def _open_tracker(self, start_epoch: int) -> Tracker:
         """The experiment tracker of ``logger=`` on the run's tracker folder, resumed at ``start_epoch``;
@@ -360,7 +404,7 @@ class Trainer:
         payload = broadcast_from_main(path.read_bytes() if self.launch.is_main and path.exists() else None)
         if payload is None:
             return 0
-        state = load_checkpoint(io.BytesIO(payload), map_location=self.runtime.device)  # weights_only=True
+        state = self.run_dir.load_checkpoint(self.runtime.device, payload=payload)  # weights_only=True
         trained_from = state.get("pretrained_sha256")
         if trained_from != self.pretrained_sha256:  # the same on every process (both were broadcast)
             raise ConfigError(
