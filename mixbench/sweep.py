@@ -24,11 +24,15 @@ do not oversubscribe the node's cores.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +132,20 @@ def threads_per_job(slots: int, environ: dict[str, str] | None = None) -> str:
     return str(max(1, (os.cpu_count() or 1) // max(1, slots)))
 
 
+class SweepInterrupted(Exception):
+    """The pool was asked to stop (a signal); ``results`` holds the finished jobs and the interrupted ones
+    (exit code :data:`INTERRUPTED`), in job order, and ``signal_name`` what asked."""
+
+    def __init__(self, signal_name: str, results: list[JobResult]) -> None:
+        super().__init__(f"the sweep was interrupted by {signal_name}")
+        self.signal_name = signal_name
+        self.results = results
+
+
+INTERRUPTED = -1  # a JobResult's returncode for a job the pool stopped (the job is not finished)
+STOP_GRACE_SECONDS = 30.0  # a stopped job's time to mark its run interrupted, before SIGKILL
+
+
 def run_pool(
     jobs: Sequence[Job],
     devices: Sequence[str],
@@ -136,7 +154,11 @@ def run_pool(
 ) -> list[JobResult]:
     """Run ``jobs`` on ``devices`` (``jobs_per_device`` at a time on each); results in job order.
 
-    Interrupting (Ctrl-C) terminates the running jobs (their last checkpoints stay: re-launch resumes them).
+    Each job runs in a session of its own and is told to die with the pool (``PR_SET_PDEATHSIG`` on Linux),
+    so it never outlives its sweep, even when the pool is SIGKILLed.  SIGINT (Ctrl-C), SIGTERM (Slurm,
+    ``timeout``, ``kill``) and SIGHUP stop the pool: every running job gets SIGTERM (it marks its run
+    interrupted and exits; SIGKILL after :data:`STOP_GRACE_SECONDS`), nothing new starts, and
+    :class:`SweepInterrupted` carries the results with the stopped jobs, which a re-launch resumes.
     """
     if jobs_per_device < 1:
         raise PoolError(f"hydra.launcher.jobs_per_gpu must be at least 1, got {jobs_per_device}")
@@ -148,46 +170,124 @@ def run_pool(
     results: dict[int, JobResult] = {}
     echo(f"sweep: {len(jobs)} job(s) on device(s) {', '.join(devices)} ({jobs_per_device} per device)")
     try:
-        while pending or running:
-            while pending and free:
-                device = free.pop(0)
-                job = pending.pop(0)
-                running.append(_start(job, device, threads))
-                echo(f"[gpu {device}] start #{job.index}: {job.label}")
-            time.sleep(POLL_SECONDS)
-            for entry in list(running):
-                code = entry.process.poll()
-                if code is None:
-                    continue
-                entry.log.close()
-                running.remove(entry)
-                free.append(entry.device)
-                result = JobResult(
-                    entry.job,
-                    code,
-                    entry.device,
-                    time.monotonic() - entry.started,
-                    _last_line(entry.job.log_path),
-                )
-                results[entry.job.index] = result
-                failure = "" if result.ok else f" (exit {code}): {result.last_line}"
-                outcome = "done" if result.ok else "FAILED"
-                echo(f"[gpu {entry.device}] {outcome} #{entry.job.index} in {result.seconds:.0f} s{failure}")
-    except KeyboardInterrupt:
-        for entry in running:
-            entry.process.terminate()
-        for entry in running:
-            entry.process.wait()
-            entry.log.close()
-        raise
+        with _stop_on_signals():
+            while pending or running:
+                while pending and free:
+                    device = free.pop(0)
+                    job = pending.pop(0)
+                    running.append(_start(job, device, threads))
+                    echo(f"[gpu {device}] start #{job.index}: {job.label}")
+                time.sleep(POLL_SECONDS)
+                for entry in list(running):
+                    code = entry.process.poll()
+                    if code is None:
+                        continue
+                    running.remove(entry)
+                    free.append(entry.device)
+                    result = _finished(entry, code)
+                    results[entry.job.index] = result
+                    failure = "" if result.ok else f" (exit {code}): {result.last_line}"
+                    outcome = "done" if result.ok else "FAILED"
+                    took = f"in {result.seconds:.0f} s{failure}"
+                    echo(f"[gpu {entry.device}] {outcome} #{entry.job.index} {took}")
+    except (KeyboardInterrupt, _Stop) as stop:
+        signal_name = str(stop) if isinstance(stop, _Stop) else "SIGINT"
+        echo(f"sweep: {signal_name}: stopping {len(running)} running job(s); their runs resume on re-launch")
+        for entry in _stop(running):
+            results[entry.job.index] = _finished(entry, INTERRUPTED)
+        known = [results[job.index] for job in jobs if job.index in results]
+        raise SweepInterrupted(signal_name, known) from None
     return [results[job.index] for job in jobs]
+
+
+class _Stop(Exception):
+    """A signal asked the pool to stop; the message is the signal's name."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`_Stop` in the pool (SIGINT already raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number: int, frame: object) -> None:
+        raise _Stop(signal.Signals(number).name)
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _stop(running: Sequence[_Running]) -> list[_Running]:
+    """SIGTERM to every running job's process group, SIGKILL to those still alive after the grace time."""
+    with _ignoring_signals():  # a second Ctrl-C or SIGTERM must not leave jobs behind
+        for entry in running:
+            _signal_group(entry.process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for entry in running:
+            try:
+                entry.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(entry.process, signal.SIGKILL)
+                entry.process.wait()
+    return list(running)
+
+
+@contextlib.contextmanager
+def _ignoring_signals() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _signal_group(process: subprocess.Popen, number: int) -> None:
+    try:
+        os.killpg(process.pid, number)  # the job leads its own session: its group id is its pid
+    except ProcessLookupError:
+        pass
+
+
+def _finished(entry: _Running, code: int) -> JobResult:
+    entry.log.close()
+    seconds = time.monotonic() - entry.started
+    return JobResult(entry.job, code, entry.device, seconds, _last_line(entry.job.log_path))
+
+
+def _die_with_parent() -> None:
+    """In the job's process before it runs: SIGTERM when the pool's process dies, however it dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the pool's signal handlers still stop the jobs
+        pass
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def _start(job: Job, device: str, threads: str) -> _Running:
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(job.log_path, "w")  # noqa: SIM115 (closed when the job ends)
     environ = dict(os.environ, CUDA_VISIBLE_DEVICES=device, OMP_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=environ)
+    process = subprocess.Popen(
+        job.command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=environ,
+        start_new_session=True,  # the terminal's Ctrl-C reaches the pool, which stops the jobs in order
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
     return _Running(job, device, process, log)
 
 
@@ -199,17 +299,23 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def report(results: Sequence[JobResult]) -> str:
-    """The end-of-sweep summary: counts, then one line per failed job with its log."""
-    failed = [r for r in results if not r.ok]
-    lines = [f"sweep finished: {len(results) - len(failed)} of {len(results)} job(s) succeeded"]
+def report(results: Sequence[JobResult], interrupted_by: str | None = None) -> str:
+    """The end-of-sweep summary: counts, then one line per failed or interrupted job with its log."""
+    failed = [r for r in results if not r.ok and r.returncode != INTERRUPTED]
+    stopped = [r for r in results if r.returncode == INTERRUPTED]
+    done = len(results) - len(failed) - len(stopped)
+    if interrupted_by is None:
+        lines = [f"sweep finished: {done} of {len(results)} job(s) succeeded"]
+    else:
+        lines = [f"sweep interrupted by {interrupted_by}: {done} job(s) succeeded, {len(stopped)} stopped"]
     for result in failed:
         lines.append(
             f"  failed #{result.job.index} (exit {result.returncode}) {result.job.label}: "
-            f"{result.last_line}  "
-            f"[log: {result.job.log_path}]"
+            f"{result.last_line}  [log: {result.job.log_path}]"
         )
-    if failed:
+    for result in stopped:
+        lines.append(f"  interrupted #{result.job.index} {result.job.label}  [log: {result.job.log_path}]")
+    if failed or stopped:
         lines.append(
             "  fix the cause and run the same command again: complete runs are skipped, others resume"
         )

@@ -10,6 +10,7 @@ Re-running a command resumes its run from the last checkpoint, or skips it when 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -36,8 +37,15 @@ def main(cfg: DictConfig) -> None:
             train(cfg)
     except (KeyboardInterrupt, RunInterrupted) as interruption:
         cause = str(interruption) or "Ctrl-C"
-        code = 128 + (signal.Signals[cause].value if cause in signal.Signals.__members__ else signal.SIGINT)
-        fail(f"interrupted by {cause}; the same command resumes the run from its last checkpoint", code=code)
+        code = 128 + int(signal.Signals.__members__.get(cause, signal.SIGINT))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for all
+            message = f"interrupted by {cause}; the same command resumes the run from its last checkpoint"
+            print(f"error: {message}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The run's files are written (summary marked interrupted, checkpoint of the last epoch); skipping the
+        # interpreter's teardown (seconds with torch loaded) frees the device at once, as a scheduler expects.
+        os._exit(code)
     except (ConfigError, DatasetMissingError, RunDirectoryError, RunFailed, RunLockedError) as error:
         if _in_process_sweep():  # report, and let the other jobs of the grid run
             print(f"error: {error}", file=sys.stderr, flush=True)

@@ -238,14 +238,15 @@ class Trainer:
         if main:
             self.run_dir.make()
             self.run_dir.write_config(self.cfg)
-            self.tracker = self._open_tracker(start_epoch)
+        summary = self._write_summary(RUNNING)
         epochs = int(self.schedule.epochs)
         where = f"resuming at epoch {start_epoch + 1}" if start_epoch else "starting"
         processes = f" × {self.launch.world_size} processes" if self.launch.distributed else ""
         self._print(f"{where}: {self.run_dir.path} ({epochs} epochs on {self.runtime.device}{processes})")
-        summary = self._write_summary(RUNNING)
         status = FAILED
         try:
+            if main:
+                self.tracker = self._open_tracker(start_epoch)
             for epoch in range(start_epoch, epochs):
                 record = self._run_epoch(epoch)
                 self.history.append(record)

@@ -9,6 +9,7 @@ job is a multi-line traceback).
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,16 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from mixbench.sweep import FAILED_JOBS, Job, PoolError, python_command, report, resolve_devices, run_pool
+from mixbench.sweep import (
+    FAILED_JOBS,
+    Job,
+    PoolError,
+    SweepInterrupted,
+    python_command,
+    report,
+    resolve_devices,
+    run_pool,
+)
 
 
 class GpuPoolLauncher(Launcher):
@@ -48,7 +58,21 @@ class GpuPoolLauncher(Launcher):
             )
             for offset, overrides in enumerate(job_overrides)
         ]
-        results = run_pool(jobs, devices, self.jobs_per_gpu)
+        try:
+            results = run_pool(jobs, devices, self.jobs_per_gpu)
+        except SweepInterrupted as stop:
+            print(report(stop.results, interrupted_by=stop.signal_name), flush=True)
+            print(
+                f"error: the sweep was interrupted by {stop.signal_name}; the same command resumes it",
+                file=sys.stderr,
+                flush=True,
+            )
+            code = (
+                signal.Signals[stop.signal_name].value
+                if stop.signal_name in signal.Signals.__members__
+                else 2
+            )
+            raise SystemExit(128 + code) from None
         summary = report(results)
         print(summary, flush=True)
         FAILED_JOBS.extend(f"#{r.job.index} {r.job.label}: {r.last_line}" for r in results if not r.ok)
