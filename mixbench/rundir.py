@@ -328,6 +328,8 @@ SUMMARY_KEYS = (
     "git_commit",
     "git_dirty",
     "pretrained_sha256",
+    "numerics",  # the runtime settings that change the numbers (threads, precision, memory format, ...)
+    "numerics_changes",  # resumptions with other such settings: [{from_epoch, changes}]
     "started_at",
     "updated_at",
     "message",

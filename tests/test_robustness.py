@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mixbench.engine import trainer as trainer_module
@@ -295,3 +296,30 @@ def test_the_report_of_an_interrupted_sweep_separates_failed_and_stopped_jobs(tm
     text = report(results, interrupted_by="SIGTERM")
     assert text.splitlines()[0] == "sweep interrupted by SIGTERM: 1 job(s) succeeded, 1 stopped"
     assert "failed #1 (exit 2) method=m1: error: bad" in text and "interrupted #2 method=m2" in text
+
+
+def test_a_resume_with_another_thread_count_is_said_and_recorded(
+    runs_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """CPU numbers depend on the thread count: a resume with another one goes on, but says so in one line
+    and summary.json records from which epoch the numbers are not an uninterrupted run's."""
+    cfg = _tiny(runs_root, 2)
+    save = trainer_module.Trainer._save
+
+    def stops_after_epoch_one(self, epochs_done):
+        save(self, epochs_done)
+        raise RunInterrupted("SIGTERM")
+
+    monkeypatch.setattr(trainer_module.Trainer, "_save", stops_after_epoch_one)
+    with pytest.raises(RunInterrupted):
+        train(cfg)  # one thread (the module's fixture)
+    monkeypatch.setattr(trainer_module.Trainer, "_save", save)
+    torch.set_num_threads(2)
+    try:
+        summary = train(cfg)
+    finally:
+        torch.set_num_threads(1)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: resuming")]
+    assert len(notes) == 1 and "torch_threads 1 -> 2" in notes[0]
+    assert summary["numerics_changes"] == [{"from_epoch": 2, "changes": "torch_threads 1 -> 2"}]
+    assert summary["numerics"]["torch_threads"] == 2

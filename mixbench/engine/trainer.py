@@ -228,6 +228,7 @@ class Trainer:
         self.wall_time = 0.0
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.pretrained_sha256: str | None = None
+        self.numerics_changes: list[dict[str, Any]] = []
         self.tracker: Tracker | None = None
         self._provenance = None
 
@@ -411,9 +412,10 @@ class Trainer:
             raise ConfigError(
                 f"{self.run_dir.path} was trained from weights with SHA-256 {str(trained_from)[:12]}, but "
                 f"model.pretrained_path holds {str(self.pretrained_sha256)[:12]}; give the same weights "
-                "file, or "
-                "force=true to start again"
+                "file, or force=true to start again"
             )
+        self.numerics_changes = list(state.get("numerics_changes") or [])
+        self._note_runtime_changes(state.get("numerics"), int(state["epoch"]))
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -423,6 +425,40 @@ class Trainer:
         if self.launch.is_main:
             self.run_dir.write_metrics(self.history)  # the checkpoint is the truth: drop unfinished epochs
         return int(state["epoch"])
+
+    @property
+    def numerics(self) -> dict[str, Any]:
+        """The runtime settings that change a run's numbers: the same seed and config give other numbers
+        with another thread count (CPU kernels split sums by thread), precision, memory format or device."""
+        return {
+            "device": self.runtime.device.type,
+            "torch_threads": torch.get_num_threads() if self.runtime.device.type == "cpu" else None,
+            "precision": self.runtime.precision,
+            "channels_last": self.runtime.channels_last,
+            "compile": self.runtime.compile,
+            "world_size": self.launch.world_size,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        }
+
+    def _note_runtime_changes(self, before: dict[str, Any] | None, epoch: int) -> None:
+        """Resuming with settings that change the numbers is allowed (a pre-empted job may come back on
+        another machine) but said in one line and recorded in the summary (``numerics_changes``)."""
+        if not before:
+            return
+        now = self.numerics
+        changed = {key: (before.get(key), now[key]) for key in now if before.get(key) != now[key]}
+        if not changed:
+            return
+        text = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+        self.numerics_changes.append({"from_epoch": epoch + 1, "changes": text})
+        if self.launch.is_main:
+            print(
+                f"note: resuming {self.run_dir.path} with other settings than its first epochs ({text}); "
+                f"its numbers from epoch {epoch + 1} on differ from an uninterrupted run's, and summary.json "
+                "records it (numerics_changes)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _save(self, epochs_done: int) -> None:
         if not self.launch.is_main:
@@ -437,6 +473,8 @@ class Trainer:
             "wall_time": self.wall_time,
             "started_at": self.started_at,
             "pretrained_sha256": self.pretrained_sha256,
+            "numerics": self.numerics,
+            "numerics_changes": self.numerics_changes,
         }
         self.run_dir.save_checkpoint(state)
         self.run_dir.write_metrics(self.history)
@@ -500,6 +538,8 @@ class Trainer:
                 "git_commit": facts.git_commit,
                 "git_dirty": facts.git_dirty,
                 "pretrained_sha256": self.pretrained_sha256,
+                "numerics": self.numerics,
+                "numerics_changes": self.numerics_changes,
                 "started_at": self.started_at,
                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "message": message,
