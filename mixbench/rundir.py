@@ -521,8 +521,15 @@ class RunDirectory:
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The first line of an error's message (its type's name when it has none); for an error re-raised from
+    a DataLoader worker ("Caught X in DataLoader worker process 0. Original Traceback ..."), the worker's own
+    last line, which names the problem."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith("Caught ") and "worker process" in lines[0] and len(lines) > 1:
+        return lines[-1]
+    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------------ reading

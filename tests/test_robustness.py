@@ -323,3 +323,41 @@ def test_a_resume_with_another_thread_count_is_said_and_recorded(
     assert len(notes) == 1 and "torch_threads 1 -> 2" in notes[0]
     assert summary["numerics_changes"] == [{"from_epoch": 2, "changes": "torch_threads 1 -> 2"}]
     assert summary["numerics"]["torch_threads"] == 2
+
+
+def test_a_corrupt_image_read_by_a_worker_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """A truncated JPEG in an ImageNet-layout folder, read by a DataLoader worker process: the error the
+    run reports is the worker's one line naming the file, not "Caught ... in DataLoader worker process 0"."""
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from mixbench.data import build_loaders
+    from mixbench.data.base import CorruptImageError
+    from mixbench.rundir import first_line
+
+    for split in ("train", "val"):
+        for index, wnid in enumerate(("n01000000", "n02000000")):
+            folder = tmp_path / "imagenet" / split / wnid
+            folder.mkdir(parents=True)
+            Image.new("RGB", (40, 40), (index * 200, 50, 50)).save(folder / f"{split}_{index}.JPEG")
+    broken = tmp_path / "imagenet" / "train" / "n02000000" / "train_1.JPEG"
+    broken.write_bytes((tmp_path / "imagenet" / "train" / "n01000000" / "train_0.JPEG").read_bytes()[:100])
+    data_cfg = OmegaConf.create(
+        {
+            "name": "imagenet",
+            "root": str(tmp_path),
+            "num_classes": 2,
+            "image_size": 32,
+            "resident": False,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        }
+    )
+    loaders = build_loaders(data_cfg, "crop_flip", 2, 2, 32, torch.device("cpu"), num_workers=1)
+    with pytest.raises(CorruptImageError) as failure:
+        for _ in loaders.train:
+            pass
+    assert "worker process" in str(failure.value).splitlines()[0]  # how torch re-raises it
+    assert first_line(failure.value).startswith(
+        f"mixbench.data.base.CorruptImageError: image file {broken} cannot be decoded ("
+    ), first_line(failure.value)

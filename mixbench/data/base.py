@@ -13,8 +13,10 @@ and ``check(root, **options)`` raising :class:`DatasetMissingError` when the fil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -39,3 +41,21 @@ class ArraySplit:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+
+class CorruptImageError(ValueError):
+    """An image file of a dataset cannot be decoded; the message is one line naming the file and the fix."""
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """The image at ``path`` in RGB (greyscale and CMYK files converted), fully decoded now, so that a
+    truncated or foreign file fails here with :class:`CorruptImageError` naming it."""
+    try:
+        with open(path, "rb") as stream, Image.open(stream) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise CorruptImageError(
+            f"image file {path} cannot be decoded ({reason}); replace it from the dataset's archive, or "
+            "delete it"
+        ) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .base import DatasetMissingError
+from .base import DatasetMissingError, open_rgb
 
 FOLDER = "CUB_200_2011"
 SPLITS = ("train", "val", "test")
@@ -53,8 +53,7 @@ class CUB200(Dataset):
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        with Image.open(self.paths[index]) as image:
-            return image.convert("RGB"), self.targets[index]
+        return open_rgb(self.paths[index]), self.targets[index]
 
     def bounding_box(self, index: int) -> tuple[float, float, float, float]:
         """``(x, y, width, height)`` in pixels of sample ``index`` (a dataset index, not an image id)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from .base import DatasetMissingError
+from .base import DatasetMissingError, open_rgb
 
 SPLITS = ("train", "val", "test")
 
@@ -34,9 +34,9 @@ def _hint(folder: Path) -> str:
 
 
 def rgb_loader(path: str) -> Image.Image:
-    """Open an image file and return it in RGB (ImageNet holds a few CMYK and greyscale JPEGs)."""
-    with open(path, "rb") as stream, Image.open(stream) as image:
-        return image.convert("RGB")
+    """Open an image file and return it in RGB (ImageNet holds a few CMYK and greyscale JPEGs); a file that
+    cannot be decoded is a one-line :class:`~mixbench.data.base.CorruptImageError` naming it."""
+    return open_rgb(path)
 
 
 def _folder(root: str | Path) -> Path:

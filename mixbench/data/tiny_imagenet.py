@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .base import ArraySplit, DatasetMissingError
+from .base import ArraySplit, DatasetMissingError, open_rgb
 
 FOLDER = "tiny-imagenet-200"
 SIZE = 64
@@ -115,8 +114,7 @@ def _val_samples(folder: Path, index: dict[str, int]) -> list[tuple[Path, int]]:
 
 
 def _decode(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"))
+    array = np.asarray(open_rgb(path))
     if array.shape != (SIZE, SIZE, 3):
         raise ValueError(
             f"Tiny ImageNet image {path} is {array.shape[1]}x{array.shape[0]}, expected {SIZE}x{SIZE}"

@@ -265,7 +265,9 @@ class Trainer:
             )
             raise
         except Exception as error:  # anything else ends the run as failed, with its cause in one line
-            message = f"{type(error).__name__}: {first_line(error)}"
+            line = first_line(error)  # a DataLoader worker's error already starts with its type's name
+            named = type(error).__name__ in line.split(":", 1)[0]
+            message = line if named else f"{type(error).__name__}: {line}"
             if main:
                 message += f" (the traceback is in {self._write_error_log(error)})"
             summary = self._write_summary(FAILED, message=message)
