@@ -615,6 +615,14 @@ class Run:
             "best_window": max(top1[-window:]) if len(top1) >= window else None,
         }
 
+    def commit_text(self) -> str:
+        """The tree the run was made with: ``66652e0``, ``66652e0 (with uncommitted changes)`` or
+        ``unknown``."""
+        commit = self.summary.get("git_commit")
+        if not commit:
+            return "unknown"
+        return str(commit)[:7] + (" (with uncommitted changes)" if self.summary.get("git_dirty") else "")
+
     def device_text(self) -> str:
         return f"{self.summary.get('device')}, {self.summary.get('precision')}"
 

@@ -27,6 +27,7 @@ from mixbench.report import (
     build_table,
     collect_rows,
     published,
+    read_runs,
     resolve_table_name,
     to_csv,
     to_latex,
@@ -281,11 +282,17 @@ def test_learned_methods_have_ema_columns(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_summary_is_named_in_one_line(tmp_path: Path) -> None:
+    """A damaged run directory is left out and named with its one-line reason; the table is still made."""
+    write_run(tmp_path, QUICK, 1, curve(92.0, 93.0))
     run_dir = write_run(tmp_path, QUICK, 0, curve(90.0, 91.0))
     (run_dir / "summary.json").write_text("{not json")
     with pytest.raises(RunDirectoryError, match=r"summary.json is not readable JSON") as caught:
-        build_table(tmp_path)
+        read_runs(tmp_path)
     assert len(str(caught.value).splitlines()) == 1
+    table = build_table(tmp_path)
+    assert [run.seed for row in table.rows for run in row.group.runs] == [1]
+    (note,) = [note for note in table.notes if note.startswith("Damaged run directories")]
+    assert f"{run_dir}: {run_dir / 'summary.json'} is not readable JSON" in note
 
 
 # ------------------------------------------------------------------------------- generic renderers

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixbench.rundir import ONLINE, Run, find_runs, read_run
+from mixbench.rundir import ONLINE, Run, RunDirectoryError, find_runs, read_run
 
 HEADLINE = "median"  # the per-seed statistic a table leads with: the median top-1 of the metric window
 METHOD_ORDER = ("vanilla", "mixup", "cutmix", "manifoldmix")  # baselines first, in this order
@@ -86,12 +86,22 @@ def _group_sort_key(group: RunGroup) -> tuple:
     return (group.data, group.model, group.schedule, _method_rank(group.method), group.method)
 
 
-def read_runs(root: Path) -> list[RunGroup]:
+def read_runs(root: Path, damaged: list[tuple[Path, str]] | None = None) -> list[RunGroup]:
     """Every configuration under ``root`` (``root`` may also be one configuration or one run directory),
-    sorted by data, model, schedule, then method (baselines first)."""
+    sorted by data, model, schedule, then method (baselines first).
+
+    A run directory whose files cannot be read raises :class:`~mixbench.rundir.RunDirectoryError`, unless a
+    ``damaged`` list is given: then it is left out and ``(path, the one-line reason)`` is appended there.
+    """
     groups: dict[Path, RunGroup] = {}
     for run_dir in find_runs(Path(root)):
-        run = read_run(run_dir)
+        try:
+            run = read_run(run_dir)
+        except RunDirectoryError as error:
+            if damaged is None:
+                raise
+            damaged.append((run_dir, str(error)))
+            continue
         configuration = run.path.parent
         if configuration not in groups:
             groups[configuration] = RunGroup(configuration, *_group_names(run))

@@ -317,7 +317,8 @@ def build_table(root: Path, table: str | None = None) -> Table:
     """The table of the runs under ``root``: by their own reference tables, or following the published
     ``table`` (a name of results/paper; see :func:`mixbench.report.published.resolve_table_name`)."""
     root = Path(root)
-    groups = read_runs(root)
+    damaged: list[tuple[Path, str]] = []
+    groups = read_runs(root, damaged)
     if table is None:
         rows, notes = _rows_by_own_reference(groups)
         title = f"Runs under {root}"
@@ -333,9 +334,16 @@ def build_table(root: Path, table: str | None = None) -> Table:
                 "files), or no cell of it trains their configuration."
             ),
         )
-    devices = sorted({run.device_text() for row in rows if row.group for run in row.group.runs})
+    runs = [run for row in rows if row.group for run in row.group.runs]
+    devices = sorted({run.device_text() for run in runs})
     if devices:
         notes.append(f"Hardware: {'; '.join(devices)}.")
+    commits = sorted({run.commit_text() for run in runs})
+    if commits:
+        notes.append(f"Commit: {'; '.join(commits)}.")
+    if damaged:
+        listed = "; ".join(f"{path}: {reason}" for path, reason in damaged)
+        notes.append(f"Damaged run directories, left out of the table: {listed}")
     return Table(title=title, rows=rows, notes=notes, reference_table=table)
 
 
