@@ -473,10 +473,10 @@ class RunDirectory:
         try:
             state = load_checkpoint(source, map_location=map_location)
         except Exception as error:  # truncated, not a torch file, or a pickle that is not plain data
+            head = payload[:4] if payload is not None else _head(self.checkpoint_file)
             raise RunDirectoryError(
-                f"{self.checkpoint_file} is damaged or not a mixbench checkpoint "
-                f"({first_line(error)[:160]}); delete it to restart the run from its first epoch, or pass "
-                "force=true"
+                f"{self.checkpoint_file} cannot be loaded ({checkpoint_problem(error, head)}); delete it to "
+                "restart the run from its first epoch, or pass force=true"
             ) from error
         missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
         if missing:
@@ -518,6 +518,22 @@ class RunDirectory:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+
+
+def _head(path: Path, size: int = 4) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(size)
+
+
+def checkpoint_problem(error: BaseException, head: bytes) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file whose first bytes are ``head``, in a few words
+    (torch's own message suggests ``weights_only=False``, which would run whatever the file's pickle says)."""
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # a torch zip archive, or a legacy pickle
+        return "it is not a torch checkpoint"
+    text = str(error)
+    if "Unsupported global" in text or "Unsupported operand" in text:
+        return "it holds objects other than tensors and plain data, and is not loaded for that reason"
+    return "the file is truncated or damaged"
 
 
 def first_line(error: BaseException) -> str:

@@ -26,7 +26,7 @@ from mixbench.engine.build import build_model_and_method
 from mixbench.engine.runtime import resolve_runtime
 from mixbench.report.gallery import draw_preview, pick_samples
 from mixbench.rng import MixRandom
-from mixbench.rundir import RunDirectory
+from mixbench.rundir import RunDirectory, checkpoint_problem
 
 
 def _weights(cfg: DictConfig) -> Path | None:
@@ -41,6 +41,25 @@ def _weights(cfg: DictConfig) -> Path | None:
     return path
 
 
+def _load_weights(path: Path, model: torch.nn.Module, method: torch.nn.Module, device: torch.device) -> None:
+    """A run's checkpoint into the model and the method (``weights_only=True``); damage or another run's
+    weights is one :class:`ConfigError` naming the file."""
+    fix = "pass this configuration's checkpoint.pt, auto or null"
+    try:
+        state = load_checkpoint(path, map_location=device)
+    except Exception as error:  # not a torch file, truncated, or not plain data
+        with path.open("rb") as handle:
+            problem = checkpoint_problem(error, handle.read(4))
+        raise ConfigError(f"checkpoint {path} cannot be loaded ({problem}); {fix}") from None
+    try:
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+    except (KeyError, TypeError) as error:
+        raise ConfigError(f"checkpoint {path} is not a mixbench run's (it has no {error}); {fix}") from None
+    except RuntimeError:  # load_state_dict: the weights of another model or method
+        raise ConfigError(f"checkpoint {path} holds another model's or method's weights; {fix}") from None
+
+
 @hydra.main(config_path="../configs", config_name="show_mix", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
@@ -50,9 +69,7 @@ def main(cfg: DictConfig) -> None:
         model, method = build_model_and_method(cfg, runtime)
         weights = _weights(cfg)
         if weights is not None:
-            state = load_checkpoint(weights, map_location=runtime.device)
-            model.load_state_dict(state["model"])
-            method.load_state_dict(state["method"])
+            _load_weights(weights, model, method, runtime.device)
         model.eval()
         method.bind(MixRandom(int(cfg.seed), runtime.device), total_steps=1)
         split = load_split(cfg.data, "test")
