@@ -9,14 +9,20 @@ overrides first and turn any problem into one line naming the fix: each composed
 from __future__ import annotations
 
 import itertools
-import os
-import sys
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mixbench.config import CONFIG_DIR, SELECTABLE_GROUPS, ConfigError, check_group_choice, validate
+from mixbench.config import (
+    CONFIG_DIR,
+    SELECTABLE_GROUPS,
+    ConfigError,
+    check_group_choice,
+    check_writable_folder,
+    validate,
+)
 from mixbench.engine.build import check_registered
+from mixbench.errors import OneLineArgumentParser, fail
 
 MAX_CHECKED_COMBINATIONS = 64
 
@@ -60,6 +66,7 @@ def check_overrides(arguments: list[str], config_name: str = "train") -> None:
             if config_name == "train":
                 validate(cfg)
                 check_registered(cfg)
+                check_writable_folder(cfg.runs_root, "runs_root")
 
 
 def _one_line(error: BaseException | None) -> str:
@@ -73,15 +80,10 @@ def _one_line(error: BaseException | None) -> str:
     return "; ".join(dict.fromkeys(messages)) or "the overrides do not compose"
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print ``error: message`` on stderr and exit with ``code``.
-
-    Under torchrun every process meets the same error (:mod:`mixbench.engine.distributed`); only rank 0
-    prints it, the others exit with the same code silently.
-    """
-    if os.environ.get("RANK", "0") == "0":
-        print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(code)
-
-
-__all__ = ["ConfigError", "check_overrides", "config_overrides", "fail"]
+__all__ = [
+    "ConfigError",
+    "OneLineArgumentParser",
+    "check_overrides",
+    "config_overrides",
+    "fail",
+]

@@ -14,6 +14,7 @@ or policy).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -190,6 +191,21 @@ def _check_schedule(schedule: DictConfig) -> None:
     milestones = lr_schedule.get("milestones") or []
     if lr_schedule.name == "step" and not all(_is_integer(m) and 0 < m for m in milestones):
         raise ConfigError(f"schedule.lr_schedule.milestones must be positive epochs, got {list(milestones)}")
+
+
+def check_writable_folder(path: str | Path, key: str) -> None:
+    """Refuse, before anything is built, a folder that cannot be made or written (``runs_root=`` under a
+    file, in a read-only place): found only when the first file is written otherwise, minutes later."""
+    folder = Path(path).expanduser().absolute()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={path} cannot be made: {existing} is a file; choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{key}={path} cannot be written: {existing} is read-only for you; choose another folder"
+        )
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

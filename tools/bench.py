@@ -24,12 +24,11 @@ from mixbench.bench.report import to_markdown, write_report
 from mixbench.bench.request import resolve_request
 from mixbench.cli import fail
 from mixbench.config import ConfigError
+from mixbench.errors import OneLineArgumentParser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--methods", default="all", help="all, or comma-separated names (vanilla is always added)"
     )

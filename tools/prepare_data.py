@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from mixbench.config import CONFIG_DIR
 from mixbench.data import DATASETS as REGISTRY
+from mixbench.errors import OneLineArgumentParser
 
 DATASETS = sorted(name for name in REGISTRY if name != "digits")
 
@@ -64,9 +65,9 @@ def cmd_cifar(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineArgumentParser(add_help=False)
     common.add_argument("--root", default="data", help="data.root (default: data)")
-    parser = argparse.ArgumentParser(description="Check and prepare mixbench datasets on disk.")
+    parser = OneLineArgumentParser(description="Check and prepare mixbench datasets on disk.")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", parents=[common], help="print OK or the one-line problem")
     check.add_argument("name", choices=DATASETS)

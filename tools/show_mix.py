@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from mixbench.atomic import load_checkpoint
 from mixbench.cli import check_overrides, fail
-from mixbench.config import ConfigError, validate
+from mixbench.config import ConfigError, check_writable_folder, validate
 from mixbench.data import load_split
 from mixbench.engine.build import build_model_and_method
 from mixbench.engine.runtime import resolve_runtime
@@ -64,6 +64,10 @@ def _load_weights(path: Path, model: torch.nn.Module, method: torch.nn.Module, d
 def main(cfg: DictConfig) -> None:
     try:
         validate(cfg)
+        samples = cfg.samples
+        if not isinstance(samples, int) or isinstance(samples, bool) or not 2 <= samples <= 64:
+            raise ConfigError(f"samples must be an integer from 2 to 64 (images drawn), got {samples!r}")
+        check_writable_folder(Path(str(cfg.out)).parent, "out")
         runtime = resolve_runtime(cfg)
         torch.manual_seed(int(cfg.seed))
         model, method = build_model_and_method(cfg, runtime)

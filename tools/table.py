@@ -26,6 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mixbench.errors import OneLineArgumentParser
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "tables"
 
@@ -38,9 +40,7 @@ def _display(path: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "runs", type=Path, help="a folder of run directories (searched recursively), or one of them"
     )

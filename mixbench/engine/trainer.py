@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from mixbench.config import ConfigError, to_plain, validate
+from mixbench.config import ConfigError, check_writable_folder, to_plain, validate
 from mixbench.data import DataBundle, build_loaders, check_dataset
 from mixbench.engine.build import build_model_and_method, input_size
 from mixbench.engine.distributed import (
@@ -89,6 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Under torchrun every process calls this; they share one run (see :mod:`mixbench.engine.distributed`).
     """
     validate(cfg)
+    check_writable_folder(cfg.runs_root, "runs_root")
     check_tracker_available(logger_config(cfg))
     runtime = resolve_runtime(cfg)
     launch = launch_from_environment()
