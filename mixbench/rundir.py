@@ -531,7 +531,7 @@ def checkpoint_problem(error: BaseException, head: bytes) -> str:
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # a torch zip archive, or a legacy pickle
         return "it is not a torch checkpoint"
     text = str(error)
-    if "Unsupported global" in text or "Unsupported operand" in text:
+    if "Weights only load failed" in text and ("GLOBAL" in text or "Unsupported" in text):
         return "it holds objects other than tensors and plain data, and is not loaded for that reason"
     return "the file is truncated or damaged"
 
