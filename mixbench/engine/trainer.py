@@ -269,9 +269,12 @@ class Trainer:
             line = first_line(error)  # a DataLoader worker's error already starts with its type's name
             named = type(error).__name__ in line.split(":", 1)[0]
             message = line if named else f"{type(error).__name__}: {line}"
-            if main:
-                message += f" (the traceback is in {self._write_error_log(error)})"
-            summary = self._write_summary(FAILED, message=message)
+            try:  # a full disk may refuse these files too: the one line still reaches the terminal
+                if main:
+                    message += f" (the traceback is in {self._write_error_log(error)})"
+                summary = self._write_summary(FAILED, message=message)
+            except OSError as unwritable:
+                message += f"; the run directory could not record it ({first_line(unwritable)})"
             raise RunFailed(message) from error
         else:
             summary = self._write_summary(COMPLETE)
