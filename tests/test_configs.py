@@ -16,7 +16,8 @@ from mixbench.engine.build import build_model_and_method, check_registered
 from mixbench.engine.runtime import Runtime
 from mixbench.methods import METHODS
 from mixbench.models import MODELS
-from tests.helpers import compose_config, run_cli, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
+from tests.helpers.tools import run_tool
 
 REQUIRED_SCHEDULES = {
     "alignmix_cifar",
@@ -194,16 +195,20 @@ def _assert_one_line_error(result, fragment: str) -> None:
     ],
 )
 def test_cli_bad_input_is_one_line_and_makes_no_run_directory(tmp_path: Path, arguments, fragment) -> None:
+    """``python tools/train.py`` run in this process (tests/helpers/tools.py): the same script, arguments
+    and code path, without a fresh interpreter's seconds of imports.  A real process failing in one line
+    (everything it prints) is tests/test_sweep.py's failed job."""
     runs_root = tmp_path / "runs"
-    result = run_cli([*tiny_overrides(runs_root), *arguments])
+    result = run_tool("train", [*tiny_overrides(runs_root), *arguments])
     _assert_one_line_error(result, fragment)
     assert not runs_root.exists()
 
 
 def test_cli_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path: Path) -> None:
     runs_root = tmp_path / "runs"
-    result = run_cli(
-        ["method=mixup", "model=r18", "data=cifar100", f"data.root={tmp_path}", f"runs_root={runs_root}"]
+    result = run_tool(
+        "train",
+        ["method=mixup", "model=r18", "data=cifar100", f"data.root={tmp_path}", f"runs_root={runs_root}"],
     )
     _assert_one_line_error(result, str(tmp_path / "cifar-100-python"))
     assert "data.download=true" in result.stderr
@@ -211,7 +216,7 @@ def test_cli_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path: Path)
 
 
 def test_cli_prints_the_composed_config() -> None:
-    result = run_cli(["method=mixup", "model=r18", "data=cifar100", "--cfg", "job"])
+    result = run_tool("train", ["method=mixup", "model=r18", "data=cifar100", "--cfg", "job"])
     assert result.returncode == 0, result.stderr
     printed = OmegaConf.create(result.stdout)
     assert printed.method.name == "mixup" and printed.data.name == "cifar100" and printed.model.name == "r18"

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
 from mixbench.atomic import load_checkpoint
@@ -43,6 +44,7 @@ from mixbench.engine.runtime import Runtime
 from mixbench.methods.base import Logs, MixMethod, mixed_cross_entropy
 from mixbench.rng import MixRandom
 from tests.helpers import REPO, compose_config, tiny_overrides
+from tests.helpers.tools import run_tool
 
 DIGITS_TEST_IMAGES = 450
 CPU = torch.device("cpu")
@@ -65,8 +67,8 @@ def _torchrun(arguments: list[str], timeout: float = 240) -> subprocess.Complete
 
 
 def test_torchrun_two_processes_make_one_run_over_exactly_the_test_split(tmp_path: Path) -> None:
-    epochs = 3
-    overrides = [  # the quickstart at 16 px and width 8: learns well beyond chance in 3 epochs
+    epochs = 2
+    overrides = [  # the quickstart at 16 px and width 8: learns well beyond chance in 2 epochs
         "experiment=quickstart",
         f"runs_root={tmp_path / 'runs'}",
         "model.width=8",
@@ -89,7 +91,7 @@ def test_torchrun_two_processes_make_one_run_over_exactly_the_test_split(tmp_pat
     assert all(
         record["train_images"] == 21 * 64 for record in history
     )  # 1,347 images: 21 global batches of 64
-    assert history[-1]["top1"] > 30.0, history[-1]  # chance is 10%; this run reaches about 50%
+    assert history[-1]["top1"] > 30.0, history[-1]  # chance 10%; reaches 40% (seed 1: 46%)
     assert result.stdout.count("complete: ") == 1 and result.stdout.count(f"epoch {epochs}/{epochs}") == 1
     # The recorded accuracy is the whole test split's: a one-process evaluation of the saved weights agrees.
     cfg = compose_config(overrides)
@@ -103,15 +105,23 @@ def test_torchrun_two_processes_make_one_run_over_exactly_the_test_split(tmp_pat
     assert scores["loss"] == pytest.approx(history[-1]["test_loss"], rel=1e-5)
 
 
-def test_torchrun_refuses_a_batch_that_does_not_split_with_one_line(tmp_path: Path) -> None:
-    result = _torchrun(
-        [*tiny_overrides(tmp_path / "runs", epochs=1, window=1), "schedule.batch_size=63"], timeout=120
-    )
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "batch_size=63" in errors[0] and "2 processes" in errors[0], result.stderr[
-        -2000:
-    ]
+def test_torchrun_refuses_a_batch_that_does_not_split_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of the two workers is ``tools/train.py`` with the environment torchrun gives it, run in this
+    process (``tests/helpers/tools.py``; the real launch is the end-to-end test's): both stop before any
+    process group or run directory, and only rank 0 says why, in one line."""
+    arguments = [*tiny_overrides(tmp_path / "runs", epochs=1, window=1), "schedule.batch_size=63"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    stderr = ""
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        result = run_tool("train", arguments)
+        assert result.returncode != 0, f"rank {rank}: {result.stderr[-2000:]}"
+        stderr += result.stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "batch_size=63" in errors[0] and "2 processes" in errors[0], stderr[-2000:]
     assert not (tmp_path / "runs").exists()
 
 
@@ -138,13 +148,15 @@ class InputGradientProbe(MixMethod):
         return mixed_cross_entropy(model(mixed), y, y[perm], lam), {"lam": lam.mean()}
 
 
-def _replica_worker(rank: int, world_size: int, init_file: str, methods: list[str], results: str) -> None:
+def _replica_worker(
+    rank: int, world_size: int, init_file: str, configs: dict[str, DictConfig], results: str
+) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         report: dict[str, dict] = {}
-        for name in methods:
-            report[name] = _train_replica(name, rank)
+        for name, cfg in configs.items():
+            report[name] = _train_replica(name, cfg, rank)
         _check_errors_agree(rank)
         if rank == 0:
             Path(results).write_text(json.dumps(report))
@@ -152,13 +164,17 @@ def _replica_worker(rank: int, world_size: int, init_file: str, methods: list[st
         dist.destroy_process_group()
 
 
-def _train_replica(name: str, rank: int) -> dict:
-    """A few DDP steps of ``name`` on rank-specific data; checks that the replicas stay identical."""
+def replica_config(name: str) -> DictConfig:
+    """The tiny quickstart config of ``name`` (the probe: vanilla's, whose method it replaces)."""
     often = ["method.reconstruction_prob=0.5"] if name == "alignmixup_ae" else []  # the decoder on some steps
     registered = "vanilla" if name == InputGradientProbe.name else name
-    cfg = compose_config(
+    return compose_config(
         [*tiny_overrides(Path("unused"), epochs=1, window=1), f"method={registered}", *often]
     )
+
+
+def _train_replica(name: str, cfg: DictConfig, rank: int) -> dict:
+    """A few DDP steps of ``name`` on rank-specific data; checks that the replicas stay identical."""
     torch.manual_seed(0)  # the same initial weights on both ranks (DDP would also broadcast rank 0's)
     model, method = build_model_and_method(cfg, Runtime(CPU, None, False, False))
     if name == InputGradientProbe.name:
@@ -240,8 +256,9 @@ def _check_errors_agree(rank: int) -> None:
 )
 def test_the_wrapped_step_keeps_two_replicas_identical(methods: list[str], tmp_path: Path) -> None:
     results = tmp_path / "results.json"
-    # fork: the workers inherit the imported modules instead of importing them again (seconds each)
-    arguments = (2, str(tmp_path / "init"), methods, str(results))
+    # fork: the workers inherit the imported modules (seconds each) and the configs, composed once here
+    configs = {name: replica_config(name) for name in methods}
+    arguments = (2, str(tmp_path / "init"), configs, str(results))
     mp.start_processes(_replica_worker, args=arguments, nprocs=2, join=True, start_method="fork")
     report = json.loads(results.read_text())
     for name in methods:

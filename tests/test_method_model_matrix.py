@@ -2,31 +2,37 @@
 
 For each trainable registered method (all but those that need external weights) on PreActResNet18, WRN16-8
 and ResNeXt-50, and for each input-space method on Swin-T, the config ``tools/train.py method=<m>
-model=<model>
-data=cifar100`` would train with is composed (Hydra's compose, as in ``tests/conftest.py``) and validated, the
-model and the method are built by the trainer's own :func:`build_model_and_method`, and one training step
-runs on a tiny random batch: the loss is finite and a finite, non-zero gradient reaches the backbone's first
-layer.  A method that needs hidden
+model=<model> data=cifar100`` would train with is validated, the model and the method are built by the
+trainer's own :func:`build_model_and_method`, and one training step runs on a tiny random batch: the loss is
+finite and a finite, non-zero gradient reaches the backbone's first layer.  A method that needs hidden
 feature tensors (feature mixing, a Mix Block, SUMix's uncertainty head) must instead fail on Swin-T, which
 exposes only its input, with one line naming the method and the model.
 
+The configs are the very ones the command line's own check (:func:`mixbench.cli.check_overrides`) composes
+for ``method=<every method> model=<model> data=cifar100 --cfg job``: the last test asserts that this check
+passes for every method on every model, and the other tests take what it composed (Hydra's compose is the
+slow part, so each combination is composed once, by the check itself).
+
 Sizes keep it fast on a CPU: the CNNs at width 8 (ResNeXt-50 at 16, the narrowest its 32 groups allow) on
 16 px images, Swin-T at 32 px (the smallest size whose token grid, 8 -> 4 -> 2 -> 1, survives its three patch
-merges), batches of 4.  Swin-T's 28M weights are initialised once and handed to every Swin-T case (the
-input-space methods change no weights; gradients are cleared between cases); the refusals on Swin-T are
-checked on the meta device (no weights are made).  Each config is composed once (Hydra's compose is the slow
-part) and checked with :func:`mixbench.config.validate` as ``train`` does; the command line's own check
-(:func:`mixbench.cli.check_overrides`) runs for every method on every model in the last test.
+merges), batches of 4; the configs are shrunk to these sizes after composition, as the overrides
+``model.width=<w> data.image_size=<s>`` would.  Swin-T's 28M weights are initialised once and handed to every
+Swin-T case (the input-space methods change no weights; gradients are cleared between cases); the refusals
+on Swin-T are checked on the meta device (no weights are made).  The module runs on one xdist worker, so
+that the checks and Swin-T are made once.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import pytest
 import torch
 from omegaconf import DictConfig
 
+from mixbench import cli
 from mixbench.cli import MAX_CHECKED_COMBINATIONS, check_overrides
 from mixbench.config import ConfigError, validate
 from mixbench.engine import build as engine_build
@@ -35,7 +41,6 @@ from mixbench.engine.runtime import Runtime
 from mixbench.methods import METHODS
 from mixbench.models import build_model
 from mixbench.rng import MixRandom
-from tests.helpers import compose_config
 
 NEEDS_EXTERNAL_WEIGHTS = {
     name for name, cls in METHODS.items() if getattr(cls, "needs_external_weights", False)
@@ -49,16 +54,45 @@ INPUT_SPACE = sorted(set(TRAINABLE) - FEATURE_SPACE)
 # convolution on a channels-last input with a channel count not a multiple of 8 corrupts the heap; Puzzle
 # Mix's cell moves give such inputs), and ResNeXt-50's narrowest (32 groups).
 CNNS = {"r18": 8, "wrn16_8": 8, "rx50": 16}
+MODELS_CHECKED = [*sorted(CNNS), "swin_t"]
 CNN_SIZE, SWIN_SIZE, BATCH, CLASSES = 16, 32, 4, 100  # cifar100's 100 classes
 CPU = Runtime(device=torch.device("cpu"), autocast_dtype=None, channels_last=False, compile=False)
 
 
-pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see tests/conftest.py
+pytestmark = [
+    pytest.mark.usefixtures("single_torch_thread"),  # see tests/conftest.py
+    pytest.mark.xdist_group("method_model_matrix"),
+]
 
 
-def cli_config(method: str, model: str, *extra: str) -> DictConfig:
-    """The config ``tools/train.py method=<method> model=<model> data=cifar100 <extra>`` trains with."""
-    cfg = compose_config([f"method={method}", f"model={model}", "data=cifar100", "device=cpu", *extra])
+@functools.cache
+def command_line_checked(model: str) -> dict[str, DictConfig]:
+    """Run the command line's check of ``method=<every method> model=<model> data=cifar100 --cfg job``;
+    returns the config it composed for each method (raises its :class:`ConfigError` if it fails)."""
+    composed: dict[str, DictConfig] = {}
+
+    def recording_compose(*args, **kwargs):
+        cfg = cli_compose(*args, **kwargs)
+        composed[cfg.method.name] = cfg
+        return cfg
+
+    cli_compose = cli.compose
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "compose", recording_compose)
+        check_overrides(
+            [f"method={','.join(sorted(METHODS))}", f"model={model}", "data=cifar100", "--cfg", "job"]
+        )
+    return composed
+
+
+def cli_config(method: str, model: str, image_size: int) -> DictConfig:
+    """The config ``tools/train.py method=<method> model=<model> data=cifar100`` trains with, shrunk to
+    ``image_size`` (and the CNNs to their width of ``CNNS``) as the command-line overrides would."""
+    cfg = copy.deepcopy(command_line_checked(model)[method])
+    cfg.device = "cpu"
+    cfg.data.image_size = image_size
+    if model in CNNS:
+        cfg.model.width = CNNS[model]
     validate(cfg)
     return cfg
 
@@ -101,7 +135,8 @@ def one_training_step(cfg: DictConfig, image_size: int) -> None:
 @pytest.mark.parametrize("model", sorted(CNNS))
 @pytest.mark.parametrize("method", TRAINABLE)
 def test_every_method_trains_a_step_on_every_cnn(method: str, model: str) -> None:
-    cfg = cli_config(method, model, f"model.width={CNNS[model]}", f"data.image_size={CNN_SIZE}")
+    cfg = cli_config(method, model, CNN_SIZE)
+    assert (cfg.model.name, cfg.model.width, cfg.data.image_size) == (model, CNNS[model], CNN_SIZE)
     one_training_step(cfg, CNN_SIZE)
 
 
@@ -110,13 +145,13 @@ def test_every_input_space_method_trains_a_step_on_swin_t(
     method: str, shared_swin_builder, monkeypatch
 ) -> None:
     monkeypatch.setattr(engine_build, "build_model", shared_swin_builder)
-    cfg = cli_config(method, "swin_t", f"data.image_size={SWIN_SIZE}")
+    cfg = cli_config(method, "swin_t", SWIN_SIZE)
     one_training_step(cfg, SWIN_SIZE)
 
 
 @pytest.mark.parametrize("method", sorted(FEATURE_SPACE))
 def test_feature_space_methods_refuse_swin_t_in_one_line(method: str) -> None:
-    cfg = cli_config(method, "swin_t", f"data.image_size={SWIN_SIZE}")
+    cfg = cli_config(method, "swin_t", SWIN_SIZE)
     with torch.device("meta"), pytest.raises(ConfigError) as error:
         build_model_and_method(cfg, Runtime(torch.device("meta"), None, False, False))
     message = str(error.value)
@@ -124,7 +159,7 @@ def test_feature_space_methods_refuse_swin_t_in_one_line(method: str) -> None:
     assert message.startswith(f"method {method} cannot run on model swin_t: "), message
 
 
-@pytest.mark.parametrize("model", [*sorted(CNNS), "swin_t"])
+@pytest.mark.parametrize("model", MODELS_CHECKED)
 def test_every_method_passes_the_command_line_check_on_every_model_without_data(model: str) -> None:
     """``tools/train.py method=<m> model=<model> data=cifar100 --cfg job`` for every registered method.
 
@@ -133,8 +168,8 @@ def test_every_method_passes_the_command_line_check_on_every_model_without_data(
     train (alignmixup on swin_t) still composes: the stage check needs built objects.
     """
     assert len(METHODS) <= MAX_CHECKED_COMBINATIONS, "the check would stop before the last methods"
-    check_overrides(
-        [f"method={','.join(sorted(METHODS))}", f"model={model}", "data=cifar100", "--cfg", "job"]
-    )
+    composed = command_line_checked(model)  # raises the check's ConfigError if any method fails it
+    assert sorted(composed) == sorted(METHODS), "the check did not compose every method"
+    assert {cfg.model.name for cfg in composed.values()} == {model}
     with pytest.raises(ConfigError, match="unknown model 'nosuch'"):
         check_overrides(["method=alignmixup", "model=nosuch", "data=cifar100", "--cfg", "job"])

@@ -4,12 +4,12 @@ Every method reports ``mask`` = the per-pixel share of ``x[perm]``; the checks r
 the label ratio from that mask and the pixels, and test each mask's defining property (FMix: top-lam pixels of
 low-frequency noise; ResizeMix: the whole partner resized; SaliencyMix: a box on the source's saliency peak;
 GridMix: constant cells; SmoothMix: a smooth bump of the configured width), so a wrong formula, an inverted
-label ratio or a mask that ignores its parameters makes a test fail.
+label ratio or a mask that ignores its parameters makes a test fail.  SaliencyMix's per-sample ratios through
+the trainer, its logs and its run files are checked on its short run in ``tests/test_all_methods_train.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -19,7 +19,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mixbench.config import CONFIG_DIR
-from mixbench.engine.trainer import train
 from mixbench.methods import MixMethod, build_method
 from mixbench.methods.cutmix import box_mask, sample_box
 from mixbench.methods.fmix import FMix
@@ -30,8 +29,7 @@ from mixbench.methods.saliency_spectral import saliency_peaks, spectral_residual
 from mixbench.methods.saliencymix import SaliencyMix
 from mixbench.methods.smoothmix import SmoothMix
 from mixbench.rng import MixRandom
-from mixbench.rundir import run_directory
-from tests.helpers import FixedLam, LinearNet, compose_config, tiny_overrides
+from tests.helpers import FixedLam, LinearNet
 
 BATCH, SIZE, CLASSES = 8, 16, 10
 NAMES = ["fmix", "resizemix", "saliencymix", "gridmix", "smoothmix"]
@@ -378,15 +376,3 @@ def test_smoothmix_width_is_the_drawn_fraction_of_each_side(relative_sigma: floa
     sigma_x = abs(dx) / math.sqrt(-2 * math.log(mask[cy, cx + dx].item()))
     assert sigma_y == pytest.approx(relative_sigma * height, rel=1e-4)
     assert sigma_x == pytest.approx(relative_sigma * width, rel=1e-4)
-
-
-# ---------------------------------------------------------------------------------------- end to end
-
-
-def test_saliencymix_trains_through_the_generic_trainer_with_per_sample_ratios(tmp_path) -> None:
-    """One tiny epoch: per-sample label ratios flow through the step, the logs and the run files."""
-    cfg = compose_config([*tiny_overrides(tmp_path / "runs", epochs=1, window=1), "method=saliencymix"])
-    summary = train(cfg)
-    assert summary["status"] == "complete"
-    record = json.loads((run_directory(cfg) / "metrics.jsonl").read_text().splitlines()[-1])
-    assert math.isfinite(record["train_loss"]) and 0.0 < record["train_lam"] <= 1.0

@@ -36,7 +36,8 @@ from mixbench.methods.sumix import SUMIX_BASES, SUMix, reestimated_ratio, semant
 from mixbench.methods.switch import HEAD_REPLACING_METHODS, Switch
 from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
-from tests.helpers import compose_config, run_cli, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
+from tests.helpers.tools import run_tool
 
 BATCH, SIZE, CLASSES = 8, 16, 10
 
@@ -810,8 +811,9 @@ def test_style_methods_refuse_without_weights_naming_the_missing_files(cls) -> N
 
 
 def test_cli_stylemix_without_weights_is_one_error_line_and_no_run_directory(tmp_path: Path) -> None:
+    """``python tools/train.py`` run in this process (tests/helpers/tools.py)."""
     runs_root = tmp_path / "runs"
-    result = run_cli([*tiny_overrides(runs_root), "method=stylemix"])
+    result = run_tool("train", [*tiny_overrides(runs_root), "method=stylemix"])
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "encoder_path" in lines[0], result.stderr

@@ -14,6 +14,7 @@ from mixbench.config import CONFIG_DIR
 from mixbench.data import load_split
 from mixbench.report.gallery import pick_samples
 from tests.helpers import REPO
+from tests.helpers.tools import run_tool
 
 
 def test_pick_samples_takes_one_image_per_class_first() -> None:
@@ -25,29 +26,16 @@ def test_pick_samples_takes_one_image_per_class_first() -> None:
 
 
 def test_cli_writes_a_png_for_a_method(tmp_path: Path) -> None:
+    """``python tools/show_mix.py`` run in this process (tests/helpers/tools.py)."""
     out = tmp_path / "cutmix.png"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "show_mix.py"),
-            "method=cutmix",
-            "samples=4",
-            f"out={out}",
-            "checkpoint=null",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = run_tool("show_mix", ["method=cutmix", "samples=4", f"out={out}", "checkpoint=null"])
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    """A real ``python tools/show_mix.py`` process: its one line is all a fresh interpreter prints."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
             sys.executable,
@@ -63,4 +51,5 @@ def test_cli_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "x.png").exists()

@@ -13,7 +13,8 @@ import yaml
 
 from mixbench.rundir import run_directory
 from mixbench.sweep import Job, PoolError, report, resolve_devices, run_pool
-from tests.helpers import REPO, compose_config, run_cli, tiny_overrides
+from tests.helpers import REPO, compose_config, tiny_overrides
+from tests.helpers.tools import run_tool
 
 # A job that records (its device, start, end) and sleeps, so that overlaps can be measured; exit code from
 # argv.
@@ -109,51 +110,56 @@ def _table_rows(table_md: str) -> list[str]:
 
 
 def test_quickstart_sweep_on_two_pretend_devices_with_a_failure_then_relaunch(runs_root: Path) -> None:
-    """The issue's acceptance run, shrunk: 4 jobs, 2 pretend devices, one job fails (its run directory holds
-    another configuration), the 3 others complete; after removing the cause, the same command finishes the
-    missing run and skips the complete ones; the table then has every method."""
-    overrides = tiny_overrides(runs_root, epochs=2, window=2)
+    """The issue's acceptance run, shrunk to two of the quickstart's methods on two pretend devices: one job
+    fails (its run directory holds another configuration), the other completes; after removing the cause,
+    the same command finishes the missing run and skips the complete one; the table then has every method.
+
+    ``tools/train.py -m`` and ``tools/table.py`` run in this process (tests/helpers/tools.py: the same
+    scripts and arguments, Hydra's plugins found in tools/hydra_plugins as a fresh process finds them); the
+    pool starts every job as a real ``python tools/train.py`` process, as it does for users: the failed
+    one prints its error in one line and nothing else (no traceback, nothing while importing)."""
+    overrides = tiny_overrides(runs_root, epochs=1, window=1)
     blocked = run_directory(compose_config([*overrides, "method=cutmix"]))
     blocked.mkdir(parents=True)
     foreign = yaml.safe_load(json.dumps({"seed": 99, "method": {"name": "cutmix"}}))
     (blocked / "config.yaml").write_text(yaml.safe_dump(foreign))
-    command = ["-m", *overrides, "hydra/launcher=gpus", "hydra.launcher.gpus=[0,1]"]
+    methods = ["vanilla", "cutmix"]  # over the experiment's grid, as a command line may
+    command = [
+        "-m",
+        *overrides,
+        f"method={','.join(methods)}",
+        "hydra/launcher=gpus",
+        "hydra.launcher.gpus=[0,1]",
+    ]
 
-    first = run_cli(command)
+    first = run_tool("train", command)
     assert first.returncode == 1, first.stdout + first.stderr
-    assert "sweep finished: 3 of 4 job(s) succeeded" in first.stdout
+    assert "sweep finished: 1 of 2 job(s) succeeded" in first.stdout
     error_lines = [line for line in first.stderr.splitlines() if line.strip()]
     assert error_lines == [error_lines[-1]], "one line"
-    assert error_lines[-1].startswith("error: 1 job(s) of the sweep failed: #2 method=cutmix"), first.stderr
+    assert error_lines[-1].startswith("error: 1 job(s) of the sweep failed: #1 method=cutmix"), first.stderr
     assert "holds a run of a different configuration" in error_lines[-1]
+    (failed_log,) = runs_root.glob(".multirun/*/1.log")  # all a real `python tools/train.py` printed
+    (job_line,) = failed_log.read_text().splitlines()
+    assert job_line.startswith("error: ") and "holds a run of a different configuration" in job_line
     summaries = sorted(runs_root.glob("**/summary.json"))
-    assert len(summaries) == 3 and all(json.loads(p.read_text())["status"] == "complete" for p in summaries)
+    assert len(summaries) == 1 and all(json.loads(p.read_text())["status"] == "complete" for p in summaries)
     assert (blocked / "config.yaml").read_text() == yaml.safe_dump(foreign), "the foreign run is untouched"
 
     (blocked / "config.yaml").unlink()
-    second = run_cli(command)
+    second = run_tool("train", command)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "sweep finished: 4 of 4 job(s) succeeded" in second.stdout
+    assert "sweep finished: 2 of 2 job(s) succeeded" in second.stdout
     logs = sorted((runs_root / ".multirun").glob("*/*.log"))
+    assert len(logs) == 4, "each launch logs its jobs in a folder of its own"
     skipped = [p for p in logs if "complete, skipped" in p.read_text()]
-    assert len(skipped) == 3, "the complete runs are skipped on re-launch"
+    assert len(skipped) == 1, "the complete run is skipped on re-launch"
     assert json.loads((blocked / "summary.json").read_text())["status"] == "complete"
 
-    table = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "table.py"),
-            str(runs_root),
-            "--out",
-            str(runs_root / "tables"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    table = run_tool("table", [str(runs_root), "--out", str(runs_root / "tables")])
     assert table.returncode == 0, table.stderr
     rows = "\n".join(row for p in (runs_root / "tables").glob("*.md") for row in _table_rows(p.read_text()))
-    for method in ("vanilla", "mixup", "cutmix", "manifoldmix"):
+    for method in methods:
         assert f"| {method} " in rows or f"| `{method}` " in rows, rows
 
 

@@ -22,7 +22,8 @@ import pytest
 from mixbench.config import ConfigError
 from mixbench.trackers import NoneTracker, check_tracker_available, open_tracker
 from mixbench.trackers.base import RUN_ID_FILE, read_run_id
-from tests.helpers import REPO, compose_config, run_cli, tiny_overrides
+from tests.helpers import REPO, compose_config, tiny_overrides
+from tests.helpers.tools import run_tool
 
 CONFIG: dict[str, Any] = {
     "data": {"name": "digits", "image_size": 8},
@@ -451,6 +452,8 @@ def test_mlflow_resume_continues_the_same_run(mlflow_run: Path, tmp_path: Path) 
 
 
 # ----------------------------------------------------------------------------- end to end (wired by the lead)
+# ``python tools/train.py`` run in this process (tests/helpers/tools.py): the same script and code path as
+# the command line, the tracker's packages already imported.
 
 
 def _run_folder(runs_root: Path) -> Path:
@@ -464,8 +467,9 @@ def _jsonl_top1(run: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("single_torch_thread")
 def test_train_two_epochs_with_wandb(runs_root: Path) -> None:
-    done = run_cli([*tiny_overrides(runs_root, epochs=2, window=2), "logger=wandb"])
+    done = run_tool("train", [*tiny_overrides(runs_root, epochs=2, window=2), "logger=wandb"])
     assert done.returncode == 0, done.stderr
     run = _run_folder(runs_root)
     (session,) = [wandb_offline_run(path.parent) for path in run.rglob("run-*.wandb")]
@@ -479,8 +483,9 @@ def test_train_two_epochs_with_wandb(runs_root: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("single_torch_thread")
 def test_train_two_epochs_with_mlflow(runs_root: Path) -> None:
-    done = run_cli([*tiny_overrides(runs_root, epochs=2, window=2), "logger=mlflow"])
+    done = run_tool("train", [*tiny_overrides(runs_root, epochs=2, window=2), "logger=mlflow"])
     assert done.returncode == 0, done.stderr
     run = _run_folder(runs_root)
     (store,) = run.rglob("mlflow.db")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,10 @@ from mixbench.engine.trainer import RunFailed, train
 from mixbench.methods.vanilla import Vanilla
 from mixbench.metrics import median_last_k
 from mixbench.rundir import run_directory
-from tests.helpers import REPO, compose_config, run_cli, tiny_overrides
+from tests.helpers import REPO, compose_config, tiny_overrides
+from tests.helpers.tools import run_tool
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny steps: see tests/conftest.py
 
 TIMING_KEYS = {"seconds", "train_seconds", "images_per_s"}
 
@@ -86,22 +90,42 @@ def _model_of(run_dir: Path) -> torch.nn.Module:
     return model
 
 
-def test_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path: Path) -> None:
-    histories = []
-    for root, seed in ((tmp_path / "a", 0), (tmp_path / "b", 0), (tmp_path / "c", 1)):
-        cfg = compose_config([*tiny_overrides(root, epochs=2, window=1), "method=cutmix", f"seed={seed}"])
+def _short_run(runs_root: Path, *extra: str) -> list[str]:
+    """The overrides of the module's short run: mixup, 2 epochs, a metric window of 1."""
+    return [*tiny_overrides(runs_root, epochs=2, window=1), "method=mixup", *extra]
+
+
+@pytest.fixture(scope="module")
+def short_run_root(single_torch_thread, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``runs_root`` holding the short run (seed 0), complete, trained once for the tests below; a test that
+    changes it works on a copy (``_copy``)."""
+    root = tmp_path_factory.mktemp("short_run") / "runs"
+    train(compose_config(_short_run(root)))
+    return root
+
+
+def _copy(runs_root: Path, tmp_path: Path) -> Path:
+    """A copy of ``runs_root`` (file times kept) under ``tmp_path``."""
+    return Path(shutil.copytree(runs_root, tmp_path / "runs"))
+
+
+@pytest.mark.xdist_group("trainer_short_run")
+def test_same_seed_gives_the_same_run_and_another_seed_does_not(short_run_root: Path, tmp_path: Path) -> None:
+    histories = [_without_timing(_history(run_directory(compose_config(_short_run(short_run_root)))))]
+    for root, seed in ((tmp_path / "b", 0), (tmp_path / "c", 1)):
+        cfg = compose_config(_short_run(root, f"seed={seed}"))
         train(cfg)
         histories.append(_without_timing(_history(run_directory(cfg))))
     assert histories[0] == histories[1]
     assert histories[0] != histories[2]
 
 
-def test_a_complete_run_is_skipped_and_force_redoes_it(runs_root: Path, capsys) -> None:
-    overrides = [*tiny_overrides(runs_root, epochs=2, window=1), "method=mixup"]
-    cfg = compose_config(overrides)
-    train(cfg)
-    run_dir = run_directory(cfg)
+@pytest.mark.xdist_group("trainer_short_run")
+def test_a_complete_run_is_skipped_and_force_redoes_it(short_run_root: Path, tmp_path: Path, capsys) -> None:
+    overrides = _short_run(_copy(short_run_root, tmp_path))
+    run_dir = run_directory(compose_config(overrides))
     before = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.is_file()}
+    assert run_dir / "checkpoint.pt" in before
     summary = train(compose_config(overrides))
     assert "complete, skipped" in capsys.readouterr().out
     assert summary["status"] == "complete"
@@ -110,15 +134,17 @@ def test_a_complete_run_is_skipped_and_force_redoes_it(runs_root: Path, capsys) 
     assert (run_dir / "checkpoint.pt").stat().st_mtime_ns > before[run_dir / "checkpoint.pt"]
 
 
-def test_a_directory_of_another_configuration_is_refused_untouched(runs_root: Path) -> None:
-    cfg = compose_config([*tiny_overrides(runs_root, epochs=2, window=1), "method=vanilla"])
-    train(cfg)
-    run_dir = run_directory(cfg)
+@pytest.mark.xdist_group("trainer_short_run")
+def test_a_directory_of_another_configuration_is_refused_untouched(
+    short_run_root: Path, tmp_path: Path
+) -> None:
+    overrides = _short_run(_copy(short_run_root, tmp_path))
+    run_dir = run_directory(compose_config(overrides))
     config_path = run_dir / "config.yaml"
     config_path.write_text(config_path.read_text().replace("lr: 0.1", "lr: 0.2"))  # as if the recipe changed
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
     with pytest.raises(ConfigError, match="different configuration .*schedule.optimizer.lr.*force=true"):
-        train(compose_config([*tiny_overrides(runs_root, epochs=2, window=1), "method=vanilla"]))
+        train(compose_config(overrides))
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
 
 
@@ -148,8 +174,10 @@ def test_a_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(
 
 
 def test_cli_non_finite_loss_exits_non_zero_with_one_line(runs_root: Path) -> None:
-    result = run_cli(
-        [*tiny_overrides(runs_root, epochs=2, window=1), "method=vanilla", "schedule.optimizer.lr=1e30"]
+    """``python tools/train.py`` run in this process (tests/helpers/tools.py)."""
+    result = run_tool(
+        "train",
+        [*tiny_overrides(runs_root, epochs=2, window=1), "method=vanilla", "schedule.optimizer.lr=1e30"],
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -157,7 +185,8 @@ def test_cli_non_finite_loss_exits_non_zero_with_one_line(runs_root: Path) -> No
 
 
 def _start_cli(arguments: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    """``python tools/train.py <arguments>`` started in a fresh process, with one thread as this process."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen(
         [sys.executable, str(REPO / "tools" / "train.py"), *arguments],
         cwd=REPO,
@@ -179,8 +208,10 @@ def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen, time
 
 @pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_same_numbers(tmp_path: Path) -> None:
-    """SIGKILL mid-epoch (twice, at different moments) and resume: same metrics as an uninterrupted run."""
-    epochs = 5
+    """SIGKILL mid-epoch (twice, at different moments, the second time a resumed process) and resume: same
+    metrics as an uninterrupted run.  The killed runs are real ``python tools/train.py`` processes; the last
+    resume runs the same script in this process (tests/helpers/tools.py)."""
+    epochs = 4
     reference_cfg = compose_config(
         [*tiny_overrides(tmp_path / "reference", epochs=epochs, window=2), "method=manifoldmix"]
     )
@@ -197,7 +228,7 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_numbers(tmp_path: Path) 
         process.wait()
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "running" and summary["epochs_done"] < epochs
-    result = run_cli(arguments)
+    result = run_tool("train", arguments)
     assert result.returncode == 0, result.stderr
     assert _without_timing(_history(run_dir)) == expected
     summary = json.loads((run_dir / "summary.json").read_text())

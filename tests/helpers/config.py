@@ -37,8 +37,11 @@ def tiny_overrides(runs_root: Path, epochs: int = 3, window: int = 2) -> list[st
 
 
 def run_cli(arguments: list[str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python tools/train.py <arguments>`` in a fresh process; returns the completed process."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HYDRA_FULL_ERROR": "0"}
+    """``python tools/train.py <arguments>`` in a fresh process; returns the completed process.
+
+    The process sees no GPU and, unless this one's environment says otherwise, uses one thread (tiny runs:
+    more threads only spin).  To run a tool without a fresh interpreter, see ``tests/helpers/tools.py``."""
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "CUDA_VISIBLE_DEVICES": "", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
         [sys.executable, str(REPO / "tools" / "train.py"), *arguments],
         cwd=cwd,
