@@ -280,6 +280,20 @@ def test_digits_split_sizes_classes_and_format(digit_splits) -> None:
         assert abs(n_test - 0.25 * n_all) <= 1
 
 
+def test_the_shipped_digits_split_and_images_are_scikit_learns() -> None:
+    """The split file is what ``train_test_split`` returns (indices and order), and the images read from the
+    data file are ``load_digits``'s: the cheap path of :mod:`mixbench.data.digits` changes nothing."""
+    from sklearn.datasets import load_digits
+
+    assert digits.read_split() == digits.sklearn_split()
+    images, labels = digits.read_digits()
+    reference = load_digits()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)
+    split = digits.read_split()
+    assert sorted(split["train"] + split["test"]) == list(range(1797))
+
+
 def test_digits_split_ignores_global_seeds(digit_splits) -> None:
     torch.manual_seed(1234)
     np.random.seed(4321)
