@@ -536,6 +536,29 @@ def checkpoint_problem(error: BaseException, head: bytes) -> str:
     return "the file is truncated or damaged"
 
 
+def complete_summary(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The summary of ``cfg``'s run when its directory holds a complete run of this very configuration;
+    ``None`` in every other case (no run yet, another configuration, damaged files, not complete), which
+    the trainer itself then resolves (it starts, resumes or refuses in one line).  Reads only."""
+    try:
+        directory = RunDirectory.of(cfg)
+        if not directory.has_config() or identity_mismatch(directory.read_config(), cfg):
+            return None
+        summary = directory.read_summary()
+    except (RunDirectoryError, OSError):
+        return None
+    return summary if summary is not None and summary.get("status") == COMPLETE else None
+
+
+def skipped_line(path: Path, summary: Mapping[str, Any]) -> str:
+    """What is printed for a complete run that a command skips."""
+    window = summary["metric_window"]
+    return (
+        f"complete, skipped: {path} (median top-1 of the last {window} epochs "
+        f"{summary[headline_key(window)]:.2f}); force=true to redo it"
+    )
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message (its type's name when it has none); for an error re-raised from
     a DataLoader worker ("Caught X in DataLoader worker process 0. Original Traceback ..."), the worker's own

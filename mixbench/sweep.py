@@ -13,8 +13,9 @@ command line of a single run (``python tools/train.py <the job's overrides>``) a
   inside it the GPU is ``cuda:0`` and the trainer needs no device option;
 * jobs start in grid order as slots free up, each writes its output to ``<log_dir>/<index>.log``;
 * a job that fails (non-zero exit) does not stop the others; failures are returned and reported at the end;
-* a complete run is skipped by the trainer itself (and an interrupted one resumes from its checkpoint), so
-  re-launching the same sweep finishes only what is missing.
+* a job whose run is already complete is skipped without starting a process (:attr:`Job.skip`; the trainer
+  would skip it too), and an interrupted one resumes from its checkpoint, so re-launching the same sweep
+  finishes only what is missing.
 
 Why subprocesses instead of Hydra's in-process basic launcher: one CUDA context per job and per GPU, a crash
 (even a segfault or out-of-memory kill) stays inside its job, and memory is returned to the GPU when a job
@@ -52,6 +53,9 @@ class Job:
     command: list[str]
     label: str  # what the report shows: the job's overrides
     log_path: Path
+    # Asked just before the job would start: why it need not run (its run is complete), or None.  A skipped
+    # job costs no process (a fresh interpreter spends seconds importing torch before it could say so).
+    skip: Callable[[], str | None] | None = None
 
 
 @dataclass
@@ -173,8 +177,13 @@ def run_pool(
         with _stop_on_signals():
             while pending or running:
                 while pending and free:
-                    device = free.pop(0)
                     job = pending.pop(0)
+                    reason = job.skip() if job.skip is not None else None
+                    if reason:
+                        results[job.index] = _skipped(job, reason)
+                        echo(f"#{job.index} {reason}")
+                        continue
+                    device = free.pop(0)
                     running.append(_start(job, device, threads))
                     echo(f"[gpu {device}] start #{job.index}: {job.label}")
                 time.sleep(POLL_SECONDS)
@@ -289,6 +298,13 @@ def _start(job: Job, device: str, threads: str) -> _Running:
         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
     return _Running(job, device, process, log)
+
+
+def _skipped(job: Job, reason: str) -> JobResult:
+    """A job that did not need to run: its log says why, as the job itself would have."""
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    job.log_path.write_text(reason + "\n")
+    return JobResult(job, 0, "-", 0.0, reason)
 
 
 def _last_line(path: Path) -> str:

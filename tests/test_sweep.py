@@ -77,6 +77,27 @@ def test_pool_runs_two_jobs_at_once_one_per_device_and_reports_the_failure(tmp_p
     assert str(tmp_path / "logs" / "2.log") in text
 
 
+def test_a_job_with_a_reason_to_skip_starts_no_process_and_takes_no_slot(tmp_path: Path) -> None:
+    jobs = _recording_jobs(tmp_path, [3, 0, 0])
+    asked: list[int] = []
+
+    def skip_first() -> str:
+        asked.append(0)
+        return "complete, skipped: runs/x (median top-1 of the last 1 epochs 50.00); force=true to redo it"
+
+    jobs[0].skip = skip_first
+    jobs[1].skip = lambda: None
+    echoed: list[str] = []
+    results = run_pool(jobs, devices=["0"], echo=echoed.append)
+    assert asked == [0] and not (tmp_path / "job0.json").exists(), "the skipped job never ran"
+    assert [r.returncode for r in results] == [0, 0, 0], "job 0 would have exited 3"
+    assert results[0].last_line.startswith("complete, skipped: runs/x")
+    assert (tmp_path / "logs" / "0.log").read_text().startswith("complete, skipped: runs/x")
+    assert {json.loads((tmp_path / f"job{i}.json").read_text())["device"] for i in (1, 2)} == {"0"}
+    assert not any(line.startswith("[gpu 0] start #0") for line in echoed)
+    assert report(results).splitlines()[0] == "sweep finished: 3 of 3 job(s) succeeded"
+
+
 def test_jobs_per_device_shares_a_device_and_splits_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,6 +130,7 @@ def _table_rows(table_md: str) -> list[str]:
     return [line for line in table_md.splitlines() if line.startswith("|") and "---" not in line][1:]
 
 
+@pytest.mark.slow
 def test_quickstart_sweep_on_two_pretend_devices_with_a_failure_then_relaunch(runs_root: Path) -> None:
     """The issue's acceptance run, shrunk to two of the quickstart's methods on two pretend devices: one job
     fails (its run directory holds another configuration), the other completes; after removing the cause,
@@ -154,6 +176,7 @@ def test_quickstart_sweep_on_two_pretend_devices_with_a_failure_then_relaunch(ru
     assert len(logs) == 4, "each launch logs its jobs in a folder of its own"
     skipped = [p for p in logs if "complete, skipped" in p.read_text()]
     assert len(skipped) == 1, "the complete run is skipped on re-launch"
+    assert "#0 complete, skipped" in second.stdout, "by the pool, without starting a process"
     assert json.loads((blocked / "summary.json").read_text())["status"] == "complete"
 
     table = run_tool("table", [str(runs_root), "--out", str(runs_root / "tables")])

@@ -65,6 +65,7 @@ from mixbench.rundir import (
     headline_key,
     identity_mismatch,
     run_identity,
+    skipped_line,
     summary_scores,
 )
 from mixbench.trackers import Tracker, check_tracker_available, open_tracker
@@ -164,12 +165,7 @@ def _existing_summary(run_dir: RunDirectory, cfg: DictConfig, force: bool) -> di
     except RunDirectoryError:  # damaged: the checkpoint is the truth, and resuming rewrites the summary
         summary = None
     if summary is not None and summary["status"] == COMPLETE:
-        window = summary["metric_window"]
-        print(
-            f"complete, skipped: {run_dir.path} (median top-1 of the last {window} epochs "
-            f"{summary[headline_key(window)]:.2f}); force=true to redo it",
-            flush=True,
-        )
+        print(skipped_line(run_dir.path, summary), flush=True)
         return summary
     return None
 

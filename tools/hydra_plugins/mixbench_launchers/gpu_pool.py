@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mixbench.rundir import complete_summary, run_directory, skipped_line
 from mixbench.sweep import (
     FAILED_JOBS,
     Job,
@@ -37,9 +38,30 @@ class GpuPoolLauncher(Launcher):
         self.gpus = OmegaConf.to_container(gpus) if OmegaConf.is_config(gpus) else gpus
         self.jobs_per_gpu = int(jobs_per_gpu)
         self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        self.hydra_context = hydra_context
+
+    def _skip_if_complete(self, overrides: Sequence[str]) -> Callable[[], str | None]:
+        """The job's check before it starts: its config composed here, as the job would compose it, and
+        its run directory read; a complete run of the same configuration is skipped without a process."""
+
+        def reason() -> str | None:
+            assert self.config is not None and self.hydra_context is not None
+            try:
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            except Exception:  # noqa: BLE001 (a bad override: the job itself reports it in one line)
+                return None
+            with open_dict(cfg):
+                del cfg["hydra"]
+            if cfg.get("force"):
+                return None
+            summary = complete_summary(cfg)
+            return None if summary is None else skipped_line(run_directory(cfg), summary)
+
+        return reason
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
@@ -55,6 +77,7 @@ class GpuPoolLauncher(Launcher):
                 command=python_command(script, filter_overrides(overrides)),
                 label=" ".join(filter_overrides(overrides)),
                 log_path=sweep_dir / f"{initial_job_idx + offset}.log",
+                skip=self._skip_if_complete(overrides),
             )
             for offset, overrides in enumerate(job_overrides)
         ]
