@@ -299,6 +299,7 @@ def _prepare_data():
     return module
 
 
+@pytest.mark.slow
 def test_cli_check_on_empty_dir_is_one_line(tmp_path):
     result = subprocess.run(
         [

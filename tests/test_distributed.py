@@ -66,6 +66,7 @@ def _torchrun(arguments: list[str], timeout: float = 240) -> subprocess.Complete
 # ---------------------------------------------------------------------------------------- torchrun end to end
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_make_one_run_over_exactly_the_test_split(tmp_path: Path) -> None:
     epochs = 2
     overrides = [  # the quickstart at 16 px and width 8: learns well beyond chance in 2 epochs

@@ -3,6 +3,7 @@ ending a run recorded, signals ending a run or a sweep cleanly, and TensorBoard 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from mixbench.rundir import RunDirectory
 from mixbench.runlock import LOCK_FILE, RunLock, RunLockedError
 from mixbench.sweep import INTERRUPTED, Job, JobResult, report
 from tests.helpers import REPO, compose_config, tiny_overrides
+from tests.helpers.tools import run_tool
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -361,3 +363,96 @@ def test_a_corrupt_image_read_by_a_worker_is_one_line_naming_the_file(tmp_path: 
     assert first_line(failure.value).startswith(
         f"mixbench.data.base.CorruptImageError: image file {broken} cannot be decoded ("
     ), first_line(failure.value)
+
+
+# ---------------------------------------------------------------------------- a killed sweep, re-launched
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _method_of(pid: int) -> str:
+    """The method a training process was started with (its ``method=<name>`` argument)."""
+    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    (method,) = [argument.removeprefix("method=") for argument in arguments if argument.startswith("method=")]
+    return method
+
+
+def _metrics_lines(run_dir: Path) -> list[str]:
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+TIMING_KEYS = {"seconds", "train_seconds", "images_per_s"}  # differ between two runs of the same numbers
+
+
+def _without_timing(lines: list[str]) -> list[dict]:
+    return [
+        {key: value for key, value in json.loads(line).items() if key not in TIMING_KEYS} for line in lines
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_sweep_is_relaunched_to_the_same_numbers_redoing_no_completed_epoch(tmp_path: Path) -> None:
+    """Issue 9's acceptance, for a stateless and a stateful method at once.  ``python tools/train.py -m`` on
+    the GPU pool (two pretend devices) trains Manifold Mixup and AutoMix (EMA network, Mix Block and its
+    optimizer, a step counter).  Mid-epoch, the AutoMix job is SIGKILLed (a kill at any moment: OOM killer,
+    a node lost), then the sweep itself: a second later no job is alive, and the Manifold Mixup run, stopped
+    by the pool's death, says ``interrupted``.  The same command then completes both runs: the epochs their
+    checkpoints mark done stay as written (their lines of metrics.jsonl, timings included: nothing was
+    redone), and every epoch's numbers equal those of an uninterrupted run.
+
+    The killed sweep is a real process (so is every job the pool starts); the re-launch's parent runs in this
+    process (tests/helpers/tools.py); the uninterrupted runs are trained here.  Manifold Mixup's resume from
+    SIGKILL, twice, is tests/test_trainer.py's."""
+    epochs, methods = 4, ("manifoldmix", "automix")
+    overrides = tiny_overrides(tmp_path / "runs", epochs=epochs, window=1)
+    expected = {}
+    for method in methods:
+        reference = compose_config([*tiny_overrides(tmp_path / "reference", epochs, 1), f"method={method}"])
+        train(reference)
+        expected[method] = _without_timing(_metrics_lines(RunDirectory.of(reference).path))
+    run_dirs = {m: RunDirectory.of(compose_config([*overrides, f"method={m}"])).path for m in methods}
+    command = [*overrides, f"method={','.join(methods)}", "hydra/launcher=gpus", "hydra.launcher.gpus=[0,1]"]
+
+    environ = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    sweep = subprocess.Popen(
+        [sys.executable, str(REPO / "tools" / "train.py"), "-m", *command],
+        cwd=REPO,
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    while not all(len(_metrics_lines(path)) >= 1 for path in run_dirs.values()):
+        assert time.monotonic() < deadline and sweep.poll() is None, "the jobs did not train an epoch"
+        time.sleep(0.05)
+    jobs = {_method_of(pid): pid for pid in _children(sweep.pid)}
+    assert sorted(jobs) == sorted(methods)
+    time.sleep(0.2)  # inside an epoch
+    os.kill(jobs["automix"], signal.SIGKILL)
+    time.sleep(0.1)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    time.sleep(1.0)
+    assert not any(_alive(pid) for pid in jobs.values()), "a job outlived its sweep"
+    kept = {}  # the lines of the completed epochs: those the checkpoint marks done
+    for method, path in run_dirs.items():
+        summary, lines = RunDirectory(path).read_summary(), _metrics_lines(path)
+        status = {"manifoldmix": "interrupted", "automix": "running"}[method]  # SIGKILL leaves "running"
+        assert summary["status"] == status, (method, summary)
+        done = summary["epochs_done"]
+        assert 1 <= done < epochs, (method, summary)
+        assert len(lines) in (done, done + 1), "an epoch is logged before the checkpoint marks it done"
+        kept[method] = lines[:done]
+
+    relaunch = run_tool("train", ["-m", *command])
+    assert relaunch.returncode == 0, relaunch.stdout + relaunch.stderr
+    assert "sweep finished: 2 of 2 job(s) succeeded" in relaunch.stdout
+    for method, path in run_dirs.items():
+        lines = _metrics_lines(path)
+        assert lines[: len(kept[method])] == kept[method], f"{method}: a completed epoch was redone"
+        assert _without_timing(lines) == expected[method], method
+        assert RunDirectory(path).read_summary()["status"] == "complete"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -33,6 +34,7 @@ def test_cli_writes_a_png_for_a_method(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
     """A real ``python tools/show_mix.py`` process: its one line is all a fresh interpreter prints."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}

@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +260,19 @@ def wandb_records(path: Path) -> list[Any]:
     return records
 
 
+def wandb_records_once_written(path: Path, timeout: float = 30.0) -> list[Any]:
+    """The records of a ``.wandb`` file once it holds the session's exit record.  The file is written by W&B's
+    service, a process of its own: ``run.finish()`` returns once the service has the exit status, and on a
+    loaded machine the file's last blocks can reach the disk a moment later (seen once in a full suite run:
+    no record read yet).  Waiting for the exit record asserts the same thing without the race."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
 def _item_key(item: Any) -> str:
     return item.key or "/".join(item.nested_key)
 
@@ -266,7 +280,7 @@ def _item_key(item: Any) -> str:
 def wandb_offline_run(folder: Path) -> dict[str, Any]:
     """One offline session folder read back: run id and name, config, history rows by step, summary."""
     (path,) = folder.glob("run-*.wandb")
-    records = wandb_records(path)
+    records = wandb_records_once_written(path)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     history = {}
     for r in records:

@@ -208,19 +208,20 @@ def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen, time
 
 @pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_same_numbers(tmp_path: Path) -> None:
-    """SIGKILL mid-epoch (twice, at different moments, the second time a resumed process) and resume: same
-    metrics as an uninterrupted run.  The killed runs are real ``python tools/train.py`` processes; the last
-    resume runs the same script in this process (tests/helpers/tools.py)."""
-    epochs = 4
+    """SIGKILL mid-epoch (twice, at different moments, the second time a resumed process) and resume: the
+    same metrics as an uninterrupted run.  The killed runs are real ``python tools/train.py`` processes; the
+    last resume runs the same script in this process (tests/helpers/tools.py).  A stateful method (AutoMix)
+    killed at any moment: tests/test_robustness.py's killed sweep."""
+    method, epochs, kills = "manifoldmix", 4, ((1, 0.3), (3, 0.05))
     reference_cfg = compose_config(
-        [*tiny_overrides(tmp_path / "reference", epochs=epochs, window=2), "method=manifoldmix"]
+        [*tiny_overrides(tmp_path / "reference", epochs=epochs, window=2), f"method={method}"]
     )
     train(reference_cfg)
     expected = _without_timing(_history(run_directory(reference_cfg)))
 
-    arguments = [*tiny_overrides(tmp_path / "killed", epochs=epochs, window=2), "method=manifoldmix"]
+    arguments = [*tiny_overrides(tmp_path / "killed", epochs=epochs, window=2), f"method={method}"]
     run_dir = run_directory(compose_config(arguments))
-    for epochs_before_kill, delay in ((1, 0.3), (3, 0.05)):
+    for epochs_before_kill, delay in kills:
         process = _start_cli(arguments)
         _wait_for_epochs(run_dir, epochs_before_kill, process)
         time.sleep(delay)  # somewhere inside the next epoch (or while it writes its files)
