@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+mkdir -p runs
 runs=$(mktemp -d runs/publish-quickstart.XXXXXX)
 MIXBENCH_QUICKSTART_RUNS="$runs" bash scripts/quickstart.sh
 rm -rf results/quickstart/table_curves
