@@ -55,6 +55,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+BEST_FILE = "best.pt"  # the weights of the epoch with the best online top-1 (evaluations take weights=best)
 TENSORBOARD_DIR = "tb"
 ERROR_LOG = "error.log"
 
@@ -335,6 +336,7 @@ SUMMARY_KEYS = (
     "message",
 )
 CHECKPOINT_KEYS = ("epoch", "model", "method", "optimizer", "history", "wall_time")
+BEST_KEYS = ("epoch", "top1", "model", "method")
 REQUIRED_SUMMARY_KEYS = ("status", "seed", "epochs", "epochs_done", "metric_window")
 
 
@@ -370,6 +372,10 @@ class RunDirectory:
     @property
     def checkpoint_file(self) -> Path:
         return self.path / CHECKPOINT_FILE
+
+    @property
+    def best_file(self) -> Path:
+        return self.path / BEST_FILE
 
     @property
     def error_log(self) -> Path:
@@ -469,21 +475,48 @@ class RunDirectory:
     def load_checkpoint(self, map_location: Any = "cpu", payload: bytes | None = None) -> dict[str, Any]:
         """The checkpoint (or its bytes ``payload``, read elsewhere), loaded with ``weights_only=True``, so
         loading never runs pickled code; a damaged or foreign file is one :class:`RunDirectoryError`."""
-        source: Any = io.BytesIO(payload) if payload is not None else self.checkpoint_file
+        return self._load_weights(
+            self.checkpoint_file,
+            CHECKPOINT_KEYS,
+            "delete it to restart the run from its first epoch, or pass force=true",
+            map_location,
+            payload,
+        )
+
+    def save_best(self, state: Mapping[str, Any]) -> None:
+        """``best.pt``: ``{"epoch", "top1", "model", "method"}`` of the best epoch so far (atomically)."""
+        atomic_save(dict(state), self.best_file)
+
+    def load_best(self, map_location: Any = "cpu") -> dict[str, Any]:
+        """``best.pt``, guarded as :meth:`load_checkpoint` (``weights_only=True``; damage in one line)."""
+        if not self.best_file.is_file():
+            raise RunDirectoryError(
+                f"{self.best_file} does not exist (a run keeps it from its first evaluated epoch; runs made "
+                "before mixbench kept it have none); use the last epoch's weights"
+            )
+        return self._load_weights(
+            self.best_file, BEST_KEYS, "delete it (the last epoch's weights stay usable)", map_location
+        )
+
+    def _load_weights(
+        self,
+        path: Path,
+        required: Sequence[str],
+        fix: str,
+        map_location: Any = "cpu",
+        payload: bytes | None = None,
+    ) -> dict[str, Any]:
+        source: Any = io.BytesIO(payload) if payload is not None else path
         try:
             state = load_checkpoint(source, map_location=map_location)
         except Exception as error:  # truncated, not a torch file, or a pickle that is not plain data
-            head = payload[:4] if payload is not None else _head(self.checkpoint_file)
+            head = payload[:4] if payload is not None else _head(path)
             raise RunDirectoryError(
-                f"{self.checkpoint_file} cannot be loaded ({checkpoint_problem(error, head)}); delete it to "
-                "restart the run from its first epoch, or pass force=true"
+                f"{path} cannot be loaded ({checkpoint_problem(error, head)}); {fix}"
             ) from error
-        missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+        missing = [key for key in required if not isinstance(state, dict) or key not in state]
         if missing:
-            raise RunDirectoryError(
-                f"{self.checkpoint_file} lacks {', '.join(missing)}; delete it to restart the run from its "
-                "first epoch, or pass force=true"
-            )
+            raise RunDirectoryError(f"{path} lacks {', '.join(missing)}; {fix}")
         return state
 
     def make(self) -> None:

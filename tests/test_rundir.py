@@ -159,3 +159,23 @@ def test_identity_is_against_the_shipped_file_not_the_saved_one() -> None:
     saved = OmegaConf.to_container(composed("method=mixup"), resolve=True)
     saved["method"]["alpha"] = 0.5  # as if configs/method/mixup.yaml had shipped alpha 0.5 back then
     assert identity_mismatch(saved, composed("method=mixup")) == ["method.alpha"]
+
+
+def test_best_weights_are_read_guarded_and_their_absence_is_one_line(tmp_path: Path) -> None:
+    import torch
+
+    from mixbench.rundir import RunDirectory, RunDirectoryError
+
+    run = RunDirectory(tmp_path / "run")
+    run.make()
+    with pytest.raises(RunDirectoryError, match="best.pt does not exist .*use the last epoch's weights"):
+        run.load_best()
+    run.best_file.write_bytes(b"not a torch file")
+    with pytest.raises(RunDirectoryError, match="best.pt cannot be loaded .*; delete it") as damaged:
+        run.load_best()
+    assert "\n" not in str(damaged.value)
+    torch.save({"epoch": 3, "model": {}}, run.best_file)
+    with pytest.raises(RunDirectoryError, match="best.pt lacks top1, method; delete it"):
+        run.load_best()
+    run.save_best({"epoch": 3, "top1": 50.0, "model": {"w": torch.ones(2)}, "method": {}})
+    assert run.load_best()["top1"] == 50.0 and not run.temporary_files()

@@ -16,11 +16,15 @@ import torch
 
 from mixbench.atomic import load_checkpoint
 from mixbench.config import ConfigError
+from mixbench.data import build_loaders
 from mixbench.engine import trainer as trainer_module
+from mixbench.engine.build import input_size
+from mixbench.engine.evaluate import evaluate
+from mixbench.engine.runtime import Runtime
 from mixbench.engine.trainer import RunFailed, train
 from mixbench.methods.vanilla import Vanilla
 from mixbench.metrics import median_last_k
-from mixbench.rundir import run_directory
+from mixbench.rundir import RunDirectory, run_directory
 from tests.helpers import REPO, compose_config, tiny_overrides
 from tests.helpers.tools import run_tool
 
@@ -37,8 +41,16 @@ def _without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in history]
 
 
-def test_a_run_writes_the_whole_run_directory(runs_root: Path) -> None:
+def test_a_run_writes_the_whole_run_directory(runs_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = compose_config([*tiny_overrides(runs_root, epochs=4, window=3), "method=mixup"])
+    best_saved_at: list[int] = []
+    save_best = RunDirectory.save_best
+
+    def recording_save_best(self, state):
+        best_saved_at.append(state["epoch"])
+        save_best(self, state)
+
+    monkeypatch.setattr(RunDirectory, "save_best", recording_save_best)
     summary = train(cfg)
     run_dir = run_directory(cfg)
     assert (
@@ -80,6 +92,16 @@ def test_a_run_writes_the_whole_run_directory(runs_root: Path) -> None:
     state = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True
     assert state["epoch"] == 4 and len(state["history"]) == 4
     assert not list(run_dir.glob(".*.tmp"))
+    # best.pt: written exactly when the best online top-1 rose, holding the weights that scored it
+    records = [(record["epoch"], record["top1"]) for record in history]
+    rises = [epoch for i, (epoch, top) in enumerate(records) if all(top > t for _, t in records[:i])]
+    assert best_saved_at == rises
+    best = RunDirectory(run_dir).load_best()
+    assert (best["epoch"], best["top1"]) == (saved["best_epoch"], saved["best_top1"])
+    model = _model_of(run_dir)
+    model.load_state_dict(best["model"])
+    data = build_loaders(cfg.data, cfg.schedule.augment, 64, 500, input_size(cfg), torch.device("cpu"))
+    assert evaluate(model, data.test, Runtime.cpu())["top1"] == pytest.approx(saved["best_top1"], abs=1e-9)
 
 
 def _model_of(run_dir: Path) -> torch.nn.Module:

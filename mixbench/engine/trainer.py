@@ -249,6 +249,7 @@ class Trainer:
                 record = self._run_epoch(epoch)
                 self.history.append(record)
                 self._log(record)  # before the checkpoint: a kill in between re-logs the epoch on resume
+                self._save_if_best(record)  # before the checkpoint too: a kill in between redoes the epoch
                 self._save(epoch + 1)
         except RunFailed as failure:
             summary = self._write_summary(FAILED, message=str(failure))
@@ -461,6 +462,24 @@ class Trainer:
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _save_if_best(self, record: dict[str, Any]) -> None:
+        """Keep ``best.pt`` when this epoch's online top-1 beats every earlier epoch's (ties keep the earlier
+        epoch, as the summary's ``best_epoch``): the weights AlignMixup reports its best epoch of.  An EMA
+        network's own best epoch is not kept apart; ``best.pt`` holds the method's state of the same epoch."""
+        if not self.launch.is_main:
+            return
+        earlier = [float(r["top1"]) for r in self.history if r is not record and "top1" in r]
+        if earlier and float(record["top1"]) <= max(earlier):
+            return
+        self.run_dir.save_best(
+            {
+                "epoch": record["epoch"],
+                "top1": record["top1"],
+                "model": self.model.state_dict(),
+                "method": self.method.state_dict(),
+            }
+        )
 
     def _save(self, epochs_done: int) -> None:
         if not self.launch.is_main:
