@@ -24,7 +24,10 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_replace(path: Path, write) -> None:
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(handle)`` on a binary file beside ``path`` (``.<name>.<random>.tmp``), flush it to disk,
+    then rename it over ``path``: readers see the old or the whole new file; a failed write leaves none."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -43,11 +46,11 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that never leaves a partial file at ``path``."""
     import torch  # here, not at the top: readers of run directories (mixbench.report) need no torch
 
-    _atomic_replace(Path(path), lambda handle: torch.save(obj, handle))
+    atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
-    _atomic_replace(Path(path), lambda handle: handle.write(text.encode()))
+    atomic_write(Path(path), lambda handle: handle.write(text.encode()))
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> None:

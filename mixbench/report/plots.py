@@ -19,6 +19,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mixbench.atomic import atomic_write
 from mixbench.report.runs import HEADLINE
 from mixbench.report.tables import STATISTIC_LABEL, Row, Table, mean_std
 from mixbench.rundir import ONLINE, read_run
@@ -40,12 +41,8 @@ def metric_window_span(epochs: Sequence[int], window: int) -> tuple[int, int] | 
 
 def _save(figure: Figure, out: Path) -> None:
     """Write the PNG next to its destination, then rename it over it (never a torn file)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    partial = out.with_name(f".{out.name}.partial.png")
-    figure.savefig(partial, dpi=DPI)
-    partial.replace(out)
+    atomic_write(out, lambda handle: figure.savefig(handle, format="png", dpi=DPI))
 
 
 # ------------------------------------------------------------------------------------------------ one run
