@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
+from mixbench.evaluation.localization import compute_cams
 from mixbench.models import MODELS, StagedNet, StageUnavailableError, build_model
 from mixbench.models.preact_resnet import PreActBlock
 from mixbench.models.timm_models import swin_window_size
@@ -20,6 +21,7 @@ from mixbench.models.wide_resnet import WideBasicBlock, wrn28_10
 
 CNNS = ["r18", "wrn16_8", "wrn28_8", "resnet18", "rx50", "resnet50", "resnet18_imagenet", "rx50_imagenet"]
 TIMM_MODELS = ["swin_t", "deit_s"]
+TORCHVISION_CNNS = ["vgg_gap", "mobilenet_v2"]  # tested at the end of this file
 DEFAULT_WIDTH = {
     "r18": 64,
     "wrn16_8": 128,
@@ -374,7 +376,7 @@ def test_missing_pretrained_file_names_the_path(tmp_path) -> None:
 
 
 def test_registry_lists_every_model() -> None:
-    assert sorted(MODELS) == sorted(CNNS + TIMM_MODELS)
+    assert sorted(MODELS) == sorted(CNNS + TORCHVISION_CNNS + TIMM_MODELS)
 
 
 def test_unknown_model_error_lists_the_valid_names() -> None:
@@ -420,3 +422,148 @@ def test_wrn_last_stage_is_the_activated_tensor_the_classifier_pools() -> None:
     torch.testing.assert_close(features, expected)
     torch.testing.assert_close(model(x), model.fc(features.mean(dim=(2, 3))))
     assert not any(key.startswith("_stages") for key in model.state_dict())
+
+
+# --- VGG-GAP and MobileNetV2 (torchvision layouts) -------------------------------------------------------
+
+
+TORCHVISION_SMALL_WIDTH = {"vgg_gap": 8, "mobilenet_v2": 8}
+TORCHVISION_STAGES_224 = {  # (C, H, W) of stages 0..4 at full width on a 224 px input
+    "vgg_gap": [(3, 224, 224), (128, 56, 56), (256, 28, 28), (512, 14, 14), (1024, 14, 14)],
+    "mobilenet_v2": [(3, 224, 224), (24, 56, 56), (32, 28, 28), (96, 14, 14), (1280, 7, 7)],
+}
+TORCHVISION_STAGES_32_SMALL = {  # the same at width 8 on a 32 px input
+    "vgg_gap": [(3, 32, 32), (16, 8, 8), (32, 4, 4), (64, 2, 2), (128, 2, 2)],
+    # torchvision's width_mult = 8 / 32 rounds every width to a multiple of 8; the last conv keeps 1280
+    "mobilenet_v2": [(3, 32, 32), (8, 8, 8), (8, 4, 4), (24, 2, 2), (1280, 1, 1)],
+}
+
+
+@pytest.mark.parametrize("name", TORCHVISION_CNNS)
+def test_torchvision_cnn_stage_shapes_at_224px(name: str) -> None:
+    """On the meta device: VGG-GAP's last map is 14x14 (no pool5) with the added conv's 1024 channels."""
+    with torch.device("meta"):
+        model = build_model(name, 1000, 224)
+    x = torch.empty(1, 3, 224, 224, device="meta")
+    assert model.feature_stages == (0, 1, 2, 3, 4)
+    assert stage_shapes(model, x) == TORCHVISION_STAGES_224[name]
+    assert model(x).shape == (1, 1000)
+    with pytest.raises(StageUnavailableError, match=name):
+        model.forward_features(x, 5)
+
+
+@pytest.mark.parametrize("name", TORCHVISION_CNNS)
+def test_torchvision_cnn_stage_shapes_and_contract_at_small_width(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, 10, 32, width=TORCHVISION_SMALL_WIDTH[name]).eval()
+    assert model.name == name
+    x = torch.randn(2, 3, 32, 32)
+    assert stage_shapes(model, x) == TORCHVISION_STAGES_32_SMALL[name]
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 10)
+        for k in model.feature_stages:
+            resumed = model.forward_from(model.forward_features(x, k), k)
+            torch.testing.assert_close(resumed, logits, rtol=0, atol=0)
+        mixed = model(x, mix_stage=2, mix_fn=lambda h: h.flip(0))
+    assert mixed.shape == (2, 10)
+
+
+def test_vgg_gap_width_scales_every_stage_like_the_resnets() -> None:
+    x = torch.zeros(1, 3, 32, 32)
+    with torch.no_grad():
+        narrow = stage_shapes(build_model("vgg_gap", 10, 32, width=8).eval(), x)
+        wide = stage_shapes(build_model("vgg_gap", 10, 32, width=16).eval(), x)
+    assert [2 * s[0] for s in narrow[1:]] == [s[0] for s in wide[1:]]
+    assert [s[1:] for s in narrow] == [s[1:] for s in wide]
+
+
+def test_mobilenet_v2_rejects_a_width_torchvision_would_round() -> None:
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_model("mobilenet_v2", 10, 32, width=12)
+
+
+@pytest.mark.parametrize(
+    ("name", "torchvision_count", "count"),
+    [
+        # VGG-GAP: torchvision's vgg16 features + the 3x3 conv 512->1024 + the linear 1024->1000
+        ("vgg_gap", 14_714_688, 14_714_688 + 512 * 1024 * 9 + 1024 + 1024 * 1000 + 1000),
+        ("mobilenet_v2", 3_504_872, 3_504_872),
+    ],
+)
+def test_torchvision_cnn_parameter_counts(name: str, torchvision_count: int, count: int) -> None:
+    with torch.device("meta"):
+        reference = getattr(torchvision.models, "vgg16" if name == "vgg_gap" else name)(weights=None)
+    part = reference.features if name == "vgg_gap" else reference
+    assert count_parameters(part) == torchvision_count
+    assert count_parameters(meta_model(name, 1000)) == count
+
+
+def test_mobilenet_v2_is_torchvision_mobilenet_v2() -> None:
+    """Same names and shapes as torchvision's model; its state dict loads strictly and both then compute the
+    same function."""
+    torch.manual_seed(0)
+    reference = torchvision.models.mobilenet_v2(weights=None).eval()
+    ours = build_model("mobilenet_v2", 1000, 224).eval()
+    assert shapes(ours.state_dict()) == shapes(reference.state_dict())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_mobilenet_v2_weights_file_fine_tunes_with_a_new_classifier(tmp_path) -> None:
+    torch.manual_seed(0)
+    reference = torchvision.models.mobilenet_v2(weights=None)
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model("mobilenet_v2", 200, 224, pretrained_path=str(path))
+    assert model.classifier[1].weight.shape == (200, 1280)
+    for key, value in reference.state_dict().items():
+        if not key.startswith("classifier."):
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_vgg_gap_loads_a_torchvision_vgg16_file_into_its_features(tmp_path) -> None:
+    """Every ``features.N`` tensor of torchvision's vgg16 layout loads (its fully connected
+    ``classifier.0/3/6`` are ignored); the added conv and the classifier stay at their init; a file missing a
+    feature tensor is refused."""
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg16(weights=None).state_dict()  # 138M parameters: built once here
+    path = tmp_path / "vgg16.pth"
+    torch.save(reference, path)
+    torch.manual_seed(1)
+    fresh = build_model("vgg_gap", 200, 224)
+    torch.manual_seed(1)
+    model = build_model("vgg_gap", 200, 224, pretrained_path=str(path))
+    own = model.state_dict()
+    features = {key for key in reference if key.startswith("features.")}
+    assert features == {key for key in own if key.startswith("features.")}
+    for key in features:
+        torch.testing.assert_close(own[key], reference[key], rtol=0, atol=0)
+    for key in ("cam_conv.weight", "cam_conv.bias", "classifier.weight", "classifier.bias"):
+        torch.testing.assert_close(own[key], fresh.state_dict()[key], rtol=0, atol=0)
+    assert model.classifier.weight.shape == (200, 1024)
+    partial = {key: reference[key] for key in features if key != "features.28.weight"}
+    torch.save(partial, path)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        build_model("vgg_gap", 200, 224, pretrained_path=str(path))
+
+
+def test_vgg_gap_gives_the_cam_ingredients() -> None:
+    """The last stage is the ReLU'd map the GAP pools, ``classifier.weight`` the class weights: the spatial
+    mean of the (unnormalised) CAM of class c plus c's bias is c's logit."""
+    torch.manual_seed(0)
+    model = build_model("vgg_gap", 10, 32, width=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model.forward_features(x, model.num_stages)
+        logits = model(x)
+    assert features.shape == (2, model.feature_channels, 2, 2) and features.min() >= 0
+    assert model.classifier.weight.shape == (10, model.feature_channels)
+    torch.testing.assert_close(model.head(features), logits)
+    classes = logits.argmax(1)
+    cams = compute_cams(features, model.classifier.weight, classes, normalize=False)
+    torch.testing.assert_close(
+        cams.mean(dim=(1, 2)) + model.classifier.bias[classes], logits[[0, 1], classes]
+    )

@@ -2,13 +2,17 @@
 
 Every model is a :class:`StagedNet` (see ``base.py``) and every builder has the signature
 ``builder(num_classes, image_size, width=None, **model_specific_options)``.  CNNs expose all their stages and
-accept ``width`` (the first stage's channel count, which scales every stage; ``None`` keeps the paper's);
-they pool globally, so ``image_size`` does not change them.  The timm transformers expose only the input
-(stage 0), are built for ``image_size`` and reject a non-None ``width``.
+accept ``width`` (the first stage's channel count, which scales every stage; ``None`` keeps the paper's;
+``mobilenet_v2``: its stem's, a multiple of 8); they pool globally, so ``image_size`` does not change them.
+The CNNs: ``r18``, ``wrn16_8``, ``wrn28_8``, ``resnet18``, ``rx50`` (CIFAR), ``resnet50``,
+``resnet18_imagenet``, ``rx50_imagenet``, ``mobilenet_v2`` (ImageNet stem), ``vgg_gap`` (VGG-16 for CAM).
+The timm transformers expose only the input (stage 0), are built for ``image_size`` and reject a non-None
+``width``.
 
 Model-specific options: ``dropout`` (``wrn16_8``, ``wrn28_8``); ``drop_path_rate`` (``swin_t``, ``deit_s``);
 ``pretrained_path`` (every model: a local weights file, never a download; the timm models adapt position
-tables with timm's filter, the CNNs load matching tensors and keep a classifier of another size at init).
+tables with timm's filter, the CNNs load matching tensors and keep a classifier of another size, and
+layers added to the published architecture (``vgg_gap``'s extra conv), at init).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from mixbench.models.base import StagedNet, StageUnavailableError
+from mixbench.models.mobilenet import mobilenet_v2
 from mixbench.models.preact_resnet import preact_resnet18
 from mixbench.models.resnet import (
     resnet18_cifar,
@@ -30,6 +35,7 @@ from mixbench.models.resnet import (
     resnext50_32x4d_imagenet,
 )
 from mixbench.models.timm_models import deit_s, swin_t
+from mixbench.models.vgg import vgg_gap
 from mixbench.models.wide_resnet import wrn16_8, wrn28_8
 
 __all__ = ["MODELS", "StageUnavailableError", "StagedNet", "build_model"]
@@ -43,6 +49,8 @@ MODELS: dict[str, Callable[..., StagedNet]] = {
     "resnet50": resnet50,
     "resnet18_imagenet": resnet18_imagenet,
     "rx50_imagenet": resnext50_32x4d_imagenet,
+    "vgg_gap": vgg_gap,
+    "mobilenet_v2": mobilenet_v2,
     "swin_t": swin_t,
     "deit_s": deit_s,
 }
@@ -81,8 +89,10 @@ def build_model(
 def load_local_weights(model: nn.Module, path: str) -> None:
     """Load a local state dict (e.g. torchvision's ImageNet weights), leaving a mismatched classifier at init.
 
-    Tensors whose name and shape match are loaded; at most the classifier's weight and bias may be left out
-    (a different number of classes), anything more means the file is for another architecture.
+    Tensors whose name and shape match are loaded and the file's other tensors are ignored.  Of the model's
+    tensors, those it adds to the published architecture (``model.new_tensors``, e.g. VGG-GAP's extra conv)
+    and at most two more, the classifier's weight and bias (a different number of classes), may be left out;
+    anything more means the file is for another architecture.
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"pretrained weights not found: {path}")
@@ -90,7 +100,7 @@ def load_local_weights(model: nn.Module, path: str) -> None:
     state = state.get("state_dict", state.get("model", state))
     own = model.state_dict()
     matching = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
-    left_out = sorted(set(own) - set(matching))
+    left_out = sorted(set(own) - set(matching) - set(getattr(model, "new_tensors", ())))
     if len(left_out) > 2:
         raise ValueError(
             f"{path} does not fit this model: {len(left_out)} tensors missing or of another shape "

@@ -38,6 +38,10 @@ class StagedNet(nn.Module):
     """
 
     name: str = "staged"
+    new_tensors: tuple[str, ...] = ()
+    """State-dict keys of layers the model adds to a published architecture (e.g. VGG-GAP's extra conv): a
+    published weights file never holds them, so ``pretrained_path`` leaves them at init when the file lacks
+    them."""
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} must define stem()")
