@@ -192,6 +192,29 @@ def test_an_interruption_marks_the_run_and_the_same_command_resumes_it(
     assert train(cfg)["status"] == "complete"
 
 
+def test_an_interruption_before_the_checkpoint_reports_only_the_checkpointed_epochs(
+    runs_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM after epoch 2 is evaluated and logged but before its checkpoint: the summary says 1 epoch done
+    (the one the checkpoint holds, which a resume starts from), with that epoch's scores, not epoch 2's."""
+    cfg = _tiny(runs_root, 3)
+    save_if_best = trainer_module.Trainer._save_if_best
+
+    def stop_before_the_checkpoint_of_epoch_two(self, record):
+        save_if_best(self, record)
+        if record["epoch"] == 2:
+            raise RunInterrupted("SIGTERM")
+
+    monkeypatch.setattr(trainer_module.Trainer, "_save_if_best", stop_before_the_checkpoint_of_epoch_two)
+    with pytest.raises(RunInterrupted):
+        train(cfg)
+    run = RunDirectory.of(cfg)
+    summary, metrics = run.read_summary(), run.read_metrics()
+    assert summary["status"] == "interrupted" and "after 1 epoch(s)" in summary["message"]
+    assert summary["epochs_done"] == 1 == run.load_checkpoint()["epoch"] == len(metrics)
+    assert summary["last_top1"] == metrics[0]["top1"] and summary["best_epoch"] == 1
+
+
 @pytest.mark.parametrize("moment", ["after_log", "after_save"])
 def test_tensorboard_shows_each_epoch_once_after_an_interruption(
     runs_root: Path, monkeypatch: pytest.MonkeyPatch, moment: str

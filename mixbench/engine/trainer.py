@@ -222,6 +222,9 @@ class Trainer:
         self.step = build_training_step(cfg, runtime, model, method, len(data.train), self.rng)
         self.optimizer = self.step.optimizer
         self.history: list[dict[str, Any]] = []
+        # Epochs the checkpoint marks done: the summary speaks for these only (an epoch appended to the
+        # history but interrupted before its checkpoint is redone on resume, so it is not reported as done).
+        self.epochs_saved = 0
         self.wall_time = 0.0
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.pretrained_sha256: str | None = None
@@ -256,7 +259,7 @@ class Trainer:
             raise
         except (KeyboardInterrupt, RunInterrupted) as interruption:
             cause = str(interruption) or "Ctrl-C"
-            done = len(self.history)
+            done = self.epochs_saved
             summary = self._write_summary(
                 INTERRUPTED,
                 message=f"interrupted by {cause} after {done} epoch(s); the same command resumes it",
@@ -287,7 +290,7 @@ class Trainer:
         text = "".join(traceback.format_exception(error))
         with path.open("a") as handle:
             handle.write(
-                f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} after {len(self.history)} epoch(s)\n{text}"
+                f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} after {self.epochs_saved} epoch(s)\n{text}"
             )
         return path
 
@@ -423,6 +426,7 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
+        self.epochs_saved = int(state["epoch"])
         self.wall_time = float(state["wall_time"])
         self.started_at = state.get("started_at", self.started_at)
         if self.launch.is_main:
@@ -498,6 +502,7 @@ class Trainer:
             "numerics_changes": self.numerics_changes,
         }
         self.run_dir.save_checkpoint(state)
+        self.epochs_saved = epochs_done
         self.run_dir.write_metrics(self.history)
         self._write_summary(RUNNING)
 
@@ -530,17 +535,17 @@ class Trainer:
             "seed": int(self.cfg.seed),
             "run_dir": str(self.run_dir.path),
             "epochs": int(self.schedule.epochs),
-            "epochs_done": len(self.history),
+            "epochs_done": self.epochs_saved,
             "metric_window": self.window,
             "evaluated": labels,
         }
-        summary.update(summary_scores(self.history, self.window, labels))
+        summary.update(summary_scores(self.history[: self.epochs_saved], self.window, labels))
         if not self.launch.is_main:
             return summary
         if self._provenance is None:
             self._provenance = provenance(self.runtime.device)  # once per run: the git call included
         facts = self._provenance
-        train_rates = [record["images_per_s"] for record in self.history]
+        train_rates = [record["images_per_s"] for record in self.history[: self.epochs_saved]]
         summary.update(
             {
                 "wall_time_s": round(self.wall_time, 1),
