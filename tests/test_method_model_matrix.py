@@ -1,10 +1,10 @@
 """Every method serves every backbone it can, and refuses the others in one line (issue 3).
 
-For each trainable registered method (all but those that need external weights) on PreActResNet18, WRN16-8
-and ResNeXt-50, and for each input-space method on Swin-T, the config ``tools/train.py method=<m>
-model=<model> data=cifar100`` would train with is validated, the model and the method are built by the
-trainer's own :func:`build_model_and_method`, and one training step runs on a tiny random batch: the loss is
-finite and a finite, non-zero gradient reaches the backbone's first layer.  A method that needs hidden
+For each trainable registered method (all but those that need external weights) on PreActResNet18, WRN16-8,
+ResNeXt-50, VGG-GAP and MobileNetV2, and for each input-space method on Swin-T, the config ``tools/train.py
+method=<m> model=<model> data=cifar100`` would train with is validated, the model and the method are built by
+the trainer's own :func:`build_model_and_method`, and one training step runs on a tiny random batch: the loss
+is finite and a finite, non-zero gradient reaches the backbone's first layer. A method that needs hidden
 feature tensors (feature mixing, a Mix Block, SUMix's uncertainty head) must instead fail on Swin-T, which
 exposes only its input, with one line naming the method and the model.
 
@@ -53,7 +53,7 @@ INPUT_SPACE = sorted(set(TRAINABLE) - FEATURE_SPACE)
 # model -> width: the narrowest that avoids a PyTorch 2.14 CPU bug (oneDNN backward of a 1x1 stride-2
 # convolution on a channels-last input with a channel count not a multiple of 8 corrupts the heap; Puzzle
 # Mix's cell moves give such inputs), and ResNeXt-50's narrowest (32 groups).
-CNNS = {"r18": 8, "wrn16_8": 8, "rx50": 16}
+CNNS = {"r18": 8, "wrn16_8": 8, "rx50": 16, "vgg_gap": 8, "mobilenet_v2": 8}
 MODELS_CHECKED = [*sorted(CNNS), "swin_t"]
 CNN_SIZE, SWIN_SIZE, BATCH, CLASSES = 16, 32, 4, 100  # cifar100's 100 classes
 CPU = Runtime(device=torch.device("cpu"), autocast_dtype=None, channels_last=False, compile=False)
