@@ -152,17 +152,21 @@ def test_generated_noise_differs_across_seeds_and_leaves_the_global_rng_alone():
     assert not torch.equal(first.images, generate_corruptions(images, "impulse_noise", 2, seed=2).images)
 
 
+def assert_equal_to_direct_calls(package, images, corruption: str, severity: int, seed: int) -> None:
+    """Each generated image equals ``package.corrupt`` on that image under the seed it was made with."""
+    generated = generate_corruptions(images, corruption, severity, seed=seed).images
+    for index in range(images.shape[0]):
+        np.random.seed(corruption_seed(seed, corruption, severity, index))
+        image = np.ascontiguousarray(images[index].permute(1, 2, 0).numpy())
+        expected = package.corrupt(image, corruption_name=corruption, severity=severity)
+        assert np.array_equal(generated[index].permute(1, 2, 0).numpy(), expected)
+
+
 @pytest.mark.parametrize("corruption", ["gaussian_noise", "shot_noise", "motion_blur", "snow", "frost"])
 def test_generated_equals_a_direct_imagecorruptions_call(corruption):
     import imagecorruptions
 
-    images = sample_images()
-    generated = generate_corruptions(images, corruption, 4, seed=5).images
-    for index in range(images.shape[0]):
-        np.random.seed(corruption_seed(5, corruption, 4, index))
-        image = np.ascontiguousarray(images[index].permute(1, 2, 0).numpy())
-        expected = imagecorruptions.corrupt(image, corruption_name=corruption, severity=4)
-        assert np.array_equal(generated[index].permute(1, 2, 0).numpy(), expected)
+    assert_equal_to_direct_calls(imagecorruptions, sample_images(), corruption, severity=4, seed=5)
 
 
 @pytest.mark.parametrize("corruption", ["glass_blur", "gaussian_blur", "fog"])
@@ -176,13 +180,7 @@ def test_adapted_functions_equal_the_package_with_the_removed_names_patched_back
 
     monkeypatch.setattr(package, "gaussian", gaussian_with_multichannel)
     monkeypatch.setattr(np, "float_", np.float64, raising=False)
-    images = sample_images(count=2)
-    generated = generate_corruptions(images, corruption, 2, seed=9).images
-    for index in range(images.shape[0]):
-        np.random.seed(corruption_seed(9, corruption, 2, index))
-        image = np.ascontiguousarray(images[index].permute(1, 2, 0).numpy())
-        expected = imagecorruptions.corrupt(image, corruption_name=corruption, severity=2)
-        assert np.array_equal(generated[index].permute(1, 2, 0).numpy(), expected)
+    assert_equal_to_direct_calls(imagecorruptions, sample_images(count=2), corruption, severity=2, seed=9)
 
 
 def test_small_images_are_corrupted_at_32_px_and_come_back_at_their_size():
