@@ -5,6 +5,10 @@
         metrics.jsonl   one JSON line per evaluated epoch                  (RunDirectory.write_metrics)
         summary.json    status and headline numbers (SUMMARY_KEYS)         (RunDirectory.write_summary)
         checkpoint.pt   weights, optimizer state, history (atomic)         (RunDirectory.save_checkpoint)
+        best.pt         weights of the best epoch (atomic)                 (RunDirectory.save_best)
+        eval/<suite>.json       an evaluation of the last epoch's weights  (RunDirectory.write_evaluation)
+        eval/<suite>@best.json  ... of best.pt's weights (weights=best)
+        eval/*.png              its figures (reliability diagram, occlusion curve, CAMs)
         tb/ wandb/ mlflow/   experiment trackers' own folders              (RunDirectory.tracker_dir)
 
 The trainer writes it; the report package (tables, figures) and the tools read it through
@@ -57,6 +61,8 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"  # the weights of the epoch with the best online top-1 (evaluations take weights=best)
 TENSORBOARD_DIR = "tb"
+EVAL_DIR = "eval"  # tools/evaluate.py writes eval/<suite>.json (and eval/<suite>@best.json) here
+WEIGHTS = ("last", "best")  # which weights an evaluation used: checkpoint.pt's (last epoch) or best.pt's
 ERROR_LOG = "error.log"
 
 RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
@@ -338,6 +344,21 @@ SUMMARY_KEYS = (
 CHECKPOINT_KEYS = ("epoch", "model", "method", "optimizer", "history", "wall_time")
 BEST_KEYS = ("epoch", "top1", "model", "method")
 REQUIRED_SUMMARY_KEYS = ("status", "seed", "epochs", "epochs_done", "metric_window")
+EVALUATION_KEYS = ("suite", "protocol", "weights", "data", "networks")
+"""Keys every ``eval/<suite>.json`` holds (written by :mod:`mixbench.evaluation.runner`)::
+
+    suite      the suite's name (configs/eval/<suite>.yaml): fgsm, pgd, ood, calibration, corruption,
+               occlusion, wsol, cost
+    protocol   the suite's parameters as run (what makes two evaluations the same: an evaluation with equal
+               protocol and weights is skipped)
+    weights    {"which": "last" | "best", "file": "checkpoint.pt" | "best.pt", "epoch": int}
+    data       what was read: {"dataset", "split", "images", "image_size", ...} and the suite's own sets
+               (OOD sets, the corruption source "released" | "generated" and its folder)
+    networks   {label: results} for every network the method evaluates, labelled as in training ("online",
+               "ema"); results are percentages (errors, accuracies, ECE, AUROC ...), see the suite's module.
+               The cost suite measures the training step instead: {"step": {...}}
+    device, commit, created, seconds     where, on what code, when, and how long
+"""
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -518,6 +539,43 @@ class RunDirectory:
         if missing:
             raise RunDirectoryError(f"{path} lacks {', '.join(missing)}; {fix}")
         return state
+
+    # -- eval/ -------------------------------------------------------------------------------------------
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / EVAL_DIR
+
+    def evaluation_file(self, suite: str, weights: str = "last") -> Path:
+        """``eval/<suite>.json`` (the last epoch's weights) or ``eval/<suite>@best.json`` (best.pt's)."""
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        return self.eval_dir / (f"{suite}.json" if weights == "last" else f"{suite}@{weights}.json")
+
+    def read_evaluation(self, suite: str, weights: str = "last") -> dict[str, Any] | None:
+        """The record of an evaluation (:data:`EVALUATION_KEYS`), or ``None`` when it was not run."""
+        path = self.evaluation_file(suite, weights)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RunDirectoryError(
+                f"{path} is not readable JSON ({first_line(error)}); evaluate again with force=true"
+            ) from error
+        missing = [key for key in EVALUATION_KEYS if not isinstance(record, dict) or key not in record]
+        if missing:
+            raise RunDirectoryError(f"{path} lacks {', '.join(missing)}; evaluate again with force=true")
+        return record
+
+    def write_evaluation(self, record: Mapping[str, Any]) -> Path:
+        """Write an evaluation record atomically to :meth:`evaluation_file` of its suite and weights."""
+        missing = [key for key in EVALUATION_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"an evaluation record needs {', '.join(missing)}")
+        path = self.evaluation_file(str(record["suite"]), str(record["weights"]["which"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(dict(record), path)
+        return path
 
     def make(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

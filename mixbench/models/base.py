@@ -52,6 +52,12 @@ class StagedNet(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} must define head()")
 
+    def cam_classifier(self) -> nn.Linear | None:
+        """The linear layer of a head that is global average pooling followed by it, so that ``head(h) ==
+        cam_classifier()(h.mean((2, 3)))`` for the last stage's map ``h``: the structure class activation maps
+        need (Zhou et al., CVPR 2016).  ``None`` where the head is not of that form (the transformers)."""
+        return None
+
     @property
     def num_stages(self) -> int:
         return len(self.stage_modules())

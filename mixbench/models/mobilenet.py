@@ -67,6 +67,9 @@ class MobileNetV2(StagedNet):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
 
+    def cam_classifier(self) -> nn.Linear:
+        return self.classifier[-1]
+
 
 def mobilenet_v2(num_classes: int, image_size: int = 224, width: int | None = None) -> MobileNetV2:
     """MobileNetV2 (torchvision's ``mobilenet_v2``, ImageNet stem); ``width`` = the stem's channels (32)."""

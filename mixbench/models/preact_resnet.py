@@ -93,6 +93,9 @@ class PreActResNet(StagedNet):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(h), 1))
 
+    def cam_classifier(self) -> nn.Linear:
+        return self.fc
+
 
 def preact_resnet18(num_classes: int, image_size: int = 32, width: int | None = None) -> PreActResNet:
     """PreActResNet-18 (AlignMixup's ``r18``): 4 stages x 2 pre-activation basic blocks, ``width`` 64.

@@ -194,6 +194,9 @@ class ResNet(StagedNet):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(h), 1))
 
+    def cam_classifier(self) -> nn.Linear:
+        return self.fc
+
 
 def resnet18_cifar(num_classes: int, image_size: int = 32, width: int | None = None) -> ResNet:
     """ResNet-18 with the CIFAR stem (OpenMixup's CIFAR ResNet-18): basic blocks [2, 2, 2, 2]."""

@@ -120,6 +120,9 @@ class VGGGAP(StagedNet):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(h), 1))
 
+    def cam_classifier(self) -> nn.Linear:
+        return self.classifier
+
 
 def vgg_gap(num_classes: int, image_size: int = 224, width: int | None = None) -> VGGGAP:
     """VGG-GAP (Zhou et al. 2016): torchvision's VGG-16 features without pool5, a 3x3 conv to 1024 channels,

@@ -105,6 +105,9 @@ class WideResNet(StagedNet):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(h), 1))
 
+    def cam_classifier(self) -> nn.Linear:
+        return self.fc
+
 
 def wrn16_8(
     num_classes: int, image_size: int = 32, width: int | None = None, dropout: float = 0.0
