@@ -263,6 +263,9 @@ def _imagecorruptions():
         with warnings.catch_warnings():
             # the package imports pkg_resources and scipy.ndimage.interpolation, both deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
+            # spatter (severities 1-3) divides by the maximum of its liquid layer, which is 0 on some small
+            # images: numpy warns, and the package's uint8 cast turns those NaN pixels into 0 (its behaviour)
+            warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)
             import imagecorruptions
     except ImportError:
@@ -368,6 +371,9 @@ def generate_corruptions(
     try:
         with warnings.catch_warnings(), contextlib.ExitStack() as stack:
             warnings.simplefilter("ignore", DeprecationWarning)
+            # spatter (severities 1-3) divides by the maximum of its liquid layer, which is 0 on some small
+            # images: numpy warns, and the package's uint8 cast turns those NaN pixels into 0 (its behaviour)
+            warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
             stack.enter_context(_compatible(module))
             for index in range(count):
                 image = source[index]
