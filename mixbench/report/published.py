@@ -14,7 +14,13 @@ options (schema in ``results/paper/README.md``).
 Convention: :func:`published_value` always returns a top-1 **accuracy** in percent; a table published as
 top-1 error (``metric: top1_err``) is converted with ``accuracy = 100 - error``, exactly in decimal arithmetic
 (``100 - 23.24`` gives ``76.76``, not ``76.76000000000001``).  Columns that are neither (parameters, ms per
-batch, AUROC, localisation accuracy) raise ``ValueError``: read them with :func:`load_reference`.
+batch, AUROC, localisation accuracy) raise ``ValueError``: read them with :func:`raw_value`.
+
+Evaluation cells.  A column's ``evaluation`` names the record of ``tools/evaluate.py`` that measures it
+(``eval/<suite>.json`` of the run: ``fgsm``, ``pgd``, ``ood/<set>``, ``corruption/<set>``, ``wsol``; params
+and ms-per-batch columns are the ``cost`` suite's): :func:`cell_evaluation` says which entry of the record
+holds the cell's number, :func:`is_measurable` whether mixbench measures a cell at all, and
+:func:`counts_text` how many cells of the tables mixbench trains and measures.
 
 Runs and cells meet through the one run identity of :mod:`mixbench.rundir`: a cell trains the plain config
 that ``configs/`` compose for its four names and options (:func:`cell_config`), and a run trains that cell
@@ -276,9 +282,125 @@ def is_top1_cell(target: Cell) -> bool:
     """Whether the cell is a clean top-1 accuracy or error, i.e. comparable with a run's ``top1``.
 
     Cells that need another evaluation of the trained model (attacks, OOD sets) or hold another quantity
-    (parameters, time, AUROC) are not.
+    (parameters, time, AUROC) are not: see :func:`cell_evaluation`.
     """
     return target.evaluation is None and column_metric(target.table, target.column) in (ACCURACY, ERROR)
+
+
+# ------------------------------------------------------------------------------ evaluation cells, counts
+
+COST = "cost"  # the suite that times the training step (eval/cost.json): parameters, ms per batch
+# column metrics the cost suite measures (their columns need not say ``evaluation: cost``)
+COST_METRICS = ("params_M", "ms_per_batch")
+CORRUPTION_SETS = ("cifar10_c", "cifar100_c", "tiny_imagenet_c")  # the released corruption sets
+EVALUATION_KEYS = {  # (suite, column metric) -> the key of eval/<suite>.json that holds the cell's number
+    ("fgsm", ERROR): "adversarial_error",
+    ("pgd", ERROR): "adversarial_error",
+    ("ood", "det_acc"): "detection_accuracy_at_half",  # AlignMixup T4 thresholds the max-softmax score at 0.5
+    ("ood", "auroc"): "auroc",
+    ("ood", "aupr_in"): "aupr_in",
+    ("ood", "aupr_out"): "aupr_out",
+    ("corruption", ACCURACY): "mean",
+    ("wsol", "top1_loc"): "top1_loc",
+    ("wsol", "maxboxacc_v2"): "max_box_acc_v2",
+    (COST, "params_M"): "params",
+    (COST, "ms_per_batch"): "ms_per_batch",
+}
+
+
+@dataclass(frozen=True)
+class CellEvaluation:
+    """Where a cell's number is in a run's evaluation records: ``eval/<suite>.json``, entry ``key``."""
+
+    suite: str  # fgsm, pgd, ood, corruption, wsol, cost
+    part: str | None  # the OOD set (ood/<set>) or the released corruption set (corruption/<set>)
+    key: str  # the record's key (adversarial_error, auroc, mean, top1_loc, ms_per_batch, ...)
+    metric: str  # the column's metric (top1_err, auroc, params_M, ...)
+
+    @property
+    def name(self) -> str:
+        """``fgsm``, ``ood/lsun_crop``, ``corruption/cifar100_c``: the mapping's ``evaluation`` value."""
+        return f"{self.suite}/{self.part}" if self.part else self.suite
+
+
+def cell_evaluation(target: Cell) -> CellEvaluation | None:
+    """The evaluation record entry that measures a cell; None for a clean top-1 cell and for a cell mixbench
+    has no evaluation for.
+
+    A column's ``evaluation`` is ``<suite>`` or ``<suite>/<set>`` (``ood/<set>``, ``corruption/<set>`` with
+    a released set of :data:`CORRUPTION_SETS`); columns of :data:`COST_METRICS` are the cost suite's.  The
+    number is the record's :data:`EVALUATION_KEYS` entry for the suite and the column's metric.
+    """
+    metric = column_metric(target.table, target.column)
+    spec = target.evaluation or (COST if metric in COST_METRICS else None)
+    if spec is None:
+        return None
+    suite, _, part = str(spec).partition("/")
+    key = EVALUATION_KEYS.get((suite, metric))
+    if key is None:
+        return None
+    if suite == "ood" and not part:
+        return None
+    if suite == "corruption" and part not in CORRUPTION_SETS:
+        return None
+    if suite not in ("ood", "corruption") and part:
+        return None
+    return CellEvaluation(suite=suite, part=part or None, key=key, metric=metric)
+
+
+def is_trainable(target: Cell) -> bool:
+    """Whether mixbench trains the cell: runnable, and ``configs/`` has a file for each of its names."""
+    return target.runnable and _has_config_files(target)
+
+
+def is_measurable(target: Cell) -> bool:
+    """Whether mixbench measures the cell: trainable, and a clean top-1 cell (the run's summary) or a cell
+    an evaluation suite measures (:func:`cell_evaluation`: FGSM, PGD, OOD sets, CIFAR-100-C, WSOL, cost)."""
+    return is_trainable(target) and (is_top1_cell(target) or cell_evaluation(target) is not None)
+
+
+@dataclass(frozen=True)
+class CellCounts:
+    """How many cells of a table (or of all) mixbench trains and measures."""
+
+    trainable: int
+    measurable: int
+    total: int
+
+
+def cell_counts(tables: list[str] | None = None) -> dict[str, CellCounts]:
+    """Per table of ``results/paper`` (all when None) and ``"all"``: trainable, measurable and total cells
+    (:func:`is_trainable`, :func:`is_measurable`, every (row, column) of :func:`cells`)."""
+    counts: dict[str, CellCounts] = {}
+    for name in tables or reference_tables():
+        found = cells(name)
+        counts[name] = CellCounts(
+            trainable=sum(map(is_trainable, found)),
+            measurable=sum(map(is_measurable, found)),
+            total=len(found),
+        )
+    every = list(counts.values())
+    counts["all"] = CellCounts(
+        trainable=sum(c.trainable for c in every),
+        measurable=sum(c.measurable for c in every),
+        total=sum(c.total for c in every),
+    )
+    return counts
+
+
+def counts_text(tables: list[str] | None = None) -> str:
+    """:func:`cell_counts` as lines ``<table>: trainable / measurable / total``, the sum last.
+
+    ``python -c "from mixbench.report.published import counts_text; print(counts_text())"``
+    """
+    counts = cell_counts(tables)
+    width = max(map(len, counts))
+    lines = [f"{'table'.ljust(width)}  trainable  measurable  total"]
+    lines += [
+        f"{name.ljust(width)}  {c.trainable:9d}  {c.measurable:10d}  {c.total:5d}"
+        for name, c in counts.items()
+    ]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------ what a cell trains, as a config
