@@ -198,7 +198,7 @@ def test_a_configuration_that_differs_from_the_cell_is_not_compared(tmp_path: Pa
     config["method"]["alpha"] = 1.0  # the table's CutMix uses 0.2
     write_run(tmp_path, folders_of(config), 0, curve(79.0, 80.0), config=config)
     (row,) = build_table(tmp_path).rows
-    assert row.published is None and row.note == f"no top-1 cell of {OPENMIXUP}"
+    assert row.published is None and row.note == f"trains no cell of {OPENMIXUP}"
 
 
 def test_a_run_with_other_data_options_is_not_compared() -> None:

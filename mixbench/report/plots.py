@@ -5,6 +5,8 @@
   where it states none, and for configurations without a published number), as the mean over complete seeds
   with ± one standard deviation and every seed as a small dot; the published number as a diamond.  The
   horizontal gap between the two is the table's Δ.  EMA networks of learned methods get their own marker.
+  Evaluation cells (FGSM error, AUROC, ms per batch, ...) get panels of their own, one per measure, in the
+  published unit (named in the panel's title).
 * :func:`plot_run`: one run's curves against the epoch: test top-1 (and EMA top-1), train loss (the mixed
   objective) and test loss, with the metric window (the last ``metric_window`` epochs, whose median top-1 is
   the headline number) shaded and its median drawn.
@@ -136,10 +138,14 @@ def _row_label(row: Row, with_table: bool) -> str:
 
 
 def _panels(rows: list[Row]) -> dict[str, list[Row]]:
-    """Rows grouped by (data, model, schedule), in order: one panel each, with its own accuracy axis."""
+    """Rows grouped by (data, model, schedule) and, for evaluation cells, by measure, in order: one panel
+    each, with its own axis."""
     panels: dict[str, list[Row]] = {}
     for row in rows:
-        panels.setdefault(f"{row.data} · {row.model} · {row.schedule}", []).append(row)
+        title = f"{row.data} · {row.model} · {row.schedule}"
+        if row.evaluation is not None:
+            title += f" · {row.measure_text()}"
+        panels.setdefault(title, []).append(row)
     return panels
 
 
@@ -148,7 +154,7 @@ def _draw_panel(axes, rows: list[Row], networks: list[str], with_table: bool) ->
         axes.text(
             0.5,
             0.5,
-            "no row: nothing run and no top-1 cell published",
+            "no row: nothing run and no cell published",
             transform=axes.transAxes,
             ha="center",
             va="center",
@@ -161,9 +167,8 @@ def _draw_panel(axes, rows: list[Row], networks: list[str], with_table: bool) ->
         for network in networks
     }
     for position, row in enumerate(rows):
-        statistic = row.published.our_statistic if row.published else HEADLINE
         for network in networks:
-            values = row.values(statistic, network)
+            values = row.measured(network)
             if not values:
                 continue
             color, marker = NETWORK_STYLE.get(network, OTHER_STYLE)
@@ -217,7 +222,11 @@ def plot_table(table: Table, out: Path) -> Path:
         )
     published = any(row.published_value is not None for row in table.rows)
     statistics_used = sorted(
-        {STATISTIC_LABEL[row.published.our_statistic if row.published else HEADLINE] for row in table.rows}
+        {
+            STATISTIC_LABEL[row.published.our_statistic if row.published else HEADLINE]
+            for row in table.rows
+            if row.evaluation is None
+        }
     ) or [STATISTIC_LABEL[HEADLINE]]
     axes_list[-1].set_xlabel(
         f"top-1 accuracy (%); ours: {' / '.join(statistics_used)}"
@@ -225,6 +234,11 @@ def plot_table(table: Table, out: Path) -> Path:
             "\n(the statistic the paper published; median of the last 10 where it states none)"
             if published
             else " (no published numbers)"
+        )
+        + (
+            "\nevaluation panels: the measure and unit of the panel's title, as published"
+            if table.has_evaluations
+            else ""
         ),
         fontsize=9,
     )

@@ -4,7 +4,9 @@ numbers), written with the generic renderers of :mod:`mixbench.report.render`.
 Markdown and LaTeX show ``mean ± std`` over the complete seeds with two decimals (``—`` = unknown), the
 published number and Δ = ours − published (named by the statistic compared where it is not the headline),
 one column pair per extra evaluated network (``ema``), and the runs that are not complete; the notes follow
-the Markdown table as paragraphs and precede the LaTeX tabular as ``%`` comments.  The CSV has one line per
+the Markdown table as paragraphs and precede the LaTeX tabular as ``%`` comments.  A table with evaluation
+cells (FGSM, OOD, cost, ...) adds what each row compares (``measure``) and our number in that measure
+(``ours``, per network), since its clean top-1 columns are then not what Δ compares.  The CSV has one line per
 row with numbers rounded to 4 decimals (empty = unknown) and the published cell's table, row and column.
 """
 
@@ -38,7 +40,12 @@ def _window_text(table: Table) -> str:
 
 def _delta_text(row: Row) -> str:
     delta = row.delta()
-    if delta is None or row.published is None or row.published.our_statistic == HEADLINE:
+    if (
+        delta is None
+        or row.published is None
+        or row.evaluation is not None
+        or row.published.our_statistic == HEADLINE
+    ):
         return _signed(delta)
     return f"{_signed(delta)} ({STATISTIC_LABEL[row.published.our_statistic]})"
 
@@ -87,6 +94,11 @@ def display_columns(table: Table) -> list[Column]:
         columns.append(
             Column(f"{network} best", lambda row, n=network: _fmt(*mean_std(row.values("best", n))))
         )
+    if table.has_evaluations:
+        columns.append(Column("measure", Row.measure_text, numeric=False))
+        columns.append(Column("ours (mean ± std)", lambda row: _fmt(*row.compared())))
+        for network in table.networks:
+            columns.append(Column(f"{network} ours", lambda row, n=network: _fmt(*row.compared(n))))
     if with_cells:
         columns.append(Column("published", lambda row: _fmt(row.published_value)))
         columns.append(Column("Δ (ours − published)", _delta_text))
@@ -140,7 +152,10 @@ PUBLISHED_CSV_COLUMNS = (
     "published_statistic",
     "compared_statistic",
     "compared_mean",
+    "compared_std",
     "delta",
+    "evaluation",
+    "weights",
 )
 
 
@@ -161,7 +176,8 @@ def csv_columns(networks: list[str]) -> list[str]:
     for network in networks:
         columns += [f"{network}_mean", f"{network}_std", f"{network}_best_mean", f"{network}_last_mean"]
     columns += PUBLISHED_CSV_COLUMNS
-    columns += [f"{network}_delta" for network in networks]
+    for network in networks:
+        columns += [f"{network}_compared_mean", f"{network}_delta"]
     return [*columns, "not_complete"]
 
 
@@ -195,12 +211,18 @@ def _csv_record(row: Row, networks: list[str]) -> dict[str, Any]:
                 "published_raw": _round(published.raw),
                 "published_metric": published.metric,
                 "published_statistic": published.statistic,
-                "compared_statistic": published.our_statistic,
+                "compared_statistic": (
+                    published.evaluation.key if published.evaluation else published.our_statistic
+                ),
                 "compared_mean": _round(row.compared()[0]),
+                "compared_std": _round(row.compared()[1]),
                 "delta": _round(row.delta()),
+                "evaluation": published.evaluation.name if published.evaluation else "",
+                "weights": row.evaluated.weights if row.evaluated else "",
             }
         )
     for network in networks:
+        record[f"{network}_compared_mean"] = _round(row.compared(network)[0]) if published else ""
         record[f"{network}_delta"] = _round(row.delta(network))
     record["not_complete"] = row.status()
     return record

@@ -17,9 +17,21 @@ statistic:
     ours[median_last10] = median of the last 10 epochs (also for "unstated"), ours[best] = best epoch,
     ours[last] = last epoch, ours[best_last10] = best of the last 10 epochs (from metrics.jsonl)
 
-With ``table=<name>`` (:func:`build_table`) the rows follow that published table instead: every top-1 cell in
-the paper's order, with the configurations under the root that train it (whatever their ``reference_table``:
-AlignMixup T6 reuses T1's runs) or "not run"; cells mixbench cannot train are listed below the table.
+With ``table=<name>`` (:func:`build_table`) the rows follow that published table instead: every measurable
+cell (:func:`~mixbench.report.published.is_measurable`) in the paper's order, with the configurations under
+the root that train it (whatever their ``reference_table``: AlignMixup T6 reuses T1's runs) or "not run";
+cells mixbench cannot train are listed below the table.
+
+Evaluation cells (FGSM / PGD error, OOD scores, CIFAR-100-C accuracy, WSOL localisation, params and ms per
+batch: :func:`~mixbench.report.published.cell_evaluation`) are read from the runs' evaluation records
+(``eval/<suite>.json``, or ``eval/<suite>@best.json`` with ``weights="best"``; :mod:`mixbench.report.records`)
+and kept in the unit the paper published (an error stays an error)::
+
+    Δ = mean over complete seeds of the record's number - published      (per network: online, EMA)
+
+A configuration whose runs lack the record (or hold one that failed, or one that is not comparable, like
+generated corruptions against the released CIFAR-100-C) is still a row, which names what is missing and the
+``tools/evaluate.py`` command that makes it.
 """
 
 from __future__ import annotations
@@ -30,6 +42,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixbench.report import published as paper
+from mixbench.report.records import (
+    LAST,
+    WEIGHTS_TEXT,
+    EvaluatedCell,
+    RecordCache,
+    commit_text,
+    evaluate_cell,
+    measure_label,
+    weights_checked,
+)
 from mixbench.report.runs import HEADLINE, RunGroup, read_runs
 from mixbench.rundir import ONLINE
 
@@ -60,19 +82,26 @@ class Published:
     """A published cell and its number, as compared with our runs."""
 
     cell: paper.Cell
-    value: float | None  # top-1 accuracy (%), error tables converted; None = not reported
+    value: (
+        float | None
+    )  # top-1 accuracy (%), error tables converted; evaluation cells as published; None = none
     raw: float | None  # as published
-    metric: str  # top1_acc | top1_err
+    metric: str  # top1_acc | top1_err | auroc | params_M | ...
     statistic: str  # best | last | median_last10 | best_last10 | unstated
+    evaluation: paper.CellEvaluation | None = None  # where an evaluation cell's number is; None: clean top-1
 
     @classmethod
     def of(cls, target: paper.Cell) -> Published:
+        evaluation = None if paper.is_top1_cell(target) else paper.cell_evaluation(target)
+        raw = paper.raw_value(target.table, target.row, target.column)
+        raw = None if raw is None else float(raw)
         return cls(
             cell=target,
-            value=paper.published_value(target.table, target.row, target.column),
-            raw=paper.raw_value(target.table, target.row, target.column),
+            value=raw if evaluation else paper.published_value(target.table, target.row, target.column),
+            raw=raw,
             metric=paper.column_metric(target.table, target.column),
             statistic=paper.published_statistic(target.table, target.row),
+            evaluation=evaluation,
         )
 
     @property
@@ -96,7 +125,8 @@ class Row:
     schedule: str
     group: RunGroup | None = None
     published: Published | None = None
-    note: str = ""  # "not run", "no top-1 cell of <table>", ...
+    note: str = ""  # "not run", "trains no cell of <table>", ...
+    evaluated: EvaluatedCell | None = None  # an evaluation cell's numbers over the group's seeds
 
     # --- ours
     def values(self, statistic: str = HEADLINE, network: str = ONLINE) -> list[float]:
@@ -139,10 +169,33 @@ class Row:
     def published_value(self) -> float | None:
         return self.published.value if self.published else None
 
-    def compared(self, network: str = ONLINE) -> tuple[float | None, float | None]:
-        """Mean ± std over seeds of ours in the statistic the paper published (the headline if none)."""
+    @property
+    def evaluation(self) -> paper.CellEvaluation | None:
+        """Where the published cell's number is in the runs' evaluation records; None for a top-1 cell."""
+        return self.published.evaluation if self.published else None
+
+    def measured(self, network: str = ONLINE) -> list[float]:
+        """Per complete seed, the number compared with the published one: the evaluation record's for an
+        evaluation cell, else the top-1 statistic the paper published (the headline if none)."""
+        if self.evaluation is not None:
+            return list(self.evaluated.values.get(network, [])) if self.evaluated else []
         statistic = self.published.our_statistic if self.published else HEADLINE
-        return mean_std(self.values(statistic, network))
+        return self.values(statistic, network)
+
+    def compared(self, network: str = ONLINE) -> tuple[float | None, float | None]:
+        """Mean ± std over seeds of :meth:`measured`."""
+        return mean_std(self.measured(network))
+
+    def measure_text(self) -> str:
+        """What :meth:`measured` holds: ``top-1 acc. (%), best epoch``, ``FGSM top-1 error under attack
+        (%)``, ``ms per batch (NVIDIA H200, batch 256)``."""
+        if self.evaluation is None:
+            statistic = self.published.our_statistic if self.published else HEADLINE
+            return f"top-1 acc. (%), {STATISTIC_LABEL[statistic]}"
+        text = measure_label(self.evaluation)
+        if self.evaluation.key == "ms_per_batch" and self.evaluated and self.evaluated.conditions:
+            text += f" ({'; '.join(self.evaluated.conditions)})"
+        return text
 
     def delta(self, network: str = ONLINE) -> float | None:
         """ours - published, both in the published statistic; None when either is missing."""
@@ -151,8 +204,10 @@ class Row:
         return None if ours is None or published is None else ours - published
 
     def status(self) -> str:
-        """The note and the runs that are not complete, ``; ``-separated (empty when there is neither)."""
-        return "; ".join(filter(None, [self.note, *self.incomplete]))
+        """The note, what an evaluation cell lacks (seeds not evaluated, with the command) and the runs that
+        are not complete, ``; ``-separated (empty when there is none)."""
+        problems = self.evaluated.problems if self.evaluated else []
+        return "; ".join(filter(None, [self.note, *problems, *self.incomplete]))
 
 
 @dataclass
@@ -163,6 +218,12 @@ class Table:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
     reference_table: str | None = None  # set when the rows follow one published table
+    weights: str = LAST  # the weights whose evaluation records fill evaluation cells (last | best)
+
+    @property
+    def has_evaluations(self) -> bool:
+        """Whether a row is an evaluation cell (FGSM, OOD, cost, ...) rather than a clean top-1 one."""
+        return any(row.evaluation is not None for row in self.rows)
 
     @property
     def networks(self) -> list[str]:
@@ -170,10 +231,22 @@ class Table:
         return list(dict.fromkeys(label for row in self.rows for label in row.networks))
 
 
-def _row(group: RunGroup | None, published: Published | None = None, note: str = "") -> Row:
+def _row(
+    group: RunGroup | None,
+    published: Published | None = None,
+    note: str = "",
+    evaluated: EvaluatedCell | None = None,
+) -> Row:
     if group is not None:
         return Row(
-            group.data, group.model, group.method, group.schedule, group=group, published=published, note=note
+            group.data,
+            group.model,
+            group.method,
+            group.schedule,
+            group=group,
+            published=published,
+            note=note,
+            evaluated=evaluated,
         )
     target = published.cell  # a cell without runs
     return Row(
@@ -186,8 +259,18 @@ def _row(group: RunGroup | None, published: Published | None = None, note: str =
     )
 
 
-def _rows_by_own_reference(groups: list[RunGroup]) -> tuple[list[Row], list[str]]:
-    """Each configuration with the cells of the table its own config.yaml names."""
+def _group_row(group: RunGroup, published: Published, weights: str, cache: RecordCache) -> Row:
+    """A configuration's row for a cell; an evaluation cell reads its numbers from the runs' records."""
+    evaluated = None
+    if published.evaluation is not None:
+        evaluated = evaluate_cell(group, published.evaluation, weights, cache)
+    return _row(group, published, evaluated=evaluated)
+
+
+def _rows_by_own_reference(
+    groups: list[RunGroup], weights: str, cache: RecordCache
+) -> tuple[list[Row], list[str]]:
+    """Each configuration with the measurable cells of the table its own config.yaml names."""
     rows: list[Row] = []
     unknown_tables: set[str] = set()
     without_config = 0
@@ -201,10 +284,10 @@ def _rows_by_own_reference(groups: list[RunGroup]) -> tuple[list[Row], list[str]
             unknown_tables.add(name)
             rows.append(_row(group, note=f"reference table {name} unknown"))
             continue
-        cells = [target for target in paper.matching_cells(name, group.config) if paper.is_top1_cell(target)]
+        cells = [target for target in paper.matching_cells(name, group.config) if paper.is_measurable(target)]
         if not cells:
-            rows.append(_row(group, note=f"no top-1 cell of {name}"))
-        rows.extend(_row(group, Published.of(target)) for target in cells)
+            rows.append(_row(group, note=f"trains no cell of {name}"))
+        rows.extend(_group_row(group, Published.of(target), weights, cache) for target in cells)
     notes = (
         [f"Unknown reference tables (not in results/paper): {', '.join(sorted(unknown_tables))}."]
         if unknown_tables
@@ -217,13 +300,16 @@ def _rows_by_own_reference(groups: list[RunGroup]) -> tuple[list[Row], list[str]
     return rows, notes
 
 
-def _rows_of_reference(name: str, groups: list[RunGroup], root: Path) -> tuple[list[Row], list[str]]:
-    """The top-1 cells of a published table in the paper's order (columns, then rows), each with its runs."""
+def _rows_of_reference(
+    name: str, groups: list[RunGroup], root: Path, weights: str, cache: RecordCache
+) -> tuple[list[Row], list[str]]:
+    """The measurable cells of a published table in the paper's order (columns, then rows), each with its
+    runs."""
     all_cells = paper.cells(name)
     columns = list(dict.fromkeys(target.column for target in all_cells))
     rows_order = list(dict.fromkeys(target.row for target in all_cells))
-    top1_cells = [target for target in all_cells if target.runnable and paper.is_top1_cell(target)]
-    top1_cells.sort(key=lambda target: (columns.index(target.column), rows_order.index(target.row)))
+    measured_cells = [target for target in all_cells if paper.is_measurable(target)]
+    measured_cells.sort(key=lambda target: (columns.index(target.column), rows_order.index(target.row)))
     matched: dict[tuple[str, str | None], list[RunGroup]] = {}
     unmatched = 0
     for group in groups:
@@ -232,12 +318,12 @@ def _rows_of_reference(name: str, groups: list[RunGroup], root: Path) -> tuple[l
             matched.setdefault((target.row, target.column), []).append(group)
         unmatched += not found
     rows: list[Row] = []
-    for target in top1_cells:
+    for target in measured_cells:
         published = Published.of(target)
         cell_groups = matched.get((target.row, target.column), [])
         if not cell_groups and published.value is None:
             continue  # neither published nor run
-        rows.extend(_row(group, published) for group in cell_groups)
+        rows.extend(_group_row(group, published, weights, cache) for group in cell_groups)
         if not cell_groups:
             rows.append(_row(None, published, note="not run"))
     notes = []
@@ -253,10 +339,10 @@ def _rows_of_reference(name: str, groups: list[RunGroup], root: Path) -> tuple[l
             )
             + "."
         )
-    other = [target for target in all_cells if target.runnable and not paper.is_top1_cell(target)]
+    other = [target for target in all_cells if target.runnable and not paper.is_measurable(target)]
     if other:
         kinds = sorted({target.evaluation or paper.column_metric(name, target.column) for target in other})
-        notes.append(f"Columns that are not a clean top-1 ({', '.join(kinds)}) are not compared here.")
+        notes.append(f"Cells no mixbench evaluation measures ({', '.join(kinds)}) are not compared here.")
     return rows, notes
 
 
@@ -295,37 +381,90 @@ def _published_notes(rows: list[Row]) -> list[str]:
     notes = []
     for table in dict.fromkeys(row.published.cell.table for row in rows if row.published):
         data = paper.load_reference(table)
-        statistics_used = sorted(
-            {row.published.statistic for row in rows if row.published and row.published.cell.table == table}
-        )
-        errors = any(
-            row.published.metric == paper.ERROR
-            for row in rows
-            if row.published and row.published.cell.table == table
-        )
+        of_table = [row for row in rows if row.published and row.published.cell.table == table]
+        top1 = [row for row in of_table if row.evaluation is None]
         text = f"{table}: {str(data['source']).rstrip('.')}."
-        if errors:
-            text += " Published as top-1 error; shown as accuracy = 100 - error."
-        text += " Published statistic: " + ", ".join(statistics_used)
-        compared = sorted({STATISTIC_LABEL[STATISTIC_OF_PUBLISHED.get(s, HEADLINE)] for s in statistics_used})
-        text += f"; Δ compares our {', '.join(compared)} (mean over seeds)."
+        if top1:
+            statistics_used = sorted({row.published.statistic for row in top1})  # type: ignore[union-attr]
+            if any(row.published.metric == paper.ERROR for row in top1):  # type: ignore[union-attr]
+                text += " Published as top-1 error; shown as accuracy = 100 - error."
+            text += " Published statistic: " + ", ".join(statistics_used)
+            compared = sorted(
+                {STATISTIC_LABEL[STATISTIC_OF_PUBLISHED.get(s, HEADLINE)] for s in statistics_used}
+            )
+            text += f"; Δ compares our {', '.join(compared)} (mean over seeds)."
+        if len(top1) < len(of_table):
+            text += (
+                " Evaluation cells are shown in the unit the paper published (an error under attack stays a "
+                "top-1 error; AUROC, AUPR, detection, corruption and localisation accuracies in %; params in "
+                "millions; ms per batch): ours is the mean ± std over complete seeds of the runs' evaluation "
+                "records, Δ = ours - published in that unit."
+            )
         notes.append(text)
     return notes
 
 
-def build_table(root: Path, table: str | None = None) -> Table:
+def _column_notes(rows: list[Row]) -> list[str]:
+    """The mapping's ``note`` of every evaluation column shown (the device of the published timing, ...)."""
+    notes = []
+    for table, column in dict.fromkeys(
+        (row.published.cell.table, row.published.cell.column)
+        for row in rows
+        if row.published and row.evaluation is not None
+    ):
+        spec = paper.load_reference(table)["mixbench"]["columns"].get(column) or {}
+        if spec.get("note"):
+            notes.append(f"{table} · {column}: {spec['note']}.")
+    return notes
+
+
+def _evaluation_notes(rows: list[Row], weights: str) -> list[str]:
+    """Which weights the evaluation records are of, and where and on what code the evaluations ran."""
+    evaluated = [row.evaluated for row in rows if row.evaluated is not None]
+    if not any(row.evaluation is not None for row in rows):
+        return []
+    notes = [f"Evaluation cells: records of {WEIGHTS_TEXT[weights]}."]
+    records = [record for cell in evaluated for record in cell.records]
+    suites = sorted({cell.evaluation.suite for cell in evaluated})
+    if records:
+        devices = sorted({str(record.get("device", "unknown")) for record in records})
+        commits = sorted({commit_text(record) for record in records})
+        notes.append(
+            f"Evaluations ({', '.join(suites)}) ran on: {'; '.join(devices)}; commit: {'; '.join(commits)}."
+        )
+    if paper.COST in suites:
+        notes.append(
+            "The cost suite times the training step, which no weights change: a run's cost record of the "
+            "other weights is read where the asked one is missing."
+        )
+    gaps = sum(1 for row in rows if row.evaluated and row.evaluated.problems)
+    if gaps:
+        notes.append(
+            f"{gaps} row(s) have seeds without a usable, comparable evaluation record (named in the row, "
+            "with the tools/evaluate.py command where one is missing); those seeds are not averaged in."
+        )
+    return notes
+
+
+def build_table(root: Path, table: str | None = None, weights: str = LAST) -> Table:
     """The table of the runs under ``root``: by their own reference tables, or following the published
-    ``table`` (a name of results/paper; see :func:`mixbench.report.published.resolve_table_name`)."""
+    ``table`` (a name of results/paper; see :func:`mixbench.report.published.resolve_table_name`).
+
+    ``weights`` (``last`` | ``best``) picks the evaluation records that fill evaluation cells:
+    ``eval/<suite>.json`` (the last epoch's weights) or ``eval/<suite>@best.json`` (best.pt's).
+    """
     root = Path(root)
+    weights = weights_checked(weights)
     damaged: list[tuple[Path, str]] = []
     groups = read_runs(root, damaged)
+    cache = RecordCache()
     if table is None:
-        rows, notes = _rows_by_own_reference(groups)
+        rows, notes = _rows_by_own_reference(groups, weights, cache)
         title = f"Runs under {root}"
     else:
-        rows, notes = _rows_of_reference(table, groups, root)
+        rows, notes = _rows_of_reference(table, groups, root, weights, cache)
         title = f"{table} ({paper.load_reference(table)['source']})"
-    notes = _published_notes(rows) + notes
+    notes = _published_notes(rows) + _column_notes(rows) + notes + _evaluation_notes(rows, weights)
     if rows and not any(row.published for row in rows):
         notes.insert(
             0,
@@ -344,9 +483,9 @@ def build_table(root: Path, table: str | None = None) -> Table:
     if damaged:
         listed = "; ".join(f"{path}: {reason}" for path, reason in damaged)
         notes.append(f"Damaged run directories, left out of the table: {listed}")
-    return Table(title=title, rows=rows, notes=notes, reference_table=table)
+    return Table(title=title, rows=rows, notes=notes, reference_table=table, weights=weights)
 
 
-def collect_rows(root: Path, table: str | None = None) -> list[Row]:
+def collect_rows(root: Path, table: str | None = None, weights: str = LAST) -> list[Row]:
     """The rows of :func:`build_table`."""
-    return build_table(root, table).rows
+    return build_table(root, table, weights).rows
