@@ -5,6 +5,8 @@
     python tools/table.py runs/ --table alignmixup_t1_cifar     # ... or the table of an experiment file
     python tools/table.py runs/quickstart --out results/quickstart --name table --latex --plots
     python tools/table.py runs/quickstart/digits/r18,width=16/mixup/digits_quick/seed0 --plots   # one run
+    python tools/table.py runs/ --table alignmixup_cvpr22_t3_robustness --weights best   # eval/*@best.json
+    python tools/table.py --count       # how many published cells mixbench trains and measures, per table
 
 The Markdown table is printed and written with the CSV (and LaTeX with --latex) to <out>/<name>.md|csv|tex.
 Per seed the headline is the median top-1 of the last 10 epochs; a row gives mean ± std over the complete
@@ -14,10 +16,17 @@ published top-1 (error tables shown as 100 - error) and Δ = ours - published in
 published (best epoch for AlignMixup, median of the last 10 for OpenMixup/SUMix).  EMA networks of learned
 methods (AutoMix, AdAutoMix) get their own columns.
 
+Evaluation cells of the published tables (FGSM/PGD error, OOD detection, CIFAR-100-C accuracy, WSOL
+localisation, params and ms per batch) are read from the runs' records of tools/evaluate.py
+(<run>/eval/<suite>.json: the last epoch's weights; --weights best reads eval/<suite>@best.json), in the unit
+the paper published, mean ± std over complete seeds, online and EMA apart; a configuration without the record
+is listed with the command that makes it.
+
 --plots adds figures (PNG): <out>/<name>.png, ours against published for every row, and
 <out>/<name>_curves/<data>__<model>__<method>__<schedule>__seed<k>.png, each run's top-1 (and EMA top-1),
-train and test loss against the epoch with the metric window shaded.  Point the tool at one run directory
-(or one configuration) to draw just its curves.
+train and test loss against the epoch with the metric window shaded; where the runs have evaluation records,
+<out>/<name>_evaluations/ attacks.png, occlusion.png, reliability.png and cams.png.  Point the tool at one
+run directory (or one configuration) to draw just its curves.
 """
 
 from __future__ import annotations
@@ -42,7 +51,10 @@ def _display(path: Path) -> str:
 def main() -> int:
     parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "runs", type=Path, help="a folder of run directories (searched recursively), or one of them"
+        "runs",
+        type=Path,
+        nargs="?",
+        help="a folder of run directories (searched recursively), or one of them",
     )
     parser.add_argument(
         "--table", help="follow this published table (results/paper/<table>.yaml) or experiment"
@@ -55,9 +67,31 @@ def main() -> int:
     )
     parser.add_argument("--latex", action="store_true", help="also write <name>.tex (a tabular)")
     parser.add_argument(
-        "--plots", action="store_true", help="also draw <name>.png and one curve figure per run"
+        "--plots",
+        action="store_true",
+        help="also draw <name>.png, one curve figure per run and the evaluation figures",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("last", "best"),
+        default="last",
+        help="evaluation records of the last epoch's weights (eval/<suite>.json, default) or of best.pt's "
+        "(eval/<suite>@best.json)",
+    )
+    parser.add_argument(
+        "--count",
+        action="store_true",
+        help="print how many cells of the published tables mixbench trains and measures, then exit",
     )
     args = parser.parse_args()
+    if args.count:
+        from mixbench.report.published import counts_text
+
+        print(counts_text())
+        return 0
+    if args.runs is None:
+        print("error: pass the runs_root of your runs (default: runs), or --count", file=sys.stderr)
+        return 2
     if not args.runs.is_dir():
         print(
             f"error: {args.runs} is not a folder; pass the runs_root of your runs (default: runs)",
@@ -79,7 +113,7 @@ def main() -> int:
         )
         return 2
     try:
-        table = build_table(args.runs, table_name)
+        table = build_table(args.runs, table_name, weights=args.weights)
     except RunDirectoryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -89,6 +123,9 @@ def main() -> int:
     message = "wrote " + ", ".join(_display(path) for path in written.tables)
     if written.curves_dir is not None:
         message += f" and {len(written.curves)} run figure(s) in {_display(written.curves_dir)}"
+    if written.evaluation_figures:
+        message += f" and {len(written.evaluation_figures)} evaluation figure(s) in "
+        message += _display(written.evaluation_figures[0].parent)
     print(message, file=sys.stderr)
     return 0
 

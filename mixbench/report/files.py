@@ -1,5 +1,7 @@
 """The files of a table: ``<out>/<stem>.md`` and ``.csv`` (``.tex``, figures on request), each written
-atomically (a reader never sees a torn file; files written before a failure stay)."""
+atomically (a reader never sees a torn file; files written before a failure stay).  With figures, the
+evaluation figures of the table's runs (:mod:`mixbench.report.evaluation_plots`) are drawn into
+``<out>/<stem>_evaluations`` when the runs have evaluation records."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixbench.atomic import atomic_write_text
+from mixbench.report.evaluations import evaluation_table_of_groups
 from mixbench.report.table_text import to_csv, to_latex, to_markdown
 from mixbench.report.tables import Table
 
@@ -18,13 +21,16 @@ class WrittenFiles:
     tables: list[Path] = field(default_factory=list)
     curves_dir: Path | None = None  # the folder of the run figures, when they were asked for
     curves: list[Path] = field(default_factory=list)
+    evaluation_figures: list[Path] = field(default_factory=list)  # in <out>/<stem>_evaluations, if any
 
 
 def write_table_files(
     table: Table, out: Path, stem: str, *, latex: bool = False, plots: bool = False
 ) -> WrittenFiles:
     """Write ``<out>/<stem>.md`` and ``.csv``, with ``latex`` also ``.tex``, with ``plots`` also ``.png``
-    (:func:`~mixbench.report.plots.plot_table`) and one curve figure per run in ``<out>/<stem>_curves``."""
+    (:func:`~mixbench.report.plots.plot_table`), one curve figure per run in ``<out>/<stem>_curves`` and,
+    where the runs have evaluation records (of the table's weights), their figures in
+    ``<out>/<stem>_evaluations`` (:func:`~mixbench.report.evaluation_plots.write_evaluation_plots`)."""
     out = Path(out)
     written = WrittenFiles()
     for suffix, text in ((".md", to_markdown(table)), (".csv", to_csv(table))):
@@ -39,4 +45,12 @@ def write_table_files(
         written.tables.append(plot_table(table, out / f"{stem}.png"))
         written.curves_dir = out / f"{stem}_curves"
         written.curves = write_run_plots(table, written.curves_dir)
+        groups = list({id(row.group): row.group for row in table.rows if row.group is not None}.values())
+        evaluations = evaluation_table_of_groups(
+            groups, out, table.weights, title=table.reference_table or stem
+        )
+        if evaluations.has_records:
+            from mixbench.report.evaluation_plots import write_evaluation_plots
+
+            written.evaluation_figures = write_evaluation_plots(evaluations, out / f"{stem}_evaluations")
     return written
