@@ -23,7 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mixbench.config import CONFIG_DIR
+from mixbench.cli import check_overrides
+from mixbench.config import CONFIG_DIR, ConfigError
 from mixbench.errors import fail
 from mixbench.sweep import FAILED_JOBS
 
@@ -48,12 +49,12 @@ def main(cfg: DictConfig) -> None:
 
 def _print_table(target: Path, weights: str) -> None:
     """The evaluations of the runs under ``target`` as one table (mixbench.report.evaluations)."""
-    from mixbench.report.evaluations import build_evaluation_table, evaluation_markdown
+    from mixbench.report.evaluations import build_evaluation_table, evaluation_to_markdown
 
     table = build_evaluation_table(target, weights=weights)
     if table.rows:
         print()
-        print(evaluation_markdown(table), end="")
+        print(evaluation_to_markdown(table), end="")
 
 
 def _in_process_sweep() -> bool:
@@ -104,6 +105,10 @@ def hydra_arguments(arguments: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv[1:] = hydra_arguments(sys.argv[1:])
+    try:
+        check_overrides(sys.argv[1:], config_name="evaluate")
+    except ConfigError as error:
+        fail(str(error))
     main()
     if FAILED_JOBS:
         fail(f"{len(FAILED_JOBS)} job(s) of the sweep failed: " + "; ".join(FAILED_JOBS), code=1)

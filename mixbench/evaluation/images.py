@@ -40,7 +40,7 @@ BOX_DATASETS = ("cub200", "digits")
 
 
 @dataclass
-class TestImages:
+class EvaluationImages:
     """The test images of a run: ``batches()`` yields ``(images in [0, 1] float32, labels)`` on a device."""
 
     dataset: str
@@ -98,14 +98,14 @@ def whole_image_transform(size: int) -> v2.Compose:
     )
 
 
-def test_images(
+def evaluation_images(
     data_cfg: Any,
     augment: str,
     image_size: int,
     max_images: int | None = None,
     whole_image: bool = False,
     num_workers: int = 4,
-) -> TestImages:
+) -> EvaluationImages:
     """The run's test split (see the module docstring); a missing dataset raises its one-line
     :class:`~mixbench.data.DatasetMissingError`."""
     check_dataset(data_cfg)
@@ -120,7 +120,7 @@ def test_images(
         if count < total:
             dataset = Subset(dataset, range(count))
         split = dataset
-    return TestImages(str(data_cfg.name), image_size, split, count, whole_image, num_workers)
+    return EvaluationImages(str(data_cfg.name), image_size, split, count, whole_image, num_workers)
 
 
 def boxes_of(data_cfg: Any, image_size: int, count: int) -> list[np.ndarray]:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -266,7 +266,7 @@ def inapplicable_reason(run_cfg: DictConfig, suite: str) -> str | None:
     try:
         if str(run_cfg.data.name) not in BOX_DATASETS:
             suites.boxes_of(run_cfg.data, 1, 0)
-        with torch.device("meta"):
+        with torch.device("meta"):  # the architecture only: no memory, no weights
             model = build_model(
                 str(run_cfg.model.name),
                 num_classes=int(run_cfg.data.num_classes),
@@ -276,6 +276,10 @@ def inapplicable_reason(run_cfg: DictConfig, suite: str) -> str | None:
         suites.cam_network(model, ONLINE, str(run_cfg.model.name))
     except ConfigError as error:
         return str(error)
+    except (ValueError, KeyError) as error:
+        raise EvaluationError(
+            f"model {run_cfg.model.name} of the run cannot be built: {first_line(error)}"
+        ) from error
     return None
 
 
@@ -359,8 +363,10 @@ class Outcome:
     line: str
 
 
-def evaluate(cfg: DictConfig, out=sys.stdout) -> list[Outcome]:
-    """Run the command ``cfg`` (``configs/evaluate.yaml``); prints a line per run and suite."""
+def evaluate(cfg: DictConfig, out: TextIO | None = None) -> list[Outcome]:
+    """Run the command ``cfg`` (``configs/evaluate.yaml``); prints a line per run and suite (to ``out``,
+    standard output by default)."""
+    out = sys.stdout if out is None else out
     tasks, left_out = plan(cfg)
     for line in left_out:
         print(line, file=out, flush=True)

@@ -45,7 +45,7 @@ from mixbench.atomic import atomic_write
 from mixbench.config import ConfigError
 from mixbench.data import DatasetMissingError
 from mixbench.evaluation import attacks, calibration, corruption, localization, occlusion, ood
-from mixbench.evaluation.images import TestImages, boxes_of, test_images
+from mixbench.evaluation.images import EvaluationImages, boxes_of, evaluation_images
 
 if TYPE_CHECKING:
     from mixbench.evaluation.runner import LoadedRun
@@ -98,8 +98,8 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def _images(run: LoadedRun, params: Mapping[str, Any], whole_image: bool = False) -> TestImages:
-    return test_images(
+def _images(run: LoadedRun, params: Mapping[str, Any], whole_image: bool = False) -> EvaluationImages:
+    return evaluation_images(
         run.data_cfg,
         str(run.cfg.schedule.augment),
         run.image_size,
@@ -110,7 +110,12 @@ def _images(run: LoadedRun, params: Mapping[str, Any], whole_image: bool = False
 
 
 def _logits(
-    network: nn.Module, images: TestImages, run: LoadedRun, batch_size: int, progress: Progress, label: str
+    network: nn.Module,
+    images: EvaluationImages,
+    run: LoadedRun,
+    batch_size: int,
+    progress: Progress,
+    label: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, CPU) and labels of every test image, in eval mode under the run's autocast."""
     outputs, targets = [], []
@@ -253,7 +258,9 @@ def ood_suite(run: LoadedRun, params: Mapping[str, Any], progress: Progress) -> 
         id_scores = ood.max_softmax_scores(id_logits)
         per_set = {}
         for name, (ood_images, _) in sets.items():
-            ood_split = TestImages(name, run.image_size, _array_split(ood_images), len(ood_images), False)
+            ood_split = EvaluationImages(
+                name, run.image_size, _array_split(ood_images), len(ood_images), False
+            )
             ood_logits, _ = _logits(network, ood_split, run, batch_size, progress, f"{label} {name}")
             metrics = ood.ood_metrics(id_scores, ood.max_softmax_scores(ood_logits))
             per_set[name] = {key: 100.0 * float(metrics[key]) for key in ood.METRICS}

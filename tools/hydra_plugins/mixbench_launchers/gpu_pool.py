@@ -46,7 +46,8 @@ class GpuPoolLauncher(Launcher):
 
     def _skip_if_complete(self, overrides: Sequence[str]) -> Callable[[], str | None]:
         """The job's check before it starts: its config composed here, as the job would compose it, and
-        its run directory read; a complete run of the same configuration is skipped without a process."""
+        its run directory read; a complete run of the same configuration is skipped without a process (for
+        ``tools/evaluate.py``, a job whose suites are all evaluated already)."""
 
         def reason() -> str | None:
             assert self.config is not None and self.hydra_context is not None
@@ -58,6 +59,10 @@ class GpuPoolLauncher(Launcher):
                 del cfg["hydra"]
             if cfg.get("force"):
                 return None
+            if "target" in cfg:  # a job of tools/evaluate.py: skipped when every suite is done on every run
+                from mixbench.evaluation.runner import sweep_skip_reason
+
+                return sweep_skip_reason(cfg)
             summary = complete_summary(cfg)
             return None if summary is None else skipped_line(run_directory(cfg), summary)
 
