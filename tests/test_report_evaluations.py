@@ -184,7 +184,8 @@ def test_t4_ood_cells_read_the_detection_accuracy_at_threshold_half_and_the_rena
 
 
 def test_t5_wsol_cells_read_top1_loc_and_maxboxacc_v2(tmp_path: Path) -> None:
-    """AlignMixup T5: CUB-200 runs of vgg_gap on the finegrained recipe fill top1_loc and maxboxacc_v2."""
+    """AlignMixup T5: CUB-200 runs of vgg_gap on the finegrained recipe fill top1_loc and maxboxacc_v2; the
+    notes say that recipe needs model.pretrained_path."""
     seed0, seed1 = runs_of(tmp_path, T5, "cutmix", "top1_loc/vgg_gap")
     for run_dir, (loc, box) in zip((seed0, seed1), ((55.0, 60.0), (56.0, 61.0)), strict=True):
         entry = {"top1_loc": loc, "gt_known_loc": 70.0, "max_box_acc_v2": box, "top1": 75.0, "figures": []}
@@ -196,6 +197,7 @@ def test_t5_wsol_cells_read_top1_loc_and_maxboxacc_v2(tmp_path: Path) -> None:
     assert box.delta() == pytest.approx(60.5 - 62.6)
     assert the_row(table, "vanilla", "top1_loc/resnet50").note == "not run"
     assert any("Not trainable in mixbench: acol" in note for note in table.notes)
+    assert any("finegrained requires model.pretrained_path" in note for note in table.notes)
 
 
 def test_sumix_t5_fills_corruption_only_from_the_released_cifar100_c(tmp_path: Path) -> None:
