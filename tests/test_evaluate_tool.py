@@ -5,7 +5,10 @@ input in one line without writing anything."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from mixbench.evaluation.images import digit_ink_boxes, evaluation_images
 from mixbench.evaluation.localization import cub_box_to_resized
 from mixbench.evaluation.suites import SUITES, generated_ood_images
 from mixbench.rundir import EVALUATION_KEYS, RunDirectory, find_runs
-from tests.helpers.config import tiny_overrides
+from tests.helpers.config import REPO, tiny_overrides
 from tests.helpers.tools import run_tool
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -346,3 +349,41 @@ def test_wsol_on_cub_resizes_whole_images_and_scales_their_boxes(tmp_path):
     )
     first, _ = next(images.uint8_batches(4))
     assert first.shape == (4, 3, 32, 32)
+
+
+def test_a_sweep_of_suites_runs_one_pool_job_per_suite_and_skips_them_when_done(trained, tmp_path):
+    """``-m eval=fgsm,calibration hydra/launcher=gpus``: each suite is a real ``python tools/evaluate.py``
+    process on a (pretend) device of the pool; launched again, the pool skips both jobs without a process."""
+    run = _copy_run(trained["vanilla"], tmp_path / "runs" / "run")
+    command = [
+        "-m",
+        str(run),
+        "eval=fgsm,calibration",
+        "hydra/launcher=gpus",
+        "hydra.launcher.gpus=[0,1]",
+        "device=cpu",
+        f"runs_root={tmp_path}",
+        "progress=false",
+    ]
+    first = run_tool("evaluate", command)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "sweep finished: 2 of 2 job(s) succeeded" in first.stdout
+    assert {path.name for path in (run / "eval").glob("*.json")} == {"fgsm.json", "calibration.json"}
+    second = run_tool("evaluate", command)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "#0 skipped: fgsm already evaluated on 1 run(s)" in second.stdout
+    assert "#1 skipped: calibration already evaluated on 1 run(s)" in second.stdout
+
+
+def test_a_real_process_refuses_a_missing_folder_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "evaluate.py"), str(tmp_path / "nothing"), "eval=fgsm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nothing'} is not a folder; pass a run directory or a folder of runs (runs_root)"
+    ]
