@@ -232,12 +232,14 @@ def test_a_generated_corruption_record_alone_fills_nothing(tmp_path: Path) -> No
 
 
 def test_t2_cost_columns_read_the_cost_record_with_its_device(tmp_path: Path) -> None:
-    """AlignMixup T2: params_M = step.params / 1e6 and ms_per_batch = step.ms_per_batch of eval/cost.json,
+    """AlignMixup T2: params_M = step.trained_params / 1e6 (the network's and the method's own trained
+    parameters, as the paper counts AlignMixup-AE's autoencoder) and ms_per_batch = step.ms_per_batch of eval/cost.json,
     labelled with the device and batch of the measurement; top1_err stays a top-1 cell (100 - error)."""
     (run,) = runs_of(tmp_path, T2, "mixup", "params_M", seeds=1)
     step = {
         "params": 25_557_032,
-        "method_params": 0,
+        "method_params": 1_000,
+        "trained_params": 25_558_032,
         "ms_per_batch": 300.0,
         "images_per_s": 853.3,
         "peak_memory_mb": 20000.0,
@@ -249,7 +251,7 @@ def test_t2_cost_columns_read_the_cost_record_with_its_device(tmp_path: Path) ->
     write(run, record("cost", {}, data={"dataset": "imagenet"}, step=step))
     table = build_table(tmp_path, T2)
     params = the_row(table, "mixup", "params_M")
-    assert params.measured() == [pytest.approx(25.557032)] and params.delta() == pytest.approx(0.557032)
+    assert params.measured() == [pytest.approx(25.558032)] and params.delta() == pytest.approx(0.558032)
     ms = the_row(table, "mixup", "ms_per_batch")
     assert ms.measured() == [300.0] and ms.delta() == pytest.approx(300.0 - 436)
     assert ms.measure_text() == "ms per batch (NVIDIA H200, batch 256)"

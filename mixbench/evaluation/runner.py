@@ -27,7 +27,6 @@ one, bf16 autocast there), not the training run's; the record names them.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import sys
 import time
@@ -42,10 +41,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mixbench.config import ConfigError
 from mixbench.data import DatasetMissingError, check_dataset
 from mixbench.engine.build import build_model_and_method, input_size
-from mixbench.engine.runtime import Runtime, resolve_runtime
+from mixbench.engine.runtime import resolve_runtime
 from mixbench.evaluation import ood, suites
 from mixbench.evaluation.attacks import NormalizedModel
 from mixbench.evaluation.images import BOX_DATASETS
+from mixbench.evaluation.loaded_run import LoadedRun
 from mixbench.models import build_model
 from mixbench.provenance import device_name, git_state
 from mixbench.rundir import (
@@ -73,50 +73,6 @@ class Task:
     suite: str
     params: dict[str, Any]
     skip_reason: str | None = None
-
-
-@dataclass
-class LoadedRun:
-    """A run's networks with their weights loaded, and what the suites need to know about it."""
-
-    run_dir: RunDirectory
-    cfg: DictConfig  # the run's config.yaml, with this command's data root
-    runtime: Runtime
-    networks: dict[str, NormalizedModel]  # label ("online", "ema") -> classifier of images in [0, 1]
-    weights: dict[str, Any]  # {"which", "file", "epoch"}
-    num_workers: int
-
-    @property
-    def data_cfg(self) -> DictConfig:
-        return self.cfg.data
-
-    @property
-    def dataset(self) -> str:
-        return str(self.cfg.data.name)
-
-    @property
-    def model_name(self) -> str:
-        return str(self.cfg.model.name)
-
-    @property
-    def image_size(self) -> int:
-        return input_size(self.cfg)
-
-    @property
-    def title(self) -> str:
-        return f"{self.cfg.method.name} / {self.cfg.model.name} / {self.cfg.data.name} / seed {self.cfg.seed}"
-
-    def training_config(self, batch_size: int | None = None) -> DictConfig:
-        """The run's config for timing its training step (the cost suite), optionally at another batch."""
-        cfg = copy.deepcopy(self.cfg)
-        with open_dict(cfg):
-            if batch_size is not None:
-                cfg.schedule.batch_size = int(batch_size)
-            cfg.device = str(self.runtime.device)
-            cfg.precision = self.runtime.precision
-            cfg.channels_last = self.runtime.channels_last
-            cfg.compile = False
-        return cfg
 
 
 # ------------------------------------------------------------------------------------------- planning

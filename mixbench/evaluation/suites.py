@@ -33,7 +33,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,9 +46,7 @@ from mixbench.config import ConfigError
 from mixbench.data import DatasetMissingError
 from mixbench.evaluation import attacks, calibration, corruption, localization, occlusion, ood
 from mixbench.evaluation.images import EvaluationImages, boxes_of, evaluation_images
-
-if TYPE_CHECKING:
-    from mixbench.evaluation.runner import LoadedRun
+from mixbench.evaluation.loaded_run import LoadedRun
 
 PIXEL_LEVELS = 255.0  # attack radii are given in grey levels: eps = 8 means 8/255
 ODIN_DATASETS = ("cifar10", "cifar100")  # in-distribution sets of the ODIN protocol (32 x 32 OOD images)
@@ -588,6 +586,7 @@ def cost_suite(run: LoadedRun, params: Mapping[str, Any], progress: Progress) ->
     step = {
         "params": row.model_params,
         "method_params": row.method_params,
+        "trained_params": row.model_params + row.method_params,  # what AlignMixup T2's column counts
         "ms_per_batch": row.step_ms,
         "images_per_s": row.images_per_s,
         "peak_memory_mb": row.peak_memory_mb,

@@ -303,7 +303,7 @@ EVALUATION_KEYS = {  # (suite, column metric) -> the key of eval/<suite>.json th
     ("corruption", ACCURACY): "mean",
     ("wsol", "top1_loc"): "top1_loc",
     ("wsol", "maxboxacc_v2"): "max_box_acc_v2",
-    (COST, "params_M"): "params",
+    (COST, "params_M"): "trained_params",  # the network's and the method's (AlignMixup-AE's autoencoder)
     (COST, "ms_per_batch"): "ms_per_batch",
 }
 
