@@ -1,7 +1,8 @@
 """The files of a table: ``<out>/<stem>.md`` and ``.csv`` (``.tex``, figures on request), each written
-atomically (a reader never sees a torn file; files written before a failure stay).  With figures, the
-evaluation figures of the table's runs (:mod:`mixbench.report.evaluation_plots`) are drawn into
-``<out>/<stem>_evaluations`` when the runs have evaluation records."""
+atomically (a reader never sees a torn file; files written before a failure stay).  When the table's runs
+have evaluation records (``tools/evaluate.py``), their evaluation table is written beside it
+(``<out>/<stem>_evaluations.md`` and ``.csv``, :mod:`mixbench.report.evaluations`) and, with figures, its
+figures into ``<out>/<stem>_evaluations/`` (:mod:`mixbench.report.evaluation_plots`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixbench.atomic import atomic_write_text
-from mixbench.report.evaluations import evaluation_table_of_groups
+from mixbench.report.evaluations import evaluation_table_of_groups, write_evaluation_table_files
 from mixbench.report.table_text import to_csv, to_latex, to_markdown
 from mixbench.report.tables import Table
 
@@ -39,16 +40,16 @@ def write_table_files(
     if latex:
         written.tables.append(out / f"{stem}.tex")
         atomic_write_text(to_latex(table), written.tables[-1])
+    groups = list({id(row.group): row.group for row in table.rows if row.group is not None}.values())
+    evaluations = evaluation_table_of_groups(groups, out, table.weights, title=table.reference_table or stem)
+    if evaluations.has_records:  # the runs' tools/evaluate.py records, as one table beside this one
+        written.tables += write_evaluation_table_files(evaluations, out, f"{stem}_evaluations")
     if plots:
         from mixbench.report.plots import plot_table, write_run_plots  # matplotlib only when drawing
 
         written.tables.append(plot_table(table, out / f"{stem}.png"))
         written.curves_dir = out / f"{stem}_curves"
         written.curves = write_run_plots(table, written.curves_dir)
-        groups = list({id(row.group): row.group for row in table.rows if row.group is not None}.values())
-        evaluations = evaluation_table_of_groups(
-            groups, out, table.weights, title=table.reference_table or stem
-        )
         if evaluations.has_records:
             from mixbench.report.evaluation_plots import write_evaluation_plots
 
