@@ -349,9 +349,14 @@ def _notes(table: EvaluationTable, root: Path, damaged: list[tuple[Path, str]]) 
 
 
 def evaluation_table_of_groups(
-    groups: list[RunGroup], root: Path, weights: str = LAST, title: str | None = None
+    groups: list[RunGroup],
+    root: Path,
+    weights: str = LAST,
+    title: str | None = None,
+    damaged: list[tuple[Path, str]] | None = None,
 ) -> EvaluationTable:
-    """The evaluation table of these configurations (what :func:`build_evaluation_table` reads)."""
+    """The evaluation table of these configurations (what :func:`build_evaluation_table` reads), with its
+    notes (weights, devices, commits, generated data; ``damaged`` run directories named)."""
     weights = weights_checked(weights)
     cache = RecordCache()
     rows = [
@@ -366,13 +371,15 @@ def evaluation_table_of_groups(
         records = [record for row in rows for _, record in row.records(suite)]
         if records:
             columns += _suite_columns(suite, records)
-    return EvaluationTable(
+    table = EvaluationTable(
         title=title or f"Evaluations of the runs under {root}",
         rows=rows,
         columns=columns,
         weights=weights,
         root=Path(root),
     )
+    table.notes = _notes(table, Path(root), damaged or [])
+    return table
 
 
 def build_evaluation_table(root: Path | str, weights: str = LAST) -> EvaluationTable:
@@ -381,9 +388,7 @@ def build_evaluation_table(root: Path | str, weights: str = LAST) -> EvaluationT
     root = Path(root)
     damaged: list[tuple[Path, str]] = []
     groups = read_runs(root, damaged)
-    table = evaluation_table_of_groups(groups, root, weights)
-    table.notes = _notes(table, root, damaged)
-    return table
+    return evaluation_table_of_groups(groups, root, weights, damaged=damaged)
 
 
 # ------------------------------------------------------------------------------------------- rendering
