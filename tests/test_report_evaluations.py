@@ -233,8 +233,9 @@ def test_a_generated_corruption_record_alone_fills_nothing(tmp_path: Path) -> No
 
 def test_t2_cost_columns_read_the_cost_record_with_its_device(tmp_path: Path) -> None:
     """AlignMixup T2: params_M = step.trained_params / 1e6 (the network's and the method's own trained
-    parameters, as the paper counts AlignMixup-AE's autoencoder) and ms_per_batch = step.ms_per_batch of eval/cost.json,
-    labelled with the device and batch of the measurement; top1_err stays a top-1 cell (100 - error)."""
+    parameters, as the paper counts AlignMixup-AE's autoencoder) and ms_per_batch = step.ms_per_batch of
+    eval/cost.json, labelled with the device and batch of the measurement; top1_err stays a top-1 cell
+    (100 - error)."""
     (run,) = runs_of(tmp_path, T2, "mixup", "params_M", seeds=1)
     step = {
         "params": 25_557_032,
