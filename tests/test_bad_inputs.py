@@ -215,7 +215,7 @@ CASES: dict[str, Case] = {
         "unknown table",
         _empty_runs,
     ),
-    "table without its folder": ("table", [], "the following arguments are required: runs", None),
+    "table without its folder": ("table", [], "pass the runs_root of your runs", None),
     # show_mix.py
     "show_mix missing checkpoint": ("show_mix", ["checkpoint={scratch}/none.pt"], "does not exist", None),
     "show_mix garbage checkpoint": (
