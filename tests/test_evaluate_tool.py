@@ -242,6 +242,11 @@ def test_eval_all_lists_wsol_as_not_applicable_instead_of_refusing(trained, tmp_
     )
     tasks, _ = plan(cfg)
     assert tasks[0].skip_reason.startswith("left out") and "no class activation map" in tasks[0].skip_reason
+    config["model"].update(name="r18", width=4)
+    config["method"] = {"name": "alignmixup_ae"}  # classifies through its own embedding head: no CAM either
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    tasks, _ = plan(cfg)
+    assert "method alignmixup_ae has no class activation map" in tasks[0].skip_reason
 
 
 def test_the_sweep_pool_skips_an_evaluation_job_whose_suites_are_done(trained, evaluated):

@@ -46,6 +46,7 @@ from mixbench.evaluation import ood, suites
 from mixbench.evaluation.attacks import NormalizedModel
 from mixbench.evaluation.images import BOX_DATASETS
 from mixbench.evaluation.loaded_run import LoadedRun
+from mixbench.methods.switch import HEAD_REPLACING_METHODS
 from mixbench.models import build_model
 from mixbench.provenance import device_name, git_state
 from mixbench.rundir import (
@@ -219,6 +220,12 @@ def inapplicable_reason(run_cfg: DictConfig, suite: str) -> str | None:
     network without class activation maps.  ``eval=all`` lists such suites instead of refusing."""
     if suite != "wsol":
         return None
+    method = str(run_cfg.method.name)
+    if method in HEAD_REPLACING_METHODS:
+        return (
+            f"method {method} has no class activation map of the model ({HEAD_REPLACING_METHODS[method]}); "
+            "WSOL evaluates GAP + linear heads"
+        )
     try:
         if str(run_cfg.data.name) not in BOX_DATASETS:
             suites.boxes_of(run_cfg.data, 1, 0)
