@@ -23,7 +23,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mixbench.cli import check_overrides
 from mixbench.config import CONFIG_DIR, ConfigError
 from mixbench.errors import fail
 from mixbench.sweep import FAILED_JOBS
@@ -74,6 +73,8 @@ def hydra_arguments(arguments: list[str]) -> list[str]:
         if not argument.startswith("-") and ("=" not in argument or Path(argument).is_dir()):
             if any(a.startswith("target=") for a in converted):
                 fail(f"pass one run directory or runs folder, got a second one: {argument}")
+            if not Path(argument).is_dir():  # before anything heavy is imported
+                fail(f"{argument} is not a folder; pass a run directory or a folder of runs (runs_root)")
             if "'" in argument:
                 fail(
                     f"the path {argument} holds a quote (') that Hydra cannot take; rename or link the folder"
@@ -105,6 +106,8 @@ def hydra_arguments(arguments: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv[1:] = hydra_arguments(sys.argv[1:])
+    from mixbench.cli import check_overrides  # imports torch
+
     try:
         check_overrides(sys.argv[1:], config_name="evaluate")
     except ConfigError as error:
