@@ -24,7 +24,11 @@ from mixbench.rundir import EVALUATION_KEYS, RunDirectory, find_runs
 from tests.helpers.config import REPO, tiny_overrides
 from tests.helpers.tools import run_tool
 
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+pytestmark = [
+    pytest.mark.usefixtures("single_torch_thread"),
+    pytest.mark.xdist_group("evaluate_tool"),  # one worker trains and evaluates the module's runs, once
+    pytest.mark.slow,  # trains runs and starts processes: scheduled first (conftest.py)
+]
 
 QUICK = [  # every suite's protocol shrunk to seconds (the values are part of the protocol, so recorded)
     "eval.corruption.corruptions=[gaussian_noise,contrast]",
