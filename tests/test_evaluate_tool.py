@@ -396,3 +396,55 @@ def test_a_real_process_refuses_a_missing_folder_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'nothing'} is not a folder; pass a run directory or a folder of runs (runs_root)"
     ]
+
+
+def test_released_cifar_c_is_read_in_its_layout_and_scored_image_by_image(trained, tmp_path, monkeypatch):
+    """corruption on a CIFAR run reads <root>/CIFAR-10-C/<name>.npy (severities stacked) and labels.npy:
+    the accuracy of each severity is the network's on exactly that slice (resized to the run's input size);
+    without the folder the command refuses in one line naming it, with nothing written."""
+    from omegaconf import OmegaConf
+
+    from mixbench.evaluation.images import _resized
+    from mixbench.evaluation.runner import load_run, run_config
+    from tests.test_datasets_on_disk import _fake_cifar
+
+    written = _fake_cifar(tmp_path / "data", 10, monkeypatch)
+    test_labels = np.asarray(written["test_batch"][1])
+    run = _copy_run(trained["vanilla"], tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"].update(name="cifar10", root=str(tmp_path / "data"), resident=True, download=False)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    arguments = [
+        str(run),
+        "eval=corruption",
+        "eval.corruption.corruptions=[gaussian_noise]",
+        "eval.corruption.severities=[1,2]",
+        f"eval.corruption.root={tmp_path / 'data'}",
+    ]
+    refused = run_tool("evaluate", arguments)
+    assert refused.returncode == 2 and "CIFAR-10-C not found" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (run / "eval").exists()
+
+    folder = tmp_path / "data" / "CIFAR-10-C"
+    folder.mkdir()
+    count = len(test_labels)
+    stacked = np.random.default_rng(0).integers(0, 256, (5 * count, 32, 32, 3), dtype=np.uint8)
+    np.save(folder / "labels.npy", np.tile(test_labels, 5))
+    np.save(folder / "gaussian_noise.npy", stacked)
+    result = run_tool("evaluate", arguments)
+    assert result.returncode == 0, result.stderr
+    record = RunDirectory(run).read_evaluation("corruption")
+    assert (
+        record["data"]["corruption_source"] == "released" and record["data"]["corruption_set"] == "cifar10_c"
+    )
+
+    cfg = OmegaConf.create({"device": "cpu", "precision": "fp32", "channels_last": False, "data_root": None})
+    network = load_run(RunDirectory(run), run_config(RunDirectory(run), cfg), "last", 0).networks["online"]
+    for severity in (1, 2):
+        images = torch.from_numpy(stacked[(severity - 1) * count : severity * count]).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            predictions = network(_resized(images, 8).float() / 255).argmax(1).numpy()
+        expected = 100.0 * float((predictions == test_labels).mean())
+        assert record["networks"]["online"]["accuracy"]["gaussian_noise"][str(severity)] == pytest.approx(
+            expected
+        )

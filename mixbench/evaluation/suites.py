@@ -374,6 +374,14 @@ def _chunks(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iter
         yield images[start : start + batch_size], labels[start : start + batch_size]
 
 
+def tiny_wnids(run: LoadedRun) -> dict[str, int]:
+    """Tiny-ImageNet's ``wnid -> label`` of the run's dataset (:mod:`mixbench.data.tiny_imagenet`)."""
+    from mixbench.data import tiny_imagenet
+
+    wnids = tiny_imagenet.read_wnids(tiny_imagenet.check(run.data_cfg.root))
+    return {wnid: index for index, wnid in enumerate(wnids)}
+
+
 def corruption_suite(run: LoadedRun, params: Mapping[str, Any], progress: Progress) -> SuiteResult:
     """Accuracy under each corruption and severity and its mean (mixbench.evaluation.corruption)."""
     source = corruption_source(params, run.dataset)
@@ -392,8 +400,8 @@ def corruption_suite(run: LoadedRun, params: Mapping[str, Any], progress: Progre
         if source == "generated":
             set_images = generated_corruptions(clean_images, name, severity, int(params["seed"]))
             set_labels = clean_labels
-        elif run.dataset == "tiny_imagenet":
-            set_images, set_labels = corruption.load_tiny_imagenet_c(folder, name, severity)
+        elif run.dataset == "tiny_imagenet":  # labels as the training set numbers its wnids
+            set_images, set_labels = corruption.load_tiny_imagenet_c(folder, name, severity, tiny_wnids(run))
         else:
             set_images, set_labels = corruption.load_cifar_c(folder, name, severity)
         if source == "released":
