@@ -93,7 +93,15 @@ RUNTIME_KEYS = frozenset(
         "out",
     }
 )
-RUNTIME_GROUPS = frozenset({"logger", "hydra"})  # whole subtrees that only say how a run is observed
+RUNTIME_GROUPS = frozenset(
+    {
+        "logger",  # how a run is observed
+        "hydra",
+        # tables of published settings that an experiment file interpolates into a group's values (SUMix's
+        # gamma per base, dataset and model): what they select is in the group, and counts there
+        "paper_values",
+    }
+)  # whole subtrees that are never part of a run's identity
 _SAFE = re.compile(r"^[A-Za-z0-9._=,+-]+$")
 _MAX_SUFFIX = 60
 

@@ -104,6 +104,7 @@ def experiment_jobs(name: str) -> list[dict[str, Any]]:
                 group, _, sub = key.partition(".")
                 options[group] = published.merge_options(options[group], _nest(sub, _parse_scalar(value)))
         job["options"] = options
+        job["root"] = {key: body[key] for key in ("paper_values",) if key in body}  # tables interpolated
         jobs.append(job)
     return jobs
 
@@ -120,7 +121,7 @@ def job_key(job: dict[str, Any]) -> tuple:
         group: {key: value for key, value in job["options"][group].items() if key != "name"}
         for group in GROUPS
     }
-    return published.configuration_of(names, options)
+    return published.configuration_of(names, options, job.get("root"))
 
 
 def cell_key(cell: published.Cell) -> tuple:
@@ -400,7 +401,34 @@ def test_every_job_of_an_experiment_is_a_cell_of_its_table(name: str) -> None:
             "sumix_eccv24_t2_finegrained",
             "cutmix+sumix",
             "aircraft/resnet18",
-            {"model.name": "resnet18_imagenet", "data.name": "aircraft", "method.base_options.alpha": 0.2},
+            {
+                "model.name": "resnet18_imagenet",
+                "data.name": "aircraft",
+                "method.base_options.alpha": 0.2,
+                "method.gamma": 1.0,  # the SUMix appendix's gamma (it ran 0.5 before)
+            },
+        ),
+        # SUMix's gamma per (dataset, model, base), SUMix appendix A.1 (METHODS.md)
+        ("sumix_eccv24_t1", "fmix+sumix", "cifar100/resnet18", {"method.gamma": 1.0}),
+        ("sumix_eccv24_t1", "resizemix+sumix", "cifar100/resnet18", {"method.gamma": 0.2}),
+        ("sumix_eccv24_t1", "fmix+sumix", "cifar100/rx50", {"method.gamma": 1.0}),
+        ("sumix_eccv24_t1", "saliencymix+sumix", "cifar100/rx50", {"method.gamma": 1.0}),
+        ("sumix_eccv24_t2_finegrained", "fmix+sumix", "cub200/rx50", {"method.gamma": 0.1}),
+        ("sumix_eccv24_t2_finegrained", "saliencymix+sumix", "cub200/rx50", {"method.gamma": 0.2}),
+        ("sumix_eccv24_t2_finegrained", "cutmix+sumix", "cub200/resnet18", {"method.gamma": 1.0}),
+        ("sumix_eccv24_t2_finegrained", "saliencymix+sumix", "aircraft/resnet18", {"method.gamma": 1.0}),
+        ("sumix_eccv24_t5_robustness", "resizemix", "fgsm_err/sumix", {"method.gamma": 0.2}),
+        # SUMix T1's ImageNet column: torchvision's ResNet-18, 100 epochs, median of the last 5 epochs
+        (
+            "sumix_eccv24_t1",
+            "fmix+sumix",
+            "imagenet/resnet18",
+            {
+                "model.name": "resnet18_imagenet",
+                "schedule.name": "imagenet_100",
+                "schedule.metric_window": 5,
+                "method.gamma": 0.5,
+            },
         ),
     ],
 )
@@ -492,3 +520,24 @@ def test_loaded_tables_are_copies() -> None:
     first = published.load_reference("alignmixup_cvpr22_t1")
     first["rows"]["vanilla"][0] = -1
     assert published.load_reference("alignmixup_cvpr22_t1")["rows"]["vanilla"][0] == 5.19
+
+
+@pytest.mark.parametrize(
+    ("experiment", "overrides", "gamma"),
+    [
+        ("sumix_t1_cifar100_r18", ["method.base=fmix"], 1.0),
+        ("sumix_t1_cifar100_r18", ["method.base=resizemix"], 0.2),
+        ("sumix_t1_cifar100_rx50", ["method.base=saliencymix"], 1.0),
+        ("sumix_t2_sumix", ["data=cub200", "model=rx50_imagenet", "method.base=fmix"], 0.1),
+        ("sumix_t2_sumix", ["data=aircraft", "model=resnet18_imagenet", "method.base=saliencymix"], 1.0),
+        ("sumix_t2_sumix_cutmix", ["data=cub200", "model=resnet18_imagenet"], 1.0),
+    ],
+)
+def test_sumix_grids_take_the_gamma_of_each_setting_from_the_appendix(experiment, overrides, gamma) -> None:
+    """A grid job's gamma is the SUMix appendix's for its dataset, model and base (the grids ran 0.5), and
+    the table it is read from is not part of the run's identity (only the gamma it selects is)."""
+    cfg = compose_validated([f"experiment={experiment}", *overrides])
+    assert cfg.method.gamma == gamma
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    without = {key: value for key, value in plain.items() if key != "paper_values"}
+    assert run_identity(plain) == run_identity(without)

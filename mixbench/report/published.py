@@ -255,7 +255,8 @@ def cell(table: str | dict[str, Any], row: str, column: str | None = SCALAR_COLU
         method=method,
         options=options,
         schedule_options=merge_options(
-            row_spec.get("schedule_options", {}), extra.get("schedule_options", {})
+            merge_options(column_spec.get("schedule_options", {}), row_spec.get("schedule_options", {})),
+            extra.get("schedule_options", {}),
         ),
         model_options=merge_options(column_spec.get("model_options", {}), extra.get("model_options", {})),
         evaluation=column_spec.get("evaluation"),
@@ -447,16 +448,19 @@ def cell_overrides(target: Cell) -> list[str]:
 
 
 def composed_config(
-    names: Mapping[str, str], options: Mapping[str, Mapping[str, Any]] | None = None
+    names: Mapping[str, str],
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    root: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The resolved plain config ``tools/train.py`` composes for these group names and options.
 
     ``names`` gives the config of every group of :data:`mixbench.config.GROUPS`; ``options`` the values set
     per group over its shipped file (as ``cell_overrides`` would pass them).  The root config's values
-    (``configs/train.yaml``) are included; runtime groups (logger, hydra) are not, as they are not part of a
-    run's identity.
+    (``configs/train.yaml``) are included, with ``root`` written over them (an experiment file's root values,
+    e.g. the ``paper_values`` tables its group values interpolate); runtime groups (logger, hydra) are not, as
+    they are not part of a run's identity.
     """
-    tree: dict[str, Any] = copy.deepcopy(_root_values())
+    tree: dict[str, Any] = merge_options(_root_values(), root or {})
     for group in GROUPS:
         tree[group] = merge_options(_config_file(group, names[group]), (options or {}).get(group) or {})
     return OmegaConf.to_container(OmegaConf.create(tree), resolve=True)  # type: ignore[return-value]
@@ -472,16 +476,18 @@ def cell_config(target: Cell) -> dict[str, Any]:
 
 @functools.cache
 def _configuration_of(request: str) -> tuple:
-    names, options = json.loads(request)
-    return run_identity(composed_config(names, options)).configuration
+    names, options, root = json.loads(request)
+    return run_identity(composed_config(names, options, root)).configuration
 
 
 def configuration_of(
-    names: Mapping[str, str], options: Mapping[str, Mapping[str, Any]] | None = None
+    names: Mapping[str, str],
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    root: Mapping[str, Any] | None = None,
 ) -> tuple:
     """``run_identity(...).configuration`` of :func:`composed_config` (cached: tables share
     configurations)."""
-    return _configuration_of(json.dumps([dict(names), dict(options or {})], sort_keys=True))
+    return _configuration_of(json.dumps([dict(names), dict(options or {}), dict(root or {})], sort_keys=True))
 
 
 def cell_configuration(target: Cell) -> tuple:
