@@ -408,6 +408,9 @@ def test_every_job_of_an_experiment_is_a_cell_of_its_table(name: str) -> None:
                 "method.gamma": 1.0,  # the SUMix appendix's gamma (it ran 0.5 before)
             },
         ),
+        # AutoMix's lambda channel on its CUB recipe (the CUB grid ran without it)
+        ("openmixup_cifar100_tiny_cub", "automix", "cub200/rx50", {"method.lam_channel": True}),
+        ("openmixup_cifar100_tiny_cub", "automix", "cifar100/resnet18", {"method.lam_channel": False}),
         # SUMix's gamma per (dataset, model, base), SUMix appendix A.1 (METHODS.md)
         ("sumix_eccv24_t1", "fmix+sumix", "cifar100/resnet18", {"method.gamma": 1.0}),
         ("sumix_eccv24_t1", "resizemix+sumix", "cifar100/resnet18", {"method.gamma": 0.2}),
