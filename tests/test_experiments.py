@@ -25,7 +25,9 @@ from mixbench.rundir import flatten, is_runtime_key, run_identity
 from tests.helpers import compose_config
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
-NON_TABLE_EXPERIMENTS = {"quickstart"}  # experiments that reproduce no published table
+# experiments that reproduce no table of results/paper (AdAutoMix's own ImageNet and fine-grained grids: the
+# reference file has no table of them)
+NON_TABLE_EXPERIMENTS = {"quickstart", "adautomix_imagenet", "adautomix_finegrained"}
 EXPERIMENTS = sorted(path.stem for path in EXPERIMENT_DIR.glob("*.yaml"))
 TABLE_EXPERIMENTS = [name for name in EXPERIMENTS if name not in NON_TABLE_EXPERIMENTS]
 TABLES = published.reference_tables()
@@ -544,3 +546,14 @@ def test_sumix_grids_take_the_gamma_of_each_setting_from_the_appendix(experiment
     plain = OmegaConf.to_container(cfg, resolve=True)
     without = {key: value for key, value in plain.items() if key != "paper_values"}
     assert run_identity(plain) == run_identity(without)
+
+
+def test_adautomix_fine_grained_grid_uses_the_papers_weights_and_covers_stanford_cars() -> None:
+    """AdAutoMix: a = 0.5, b = 0.1 on CUB, Aircraft and Stanford Cars (b = 0.3 on CIFAR, the default)."""
+    for data in ("cub200", "aircraft", "cars"):
+        cfg = compose_validated(["experiment=adautomix_finegrained", f"data={data}"])
+        assert (cfg.method.mixup_weight, cfg.method.adversarial_weight) == (0.5, 0.1)
+    assert "cars" in sweep_params("adautomix_finegrained")["data"]
+    assert compose_validated(["method=adautomix"]).method.adversarial_weight == 0.3
+    models = sweep_params("adautomix_imagenet")["model"]
+    assert models == ["resnet18_imagenet", "resnet34", "resnet50"]
