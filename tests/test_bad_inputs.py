@@ -159,10 +159,10 @@ CASES: dict[str, Case] = {
     "one class": ("train", ["data.num_classes=1"], "data.num_classes must be an integer >= 2", None),
     "unknown precision": ("train", ["precision=fp16"], "precision='fp16' is not one of", None),
     # train.py: combinations and files
-    "feature method on a vit": (
+    "feature method at a stage the model lacks": (
         "train",
-        ["method=manifoldmix", "model=swin_t", "model.width=null", "data.image_size=32"],
-        "cannot run on model swin_t",
+        ["method=automix", "method.feature_stage=6"],
+        "cannot run on model r18: model r18 exposes hidden states at stages [0, 1, 2, 3, 4], not at stage 6",
         None,
     ),
     "missing dataset": ("train", ["data=cifar100"], "CIFAR-100 not found", None),

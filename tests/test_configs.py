@@ -186,7 +186,7 @@ def _assert_one_line_error(result, fragment: str) -> None:
         (["method.alpha=0.5"], "Key 'alpha' is not in struct"),
         (["schedule.epochz=3"], "Key 'epochz' is not in struct"),
         (["schedule.batch_size=1"], "batch_size must be at least 2"),
-        (["model=swin_t", "method=manifoldmix", "model.width=null"], "cannot run on model swin_t"),
+        (["method=automix", "method.feature_stage=6"], "cannot run on model r18"),
         (["device=cuda"], "no CUDA GPU is visible"),
         (
             ["method=switch", "method.options={cutmix: {beta: 1.0}}"],
