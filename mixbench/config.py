@@ -53,6 +53,7 @@ def validate(cfg: DictConfig) -> None:
     check_method_values(cfg.method, prefix="method")
     _check_data(cfg.data, cfg.schedule)
     _check_schedule(cfg.schedule)
+    check_ema(cfg.get("ema"))
     if cfg.schedule.get("requires_pretrained") and not cfg.model.get("pretrained_path"):
         raise ConfigError(
             f"schedule {cfg.schedule.name} fine-tunes ImageNet weights: set model.pretrained_path=<a local "
@@ -191,6 +192,28 @@ def _check_schedule(schedule: DictConfig) -> None:
     milestones = lr_schedule.get("milestones") or []
     if lr_schedule.name == "step" and not all(_is_integer(m) and 0 < m for m in milestones):
         raise ConfigError(f"schedule.lr_schedule.milestones must be positive epochs, got {list(milestones)}")
+
+
+EMA_KEYS = ("momentum", "end_momentum", "constant_fraction")  # the root key ema (mixbench.engine.model_ema)
+EMA_FORM = "ema={momentum:0.999,end_momentum:0.999999,constant_fraction:0.1} (AutoMix's teacher schedule)"
+
+
+def check_ema(ema: Any) -> None:
+    """The root key ``ema``: null (no EMA copy of the model) or a schedule with exactly :data:`EMA_KEYS`,
+    ``0 <= momentum <= end_momentum <= 1`` and ``0 <= constant_fraction <= 1``.  All three are required so
+    that one schedule has one spelling, hence one run identity."""
+    if ema is None:
+        return
+    if not isinstance(ema, Mapping) or set(ema) != set(EMA_KEYS):
+        given = sorted(ema) if isinstance(ema, Mapping) else repr(ema)
+        raise ConfigError(f"ema must be null or name {', '.join(EMA_KEYS)} (got {given}), e.g. {EMA_FORM}")
+    for key in EMA_KEYS:
+        _require_number(f"ema.{key}", ema[key], 0.0, meaning="an EMA momentum or a share of the steps")
+    if not ema["momentum"] <= ema["end_momentum"] <= 1.0 or ema["constant_fraction"] > 1.0:
+        raise ConfigError(
+            "ema needs momentum <= end_momentum <= 1 and constant_fraction <= 1, got "
+            f"{ema['momentum']}, {ema['end_momentum']}, {ema['constant_fraction']}"
+        )
 
 
 def check_writable_folder(path: str | Path, key: str) -> None:

@@ -16,6 +16,7 @@ from mixbench.config import ConfigError, to_plain
 from mixbench.data import DATASETS, check_augment
 from mixbench.engine.distributed import convert_sync_batchnorm, launch_from_environment
 from mixbench.engine.method_config import build_method_from_config
+from mixbench.engine.model_ema import ModelEma
 from mixbench.engine.runtime import Runtime
 from mixbench.methods import METHODS, MixMethod
 from mixbench.models import MODELS, StagedNet, StageUnavailableError, build_model
@@ -40,9 +41,10 @@ def input_size(cfg: DictConfig) -> int:
 
 
 def build_model_and_method(cfg: DictConfig, runtime: Runtime) -> tuple[nn.Module, MixMethod]:
-    """The model on the run's device (in its memory format) and the method set up for it; refuses what
-    :func:`check_registered` refuses, and a method (a composite's children included) whose options or values
-    are wrong or that cannot run on the model."""
+    """The model on the run's device (in its memory format) and the method set up for it (with the model's EMA
+    copy when the root ``ema`` is set: :func:`with_model_ema`); refuses what :func:`check_registered` refuses,
+    and a method (a composite's children included) whose options or values are wrong or that cannot run on
+    the model."""
     check_registered(cfg)
     model_options = {k: v for k, v in to_plain(cfg.model).items() if k not in ("name", "width")}
     try:
@@ -72,8 +74,24 @@ def build_model_and_method(cfg: DictConfig, runtime: Runtime) -> tuple[nn.Module
             model
         )  # before setup, so that EMA copies and hooks see the final layers
     method.setup(model, int(cfg.data.num_classes))
+    method = with_model_ema(method, model, cfg.get("ema"))
     method = method.to(runtime.device)
     return model, method
+
+
+def with_model_ema(method: MixMethod, model: nn.Module, schedule: DictConfig | None) -> MixMethod:
+    """``method`` itself, or, when the config's root ``ema`` gives a schedule, ``method`` wrapped with an EMA
+    copy of ``model`` evaluated as ``ema`` (:mod:`mixbench.engine.model_ema`); ``method`` is already set up.
+    Refuses (one line) a method that keeps its own EMA teacher or evaluates another network than the
+    model."""
+    if schedule is None:
+        return method
+    wrapped = ModelEma(method, **to_plain(schedule))
+    try:
+        wrapped.attach(model)
+    except ValueError as error:
+        raise ConfigError(f"ema: {error}") from error
+    return wrapped
 
 
 def prepare_method(

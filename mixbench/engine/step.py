@@ -5,7 +5,7 @@ One call of :class:`TrainingStep` is::
     lr  <- schedule(update)                          (host-side assignment; timm schedules are pure functions)
     with runtime.autocast():  loss, logs <- method.training_step(model, x, y)
     zero_grad;  loss.backward();  clip the gradient norm (when the recipe asks);  optimizer.step()
-    method.after_step(model)                         (EMA updates)
+    method.after_step(model)                         (EMA updates: a teacher's, the model's copy of ema=)
     sums += loss, logs                               (on the device: no host read)
 
 The step reads nothing from the device: the loss and the method's logs are added to :class:`EpochSums` where

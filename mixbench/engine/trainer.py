@@ -3,7 +3,9 @@
 It knows nothing about particular methods: each step it asks the method for a loss
 (``method.training_step(model, x, y)``), steps the optimizer, and calls ``method.after_step``; each epoch
 it evaluates every network the method names (``method.eval_models``: the online one, and the EMA one of
-learned methods) and writes the run directory (:mod:`mixbench.engine.rundir`).
+learned methods) and writes the run directory (:mod:`mixbench.engine.rundir`).  With ``ema=<schedule>`` at
+the config's root, any method gets an EMA copy of the model, updated after each step, evaluated as ``ema`` and
+saved with the method's state (:mod:`mixbench.engine.model_ema`, attached by the builder).
 
 Reproducibility and resumption: at the start of epoch ``e`` every generator (torch's global one, the
 method's, the loader's) is reseeded from ``(seed, e)``.  The checkpoint written atomically after each
