@@ -4,12 +4,14 @@ Every model is a :class:`StagedNet` (see ``base.py``) and every builder has the 
 ``builder(num_classes, image_size, width=None, **model_specific_options)``.  CNNs expose all their stages and
 accept ``width`` (the first stage's channel count, which scales every stage; ``None`` keeps the paper's;
 ``mobilenet_v2``: its stem's, a multiple of 8); they pool globally, so ``image_size`` does not change them.
-The CNNs: ``r18``, ``wrn16_8``, ``wrn28_8``, ``resnet18``, ``rx50`` (CIFAR), ``resnet50``,
+The CNNs: ``r18``, ``wrn16_8``, ``wrn28_8``, ``resnet18``, ``rx50`` (CIFAR), ``resnet50``, ``resnet34``,
 ``resnet18_imagenet``, ``rx50_imagenet``, ``mobilenet_v2`` (ImageNet stem), ``vgg_gap`` (VGG-16 for CAM).
-The timm transformers expose only the input (stage 0), are built for ``image_size`` and reject a non-None
+The timm models ``swin_t``, ``deit_s`` and ``convnext_t`` expose stages 0..4 as maps (see ``timm_models.py``,
+also for DeiT's class token), are built for ``image_size`` (any input size runs) and reject a non-None
 ``width``.
 
-Model-specific options: ``dropout`` (``wrn16_8``, ``wrn28_8``); ``drop_path_rate`` (``swin_t``, ``deit_s``);
+Model-specific options: ``dropout`` (``wrn16_8``, ``wrn28_8``); ``drop_path_rate`` (``swin_t``, ``deit_s``,
+``convnext_t``); ``stem`` (``convnext_t``: ``patch`` or OpenMixup's 32 px ``cifar``);
 ``pretrained_path`` (every model: a local weights file, never a download; the timm models adapt position
 tables with timm's filter, the CNNs load matching tensors and keep a classifier of another size, and
 layers added to the published architecture (``vgg_gap``'s extra conv), at init).
@@ -30,11 +32,12 @@ from mixbench.models.preact_resnet import preact_resnet18
 from mixbench.models.resnet import (
     resnet18_cifar,
     resnet18_imagenet,
+    resnet34,
     resnet50,
     resnext50_32x4d_cifar,
     resnext50_32x4d_imagenet,
 )
-from mixbench.models.timm_models import deit_s, swin_t
+from mixbench.models.timm_models import convnext_t, deit_s, swin_t
 from mixbench.models.vgg import vgg_gap
 from mixbench.models.wide_resnet import wrn16_8, wrn28_8
 
@@ -47,12 +50,14 @@ MODELS: dict[str, Callable[..., StagedNet]] = {
     "resnet18": resnet18_cifar,
     "rx50": resnext50_32x4d_cifar,
     "resnet50": resnet50,
+    "resnet34": resnet34,
     "resnet18_imagenet": resnet18_imagenet,
     "rx50_imagenet": resnext50_32x4d_imagenet,
     "vgg_gap": vgg_gap,
     "mobilenet_v2": mobilenet_v2,
     "swin_t": swin_t,
     "deit_s": deit_s,
+    "convnext_t": convnext_t,
 }
 
 _COMMON_ARGUMENTS = ("num_classes", "image_size", "width")

@@ -21,7 +21,8 @@ Builders take ``image_size`` for a uniform signature only: the network pools glo
 Parameters: ``resnet50`` (ImageNet stem, 1000 classes) 25,557,032; ``resnet18`` (CIFAR stem,
 100 classes) 11,220,132; ``rx50`` (CIFAR stem, 100 classes) 23,177,124; ``resnet18_imagenet`` and
 ``rx50_imagenet`` (ImageNet stem, 1000 classes) 11,689,512 and 25,028,904, as torchvision's ``resnet18`` and
-``resnext50_32x4d`` (the fine-grained tables fine-tune these from ImageNet weights).
+``resnext50_32x4d`` (the fine-grained tables fine-tune these from ImageNet weights); ``resnet34`` (ImageNet
+stem, 1000 classes) 21,797,672, as torchvision's ``resnet34`` (SUMix's and AdAutoMix's ImageNet-1K R34).
 """
 
 from __future__ import annotations
@@ -227,6 +228,13 @@ def resnet18_imagenet(num_classes: int, image_size: int = 224, width: int | None
     """ResNet-18 with the ImageNet stem (torchvision's ``resnet18``): basic blocks [2, 2, 2, 2]."""
     return ResNet(
         BasicBlock, (2, 2, 2, 2), num_classes, stem="imagenet", width=64 if width is None else width
+    )
+
+
+def resnet34(num_classes: int, image_size: int = 224, width: int | None = None) -> ResNet:
+    """ResNet-34 with the ImageNet stem (torchvision's ``resnet34``): basic blocks [3, 4, 6, 3]."""
+    return ResNet(
+        BasicBlock, (3, 4, 6, 3), num_classes, stem="imagenet", width=64 if width is None else width
     )
 
 
