@@ -1,12 +1,12 @@
 """Every method serves every backbone it can, and refuses the others in one line (issue 3).
 
-For each trainable registered method (all but those that need external weights) on PreActResNet18, WRN16-8,
-ResNeXt-50, VGG-GAP and MobileNetV2, and for each input-space method on Swin-T, the config ``tools/train.py
-method=<m> model=<model> data=cifar100`` would train with is validated, the model and the method are built by
-the trainer's own :func:`build_model_and_method`, and one training step runs on a tiny random batch: the loss
-is finite and a finite, non-zero gradient reaches the backbone's first layer. A method that needs hidden
-feature tensors (feature mixing, a Mix Block, SUMix's uncertainty head) must instead fail on Swin-T, which
-exposes only its input, with one line naming the method and the model.
+For each trainable registered method (all but those that need external weights) on PreActResNet18,
+WRN16-8, ResNeXt-50, ResNet-34, VGG-GAP and MobileNetV2, for each input-space method on Swin-T, and for each
+method that reads hidden feature tensors (feature mixing, a Mix Block, SUMix's uncertainty head) on Swin-T,
+DeiT-S and ConvNeXt-T (timm models exposing their four stages as maps), the config ``tools/train.py method=<m>
+model=<model> data=cifar100`` would train with is validated, the model and the method are built by the
+trainer's own :func:`build_model_and_method`, and one training step runs on a tiny random batch: the loss is
+finite and a finite, non-zero gradient reaches the backbone's first layer (DeiT-S: its class token).
 
 The configs are the very ones the command line's own check (:func:`mixbench.cli.check_overrides`) composes
 for ``method=<every method> model=<model> data=cifar100 --cfg job``: the last test asserts that this check
@@ -14,12 +14,12 @@ passes for every method on every model, and the other tests take what it compose
 slow part, so each combination is composed once, by the check itself).
 
 Sizes keep it fast on a CPU: the CNNs at width 8 (ResNeXt-50 at 16, the narrowest its 32 groups allow) on
-16 px images, Swin-T at 32 px (the smallest size whose token grid, 8 -> 4 -> 2 -> 1, survives its three patch
-merges), batches of 4; the configs are shrunk to these sizes after composition, as the overrides
-``model.width=<w> data.image_size=<s>`` would.  Swin-T's 28M weights are initialised once and handed to every
-Swin-T case (the input-space methods change no weights; gradients are cleared between cases); the refusals
-on Swin-T are checked on the meta device (no weights are made).  The module runs on one xdist worker, so
-that the checks and Swin-T are made once.
+16 px images, the timm models at 32 px (Swin-T: the smallest size whose token grid, 8 -> 4 -> 2 -> 1, survives
+its three patch merges; DeiT-S: a 2x2 patch grid; ConvNeXt-T: 8 -> 4 -> 2 -> 1), batches of 4; the configs are
+shrunk to these sizes after composition, as the overrides ``model.width=<w> data.image_size=<s>`` would.  Each
+timm model's weights (22-28M) are initialised once and handed to every case of that model (a step changes no
+weights: no optimizer runs; gradients are cleared between cases).  The module runs on one xdist worker, so
+that the checks and the timm models are made once.
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ INPUT_SPACE = sorted(set(TRAINABLE) - FEATURE_SPACE)
 # model -> width: the narrowest that avoids a PyTorch 2.14 CPU bug (oneDNN backward of a 1x1 stride-2
 # convolution on a channels-last input with a channel count not a multiple of 8 corrupts the heap; Puzzle
 # Mix's cell moves give such inputs), and ResNeXt-50's narrowest (32 groups).
-CNNS = {"r18": 8, "wrn16_8": 8, "rx50": 16, "vgg_gap": 8, "mobilenet_v2": 8}
-MODELS_CHECKED = [*sorted(CNNS), "swin_t"]
-CNN_SIZE, SWIN_SIZE, BATCH, CLASSES = 16, 32, 4, 100  # cifar100's 100 classes
+CNNS = {"r18": 8, "wrn16_8": 8, "rx50": 16, "resnet34": 8, "vgg_gap": 8, "mobilenet_v2": 8}
+TIMM_MODELS = ["convnext_t", "deit_s", "swin_t"]  # every stage exposed, as maps; fixed width
+MODELS_CHECKED = [*sorted(CNNS), *TIMM_MODELS]
+CNN_SIZE, TIMM_SIZE, BATCH, CLASSES = 16, 32, 4, 100  # cifar100's 100 classes
 CPU = Runtime(device=torch.device("cpu"), autocast_dtype=None, channels_last=False, compile=False)
 
 
@@ -98,8 +99,9 @@ def cli_config(method: str, model: str, image_size: int) -> DictConfig:
 
 
 @pytest.fixture(scope="module")
-def shared_swin_builder():
-    """``build_model`` that builds Swin-T once and then returns that network with its gradients cleared."""
+def shared_timm_builder():
+    """``build_model`` that builds each timm model once and then returns that network with its gradients
+    cleared."""
     built: dict[tuple, torch.nn.Module] = {}
 
     def build(name: str, **arguments):
@@ -125,7 +127,7 @@ def one_training_step(cfg: DictConfig, image_size: int) -> None:
     assert loss.dim() == 0 and math.isfinite(float(loss.detach())), f"loss {loss}"
     assert all(torch.isfinite(torch.as_tensor(value)).all() for value in logs.values()), logs
     loss.backward()
-    first = next(model.parameters())  # the stem's convolution / Swin's patch embedding
+    first = next(model.parameters())  # the stem's convolution / the patch embedding / DeiT's class token
     assert first.grad is not None, "no gradient reached the backbone's first layer"
     assert torch.isfinite(first.grad).all() and first.grad.abs().sum() > 0
     trained = [p.grad for p in [*model.parameters(), *method.parameters()] if p.grad is not None]
@@ -142,21 +144,35 @@ def test_every_method_trains_a_step_on_every_cnn(method: str, model: str) -> Non
 
 @pytest.mark.parametrize("method", INPUT_SPACE)
 def test_every_input_space_method_trains_a_step_on_swin_t(
-    method: str, shared_swin_builder, monkeypatch
+    method: str, shared_timm_builder, monkeypatch
 ) -> None:
-    monkeypatch.setattr(engine_build, "build_model", shared_swin_builder)
-    cfg = cli_config(method, "swin_t", SWIN_SIZE)
-    one_training_step(cfg, SWIN_SIZE)
+    monkeypatch.setattr(engine_build, "build_model", shared_timm_builder)
+    cfg = cli_config(method, "swin_t", TIMM_SIZE)
+    one_training_step(cfg, TIMM_SIZE)
 
 
+@pytest.mark.parametrize("model", TIMM_MODELS)
 @pytest.mark.parametrize("method", sorted(FEATURE_SPACE))
-def test_feature_space_methods_refuse_swin_t_in_one_line(method: str) -> None:
-    cfg = cli_config(method, "swin_t", SWIN_SIZE)
-    with torch.device("meta"), pytest.raises(ConfigError) as error:
-        build_model_and_method(cfg, Runtime(torch.device("meta"), None, False, False))
-    message = str(error.value)
-    assert "\n" not in message
-    assert message.startswith(f"method {method} cannot run on model swin_t: "), message
+def test_feature_space_methods_train_a_step_on_the_timm_models(
+    method: str, model: str, shared_timm_builder, monkeypatch
+) -> None:
+    """Manifold Mixup, AlignMixup(/AE), AutoMix, AdAutoMix and SUMix (on its default base, and on AutoMix
+    below) read the stage maps of Swin-T, DeiT-S and ConvNeXt-T."""
+    monkeypatch.setattr(engine_build, "build_model", shared_timm_builder)
+    cfg = cli_config(method, model, TIMM_SIZE)
+    one_training_step(cfg, TIMM_SIZE)
+
+
+@pytest.mark.parametrize("model", TIMM_MODELS)
+def test_sumix_on_automix_trains_a_step_on_the_timm_models(
+    model: str, shared_timm_builder, monkeypatch
+) -> None:
+    """SUMix's learned base: the Mix Block reads stage 3, the uncertainty head the last stage."""
+    monkeypatch.setattr(engine_build, "build_model", shared_timm_builder)
+    cfg = cli_config("sumix", model, TIMM_SIZE)
+    cfg.method.base = "automix"
+    cfg.method.base_options = None
+    one_training_step(cfg, TIMM_SIZE)
 
 
 @pytest.mark.parametrize("model", MODELS_CHECKED)
