@@ -425,6 +425,35 @@ def test_wrn_last_stage_is_the_activated_tensor_the_classifier_pools() -> None:
     assert not any(key.startswith("_stages") for key in model.state_dict())
 
 
+def final_bn_running_mean_after_one_batch(name: str, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """The final BN's running mean after one training batch, and that batch's mean of the BN's input."""
+    torch.manual_seed(0)
+    model = build_model(name, 10, 16, width=8, **options).train()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        batch_mean = model.layer3(model.forward_features(x, 2)).mean(dim=(0, 2, 3))
+        model(x)
+    return model.final_bn.running_mean, batch_mean
+
+
+def test_wrn16_8_final_bn_follows_the_official_momentum_0_9() -> None:
+    """AlignMixup's WRN builds its final BN with momentum 0.9 (PyTorch's convention: the new batch's weight),
+    so one batch moves the running mean from 0 to 0.9 * the batch mean; the other BNs keep 0.1."""
+    running, batch_mean = final_bn_running_mean_after_one_batch("wrn16_8")
+    assert batch_mean.abs().max() > 0.1  # the check below could not tell 0.9 from 0.1 on a zero mean
+    torch.testing.assert_close(running, 0.9 * batch_mean)
+    model = build_model("wrn16_8", 10, 16, width=8)
+    assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1, 0.9}
+    assert model.final_bn.momentum == 0.9
+
+    running, batch_mean = final_bn_running_mean_after_one_batch("wrn16_8", final_bn_momentum=0.1)
+    torch.testing.assert_close(running, 0.1 * batch_mean)
+    running, batch_mean = final_bn_running_mean_after_one_batch("wrn28_8")  # not AlignMixup's: PyTorch's
+    torch.testing.assert_close(running, 0.1 * batch_mean)
+    with pytest.raises(ValueError, match="final_bn_momentum"):
+        build_model("wrn16_8", 10, 16, width=8, final_bn_momentum=0.0)
+
+
 # --- VGG-GAP and MobileNetV2 (torchvision layouts) -------------------------------------------------------
 
 

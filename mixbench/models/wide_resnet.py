@@ -19,6 +19,17 @@ BN-ReLU) and the one OpenMixup's WRN backbone hands to its heads; without the BN
 the last stage (AlignMixup, AutoMix's Mix Block, SUMix, AlignMixup/AE's embedding) would see an unnormalised
 residual sum.  The head is pooling and the Linear classifier.
 
+Final BatchNorm momentum (``final_bn_momentum``): the official ``Wide_ResNet`` builds its final BN with
+``momentum=0.9`` (every other BN of the network keeps PyTorch's 0.1).  In PyTorch's convention the momentum
+is the weight of the *new* batch, ``running = (1 - m) * running + m * batch``, so with 0.9 the running
+statistics are 90% the last training batch's (perhaps meant as TensorFlow's decay 0.9, which is PyTorch's
+0.1; the released code, which produced the published numbers, uses 0.9).  After one training batch from the
+initial running mean 0 it is ``0.9 * batch mean`` instead of ``0.1 * batch mean``, and at evaluation the
+final BN normalises with statistics dominated by the last training batch rather than averaged over the last
+few dozen.  ``wrn16_8`` (AlignMixup's network) defaults to the official 0.9; ``final_bn_momentum=0.1`` gives
+PyTorch's default.  ``wrn28_8`` (the WRN-28-8 of OpenMixup's recipe for the SUMix tables, not an AlignMixup
+network) and the ``WideResNet`` class keep PyTorch's 0.1.
+
 Initialisation is PyTorch's default, as in the official code.  Dropout (rate ``dropout``, default 0 as in
 AlignMixup) sits between the two convolutions of a block, after the first conv.
 Builders take ``image_size`` for a uniform signature only: the network pools globally and works at any size.
@@ -72,13 +83,21 @@ class WideResNet(StagedNet):
     """
 
     def __init__(
-        self, depth: int, widen_factor: int, num_classes: int, width: int | None = None, dropout: float = 0.0
+        self,
+        depth: int,
+        widen_factor: int,
+        num_classes: int,
+        width: int | None = None,
+        dropout: float = 0.0,
+        final_bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"Wide-ResNet depth must be 6n + 4 with n >= 1, got {depth}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if not 0.0 < final_bn_momentum <= 1.0:
+            raise ValueError(f"final_bn_momentum must lie in (0, 1], got {final_bn_momentum}")
         blocks = (depth - 4) // 6
         width = STEM_CHANNELS * widen_factor if width is None else width
         if width < 1:
@@ -87,7 +106,7 @@ class WideResNet(StagedNet):
         self.layer1 = _make_stage(STEM_CHANNELS, width, blocks, 1, dropout)
         self.layer2 = _make_stage(width, 2 * width, blocks, 2, dropout)
         self.layer3 = _make_stage(2 * width, 4 * width, blocks, 2, dropout)
-        self.final_bn = nn.BatchNorm2d(4 * width)
+        self.final_bn = nn.BatchNorm2d(4 * width, momentum=final_bn_momentum)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
@@ -109,11 +128,19 @@ class WideResNet(StagedNet):
         return self.fc
 
 
+OFFICIAL_FINAL_BN_MOMENTUM = 0.9  # AlignMixup's WideResnet.py: BatchNorm2d(64 * k, momentum=0.9)
+
+
 def wrn16_8(
-    num_classes: int, image_size: int = 32, width: int | None = None, dropout: float = 0.0
+    num_classes: int,
+    image_size: int = 32,
+    width: int | None = None,
+    dropout: float = 0.0,
+    final_bn_momentum: float = OFFICIAL_FINAL_BN_MOMENTUM,
 ) -> WideResNet:
-    """WRN-16-8: 2 blocks per stage, widths 128/256/512 (AlignMixup's CIFAR Wide-ResNet)."""
-    return WideResNet(16, 8, num_classes, width=width, dropout=dropout)
+    """WRN-16-8: 2 blocks per stage, widths 128/256/512 (AlignMixup's CIFAR Wide-ResNet, final BN momentum
+    0.9 as in its code)."""
+    return WideResNet(16, 8, num_classes, width=width, dropout=dropout, final_bn_momentum=final_bn_momentum)
 
 
 def wrn28_8(
