@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_flatten
 
 from mixbench.data import build_loaders
 from mixbench.engine.build import build_model_and_method
+from mixbench.engine.host_syncs import HostSyncCounter
 from mixbench.engine.optim import build_optimizer, parameter_groups
 from mixbench.engine.runtime import resolve_runtime
 from mixbench.methods import build_method
@@ -26,6 +27,7 @@ from mixbench.methods.alignmixup import (
     SinkhornOptions,
     align_mix,
     last_feature_stage,
+    pool_to_grid,
     transport_assignment,
 )
 from mixbench.methods.alignmixup_ae import AlignMixupAE
@@ -422,12 +424,160 @@ def test_config_defaults_are_the_constructor_defaults_and_resolve() -> None:
         "sinkhorn": "official",
         "converged_tol": 1e-3,
         "converged_max_iter": 1000,
+        "align": True,
+        "mix_grid": None,
+        "direction": "random",
+        "remove_last_downsampling": False,
     }
     cfg = compose_config(["method=alignmixup_ae", "data=digits"])
     method = build_method("alignmixup_ae", **{k: v for k, v in cfg.method.items() if k != "name"})
     assert method.image_size == 16 and method.levels == ("input", "feature", "embedding")
     with pytest.raises(ValueError, match="sinkhorn"):
         AlignMixup(sinkhorn="exact")
+    with pytest.raises(ValueError, match="direction"):
+        AlignMixup(direction="both")
+    with pytest.raises(ValueError, match="align=false"):
+        AlignMixupAE(align=False, direction="keep_a_geometry")
+    with pytest.raises(ValueError, match="mix_grid"):
+        AlignMixup(mix_grid=0)
+
+
+# ------------------------------------------------------------------------------- Table 6 ablation options
+
+
+def test_unaligned_option_mixes_the_feature_maps_position_by_position() -> None:
+    """align=false (Table 6's "unaligned" column): lam*A + (1-lam)*A', nothing moved, no Sinkhorn."""
+    features = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]], [[[10.0, 20.0], [30.0, 40.0]]]])  # (2, 1, 2, 2)
+    logs = {}
+    mixed = AlignMixup(align=False).mix_features(features, torch.tensor([1, 0]), 0.25, False, logs)
+    expected = torch.tensor(
+        [
+            [[[7.75, 15.5], [23.25, 31.0]]],  # 0.25 * [1, 2, 3, 4] + 0.75 * [10, 20, 30, 40]
+            [[[3.25, 6.5], [9.75, 13.0]]],  # 0.25 * [10, 20, 30, 40] + 0.75 * [1, 2, 3, 4]
+        ]
+    )
+    torch.testing.assert_close(mixed, expected)
+    assert float(logs["sinkhorn_iterations"]) == 0.0 and float(logs["row_sum_error"]) == 0.0
+
+
+def test_unaligned_steps_continue_from_plain_feature_mixup_and_read_nothing(monkeypatch) -> None:
+    model = tiny_r18()
+    draw = bound(AlignMixup(input_mix_prob=0.0, align=False), 0).draw(BATCH)
+    record = StageRecorder(model, monkeypatch)
+    with HostSyncCounter("cpu") as syncs:
+        _, logs = bound(AlignMixup(input_mix_prob=0.0, align=False), 0).training_step(
+            model, images(11), LABELS
+        )
+    assert syncs.count == 0, syncs.describe()
+    features, mixed = record.calls[0][2], record.calls[1][2]
+    torch.testing.assert_close(mixed, draw.lam * features + (1 - draw.lam) * features[draw.perm])
+    assert float(logs["keep_a_geometry"]) == 0.0 and float(logs["sinkhorn_iterations"]) == 0.0
+    monkeypatch.undo()
+
+    model, method = ae_setup(levels=["feature"], reconstruction_prob=0.0, align=False)
+    x = images(11, size=16)
+    draw = bound(method, 0).draw(BATCH)
+    with HostSyncCounter("cpu") as syncs:
+        loss, _ = bound(method, 0).training_step(model, x, LABELS)
+    assert syncs.count == 0, syncs.describe()
+    features = model.forward_features(x, 4)
+    plain = draw.lam * features + (1 - draw.lam) * features[draw.perm]
+    logits = method.classifier(method.embedding(plain))
+    torch.testing.assert_close(loss, mixed_ce(logits, LABELS, draw.perm, draw.lam), rtol=1e-5, atol=1e-6)
+
+
+def test_mix_grid_pools_to_2x2_before_the_alignment(monkeypatch) -> None:
+    """mix_grid=2 (Table 6's A2x2): 4x4 maps are averaged over 2x2 blocks, the cost and R are 4x4 (r = 4)
+    and the network continues from the 2x2 mix."""
+    costs = []
+    original_cost = squared_euclidean_cost
+
+    def recorded_cost(points, partner):
+        costs.append(original_cost(points, partner))
+        return costs[-1]
+
+    monkeypatch.setattr("mixbench.methods.alignmixup.squared_euclidean_cost", recorded_cost)
+    features = relu_features(6, channels=8, grid=4)
+    by_hand = features.view(BATCH, 8, 2, 2, 2, 2).mean(dim=(3, 5))  # block (i, j) = rows 2i.., cols 2j..
+    torch.testing.assert_close(pool_to_grid(features, 2), by_hand)
+    perm, lam = pairing(6), 0.4
+    logs = {}
+    mixed = AlignMixup(mix_grid=2).mix_features(features, perm, lam, False, logs)
+    assert costs[-1].shape == (BATCH, 4, 4)
+    expected, _ = align_mix(by_hand, perm, lam, False, SinkhornOptions())
+    assert mixed.shape == (BATCH, 8, 2, 2)
+    torch.testing.assert_close(mixed, expected)
+
+    model = tiny_r18()
+    record = StageRecorder(model, monkeypatch)
+    method = AlignMixup(input_mix_prob=0.0, mix_grid=2)
+    method.setup(model, CLASSES)
+    bound(method, 0).training_step(model, images(12), LABELS)
+    assert record.calls[0][2].shape[-2:] == (4, 4) and record.calls[1][2].shape[-2:] == (2, 2)
+    with pytest.raises(ValueError, match="larger"):
+        AlignMixup(mix_grid=8).mix_features(features, perm, lam, True, {})
+
+
+def test_remove_last_downsampling_gives_an_8x8_last_map_on_r18_at_32_px(monkeypatch) -> None:
+    """Table 6's A8x8: the last stage at stride 1, for training and for evaluation (same weights)."""
+    model = tiny_r18()
+    keys = {key: value.shape for key, value in model.state_dict().items()}
+    method = AlignMixup(input_mix_prob=0.0, remove_last_downsampling=True)
+    method.check_model(model)
+    method.setup(model, CLASSES)
+    block = model.layer4[0]
+    assert block.conv1.stride == (1, 1) and block.shortcut.stride == (1, 1)
+    assert {key: value.shape for key, value in model.state_dict().items()} == keys
+    x = images(13)
+    with torch.no_grad():
+        assert model.forward_features(x, 4).shape[-2:] == (8, 8)
+        assert model.forward_features(x, 3).shape[-2:] == (8, 8)
+    record = StageRecorder(model, monkeypatch)
+    bound(method, 0).training_step(model, x, LABELS)
+    assert record.calls[1][2].shape[-2:] == (8, 8)
+    monkeypatch.undo()
+    method.check_model(model)  # a second check or setup of the same model is no error
+    method.setup(model, CLASSES)
+
+    _, ae = ae_setup(size=32, remove_last_downsampling=True)
+    assert ae.decoder.grid == (8, 8)  # D decodes from the 8x8 grid: two up-samplings to 32 px
+    with pytest.raises(StageUnavailableError, match="no strided convolution"):
+        AlignMixup(remove_last_downsampling=True).check_model(
+            build_model("vgg_gap", num_classes=CLASSES, image_size=SIZE, width=8)
+        )
+
+
+@pytest.mark.parametrize("direction", ["keep_a_geometry", "keep_partner_geometry"])
+def test_fixed_direction_always_takes_the_same_direction(direction: str, monkeypatch) -> None:
+    keep_a = direction == "keep_a_geometry"
+    alignmixup_draws = [bound(AlignMixup(direction=direction), seed).draw(BATCH) for seed in range(60)]
+    aligned = [d.keep_first_geometry for d in alignmixup_draws if not d.input_mix]
+    ae_draws = [bound(AlignMixupAE(direction=direction), seed).draw(BATCH) for seed in range(60)]
+    aligned += [d.keep_first_geometry for d in ae_draws if d.level == "feature"]
+    assert len(aligned) > 30 and set(aligned) == {keep_a}
+    model = tiny_r18()
+    record = StageRecorder(model, monkeypatch)
+    method = AlignMixup(input_mix_prob=0.0, direction=direction)
+    draw = bound(AlignMixup(input_mix_prob=0.0, direction=direction), 1).draw(BATCH)
+    _, logs = bound(method, 1).training_step(model, images(14), LABELS)
+    features, mixed = record.calls[0][2], record.calls[1][2]
+    expected, _ = align_mix(features, draw.perm, draw.lam, keep_a, SinkhornOptions())
+    torch.testing.assert_close(mixed, expected, rtol=1e-4, atol=1e-4)
+    assert float(logs["keep_a_geometry"]) == float(keep_a)
+
+
+@pytest.mark.parametrize(
+    "options", [{"mix_grid": 2}, {"remove_last_downsampling": True}, {"direction": "keep_a_geometry"}]
+)
+def test_ablation_options_add_no_host_read_to_the_aligned_step(options: dict) -> None:
+    """The only reads stay Sinkhorn's stopping flag (at most one per 10 iterations), as with the defaults."""
+    model = tiny_r18()
+    method = AlignMixup(input_mix_prob=0.0, **options)
+    method.setup(model, CLASSES)
+    with HostSyncCounter("cpu") as syncs:
+        bound(method, 2).training_step(model, images(15), LABELS)
+    assert 1 <= syncs.count <= 10
+    assert all(site.startswith("mixbench/methods/sinkhorn.py:") for site in syncs.by_site())
 
 
 # ------------------------------------------------------------------------------------------ AlignMixup/AE

@@ -50,10 +50,6 @@ Deliberate deviations from the official code (``cifar10_100/models/*_classifier.
   bf16 autocast does not wreck the cost expansion or the column sums.
 * The official code wraps the model in ``nn.DataParallel``: with several GPUs each replica pairs, aligns
   and tests the stopping rule on its own slice of the batch.  Here the whole batch is one pairing.
-* Wide-ResNets: the official WRN16-8 encoder ends with BN-ReLU and AlignMix aligns its output; in mixbench
-  that BN-ReLU belongs to the model's head, which the stage contract does not let a method bypass, so
-  AlignMix aligns the last stage's output *before* the final BN-ReLU (PreActResNet18 and ResNet-50 have no
-  such layer: there the aligned tensor is the official one).
 * ``sinkhorn="converged"`` (an option, not the default) divides each cost matrix by its mean (so that eps is
   relative to the typical cost), stops each sample on its own once ``sum_i |log(row sum_i of R)|`` is below
   ``converged_tol`` (the dual change divided by eps; at most ``converged_max_iter`` iterations), and so
@@ -64,8 +60,40 @@ threshold 0.1.  Logged per step: ``lam``, ``feature_mix`` (1 on AlignMix steps),
 ``sinkhorn_iterations`` and ``row_sum_error`` (mean |row sum of R - 1|); the last two are 0 on input-mixup
 steps, so their epoch means divided by the mean of ``feature_mix`` are the per-AlignMix-step values.
 
-AlignMixup/AE (:mod:`mixbench.methods.alignmixup_ae`) shares the draws, the Sinkhorn options and the aligned
-mixing step through :class:`AlignMixMethod`.
+The aligned tensor is the official one on every backbone the paper uses: PreActResNet18's last stage ends
+with a residual sum and ResNet-50's with its ReLU, as in the official encoders, and mixbench's Wide-ResNets
+end stage 3 with the final BN-ReLU, as the official WRN16-8 encoder does (see
+:mod:`mixbench.models.wide_resnet`), so AlignMix aligns the activated ``512x8x8`` tensor that the classifier
+pools.
+
+Ablations of the paper's Table 6 (CIFAR-100, PreActResNet18), as options of both variants.  The official
+repository has no code for them and the table names its rows only by the mixing set and the resolution of
+``A``; how each is obtained below is our choice:
+
+* ``align: false`` (the "unaligned" column): the feature branch interpolates ``A`` and ``A'`` directly,
+  ``A~ = lam * A + (1 - lam) * A'``, with the same lam, pairing and label rule; no Sinkhorn runs (its logs
+  are 0).  On a pooling head this is plain feature mixup at the last stage.
+* ``mix_grid: 2`` (the rows ``A2x2``): ``A`` is average-pooled to ``2 x 2`` (``adaptive_avg_pool2d``)
+  before the alignment and the mixing, so ``r = 4`` and the cost and ``R`` are ``4 x 4``; the network
+  continues from the pooled, mixed tensor (the heads pool globally: where the grid divides the map
+  evenly, pooling alone leaves the logits unchanged).  ``null`` (the default) mixes at the stage's own
+  resolution.  A grid larger than the feature map is refused.
+* ``remove_last_downsampling: true`` (the rows ``A8x8``): in :meth:`setup` every strided convolution of the
+  model's last stage is set to stride 1 (for PreActResNet18 the first block's 3x3 conv and its 1x1
+  shortcut), so the last stage keeps the resolution of the one before it: ``512x8x8`` at 32 px instead of
+  ``512x4x4``.  The weights are unchanged (a convolution's stride is no parameter), so checkpoints keep
+  their keys; the change holds for the whole run, training and evaluation, since every run builds its model
+  and method through ``build_model_and_method``, which calls :meth:`setup`.  A model whose last stage has
+  no strided convolution, or down-samples by pooling, is refused.
+* ``direction`` (not a Table 6 cell): ``random`` (the default and the official code: each aligned step draws
+  the direction 0.5/0.5), ``keep_a_geometry`` (always ``lam * A + (1 - lam) * A' R^T``; the caption of the
+  paper's Fig. 2 calls this "A aligned to A'", giving ``A~``, interpolated with ``A``, and the official code
+  computes that ``A~`` as ``A' R^T``) or ``keep_partner_geometry`` (always ``lam * A R + (1 - lam) * A'``,
+  the caption's symmetric case).  As said above, on a pooling head ``keep_a_geometry`` gives the logits of
+  unaligned mixing.
+
+AlignMixup/AE (:mod:`mixbench.methods.alignmixup_ae`) shares the draws, the Sinkhorn options, the ablation
+options and the feature-mixing step through :class:`AlignMixMethod`.
 """
 
 from __future__ import annotations
@@ -85,6 +113,8 @@ from mixbench.models.base import StageUnavailableError
 
 SinkhornMode = Literal["official", "converged"]
 SINKHORN_MODES = ("official", "converged")
+Direction = Literal["random", "keep_a_geometry", "keep_partner_geometry"]
+DIRECTIONS = ("random", "keep_a_geometry", "keep_partner_geometry")
 HOST_CHECK_EVERY = 10  # Sinkhorn iterations between host reads of the "all stopped" flag
 
 
@@ -167,6 +197,54 @@ def align_mix(
     return mixed.reshape(batch, channels, height, width).to(features.dtype), result
 
 
+def pool_to_grid(features: torch.Tensor, grid: int | None) -> torch.Tensor:
+    """``features`` (B, c, h, w) average-pooled to ``grid x grid`` (adaptive pooling); unchanged when ``grid``
+    is None or already the map's size.  A grid larger than the map is refused (pooling cannot add
+    positions)."""
+    if grid is None or tuple(features.shape[-2:]) == (grid, grid):
+        return features
+    if grid > features.shape[-2] or grid > features.shape[-1]:
+        raise ValueError(
+            f"mix_grid {grid} is larger than the {features.shape[-2]}x{features.shape[-1]} feature map"
+        )
+    return F.adaptive_avg_pool2d(features, grid)
+
+
+def strided_convolutions(stage: nn.Module) -> list[nn.Conv2d]:
+    """The convolutions of ``stage`` whose stride is not 1: its down-sampling."""
+    return [m for m in stage.modules() if isinstance(m, nn.Conv2d) and tuple(m.stride) != (1, 1)]
+
+
+def check_last_downsampling(model: nn.Module) -> None:
+    """Refuse a model whose last stage does not down-sample by strided convolutions only (nothing for
+    :func:`remove_last_downsampling` to remove, or a pooling it cannot), unless it was removed already."""
+    if getattr(model, "last_downsampling_removed", False):
+        return
+    stage = model.stage_modules()[-1]
+    if any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in stage.modules()):
+        raise StageUnavailableError(
+            f"model {model.name}: its last stage pools, and remove_last_downsampling only changes strides "
+            "of convolutions"
+        )
+    if not strided_convolutions(stage):
+        raise StageUnavailableError(
+            f"model {model.name}: its last stage has no strided convolution, so there is no down-sampling "
+            "for remove_last_downsampling to remove"
+        )
+
+
+def remove_last_downsampling(model: nn.Module) -> int:
+    """Set every strided convolution of the model's last stage to stride 1 (weights untouched), so the last
+    feature map keeps the previous stage's resolution; returns how many convolutions changed.  Marks the
+    model (``last_downsampling_removed``) so that a second call, or a check after it, knows it was done."""
+    check_last_downsampling(model)
+    convolutions = strided_convolutions(model.stage_modules()[-1])
+    for convolution in convolutions:
+        convolution.stride = (1, 1)
+    model.last_downsampling_removed = True
+    return len(convolutions)
+
+
 def last_feature_stage(model: nn.Module) -> int:
     """The deepest hidden state the model exposes (the tensor AlignMix aligns)."""
     hidden = [stage for stage in model.feature_stages if stage > 0]
@@ -211,10 +289,15 @@ def move_patches(images: torch.Tensor, weights: torch.Tensor, grid: tuple[int, i
 
 
 def alignment_preview(
-    model: nn.Module, x: torch.Tensor, draw: AlignMixDraw, options: SinkhornOptions
+    model: nn.Module,
+    x: torch.Tensor,
+    draw: AlignMixDraw,
+    options: SinkhornOptions,
+    mix_grid: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Rows showing both alignments of a pairing as moved image patches, and the input-mixup branch."""
-    features = model.forward_features(x, last_feature_stage(model))
+    """Rows showing both alignments of a pairing (at the mixing grid) as moved image patches, and the
+    input-mixup branch."""
+    features = pool_to_grid(model.forward_features(x, last_feature_stage(model)), mix_grid)
     flat = features.flatten(2)
     assignment, _ = transport_assignment(flat, flat[draw.perm], options)
     grid = (features.shape[-2], features.shape[-1])
@@ -228,9 +311,28 @@ def alignment_preview(
     }
 
 
+@dataclass(frozen=True)
+class AblationOptions:
+    """The Table 6 ablations (see the module docstring); the defaults are the published method."""
+
+    align: bool = True
+    mix_grid: int | None = None
+    direction: Direction = "random"
+    remove_last_downsampling: bool = False
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction '{self.direction}'; valid: {', '.join(DIRECTIONS)}")
+        if self.mix_grid is not None and self.mix_grid < 1:
+            raise ValueError(f"mix_grid must be a positive grid side or null, got {self.mix_grid}")
+        if not self.align and self.direction != "random":
+            raise ValueError("direction chooses an alignment; with align=false there is none to choose")
+
+
 class AlignMixMethod(MixMethod):
     """What AlignMixup and AlignMixup/AE share: per step ``lam ~ Beta(alpha, alpha)`` and a pairing, the
-    Sinkhorn options, the last feature tensor of a CNN as the tensor to align, and the aligned-mixing step."""
+    Sinkhorn and ablation options, the last feature tensor of a CNN as the tensor to mix, and the
+    feature-mixing step."""
 
     def __init__(
         self,
@@ -241,6 +343,7 @@ class AlignMixMethod(MixMethod):
         sinkhorn: SinkhornMode,
         converged_tol: float,
         converged_max_iter: int,
+        ablation: AblationOptions,
     ) -> None:
         """The options both variants take; their defaults live in each method's signature (its config)."""
         super().__init__()
@@ -248,15 +351,32 @@ class AlignMixMethod(MixMethod):
         self.sinkhorn = SinkhornOptions(
             eps, int(max_iter), threshold, sinkhorn, converged_tol, int(converged_max_iter)
         )
+        self.ablation = ablation
 
     def check_model(self, model: nn.Module) -> None:
         model.check_stage(last_feature_stage(model))
+        if self.ablation.remove_last_downsampling:
+            check_last_downsampling(model)
+
+    def prepare_model(self, model: nn.Module) -> None:
+        """The model-side part of the ablations, done once in :meth:`setup`: the last stage's stride."""
+        if self.ablation.remove_last_downsampling:
+            remove_last_downsampling(model)
 
     def draw_lam_and_pairing(self, batch_size: int) -> tuple[float, torch.Tensor]:
         """lam ~ Beta(alpha, alpha), then a pairing of the batch, from the run's generators."""
         return float(self.rng.beta(self.alpha)), self.rng.permutation(batch_size)
 
-    def aligned_mix(
+    def draw_keep_first_geometry(self) -> bool:
+        """The direction of an aligned step: drawn 0.5/0.5 (``random``, one uniform from the run's
+        generator), or fixed by ``direction``; False when nothing is aligned."""
+        if not self.ablation.align:
+            return False
+        if self.ablation.direction == "random":
+            return self.rng.uniform() < 0.5
+        return self.ablation.direction == "keep_a_geometry"
+
+    def mix_features(
         self,
         features: torch.Tensor,
         perm: torch.Tensor,
@@ -264,11 +384,25 @@ class AlignMixMethod(MixMethod):
         keep_first_geometry: bool,
         logs: Logs,
     ) -> torch.Tensor:
-        """:func:`align_mix` of ``features`` with ``features[perm]``; its Sinkhorn statistics go to
-        ``logs``."""
+        """``features`` pooled to ``mix_grid``, then :func:`align_mix` with ``features[perm]`` (its Sinkhorn
+        statistics go to ``logs``), or with ``align=false`` plain interpolation with them (zeros logged)."""
+        features = pool_to_grid(features, self.ablation.mix_grid)
+        if not self.ablation.align:
+            logs.update(unaligned_logs(features.device))
+            return mix_with_partners(features, perm, lam)
         mixed, result = align_mix(features, perm, lam, keep_first_geometry, self.sinkhorn)
         logs.update(alignment_logs(result, features.shape[-2] * features.shape[-1]))
         return mixed
+
+    def preview_rows(self, model: nn.Module, x: torch.Tensor, draw: AlignMixDraw) -> dict[str, torch.Tensor]:
+        """The sources and the input mix, with the alignments as moved patches when the method aligns."""
+        if self.ablation.align:
+            return alignment_preview(model, x, draw, self.sinkhorn, self.ablation.mix_grid)
+        return {
+            "source a": x,
+            "source b": x[draw.perm],
+            "input mixup": mix_with_partners(x, draw.perm, draw.lam),
+        }
 
 
 @register_method
@@ -285,22 +419,31 @@ class AlignMixup(AlignMixMethod):
         sinkhorn: SinkhornMode = "official",
         converged_tol: float = 1e-3,
         converged_max_iter: int = 1000,
+        align: bool = True,
+        mix_grid: int | None = None,
+        direction: Direction = "random",
+        remove_last_downsampling: bool = False,
     ) -> None:
-        super().__init__(alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter)
+        ablation = AblationOptions(align, mix_grid, direction, remove_last_downsampling)
+        super().__init__(
+            alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter, ablation
+        )
         if not 0.0 <= input_mix_prob <= 1.0:
             raise ValueError(f"input_mix_prob must lie in [0, 1], got {input_mix_prob}")
         self.input_mix_prob = input_mix_prob
         self.mix_stage: int | None = None  # set by setup(); read from the model when setup was skipped
 
     def setup(self, model: nn.Module, num_classes: int) -> None:
-        """Remember the stage to align, so that the step needs no attribute of a (possibly wrapped) model."""
+        """Apply the model-side ablation, and remember the stage to mix, so that the step needs no attribute
+        of a (possibly wrapped) model."""
+        self.prepare_model(model)
         self.mix_stage = last_feature_stage(model)
 
     def draw(self, batch_size: int) -> AlignMixDraw:
         """This step's lam, pairing, branch and direction, from the run's generators."""
         lam, perm = self.draw_lam_and_pairing(batch_size)
         input_mix = self.rng.uniform() < self.input_mix_prob
-        keep_first_geometry = (not input_mix) and self.rng.uniform() < 0.5
+        keep_first_geometry = (not input_mix) and self.draw_keep_first_geometry()
         return AlignMixDraw(lam, perm, input_mix, keep_first_geometry)
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
@@ -318,7 +461,7 @@ class AlignMixup(AlignMixMethod):
         else:
 
             def mix_fn(features: torch.Tensor) -> torch.Tensor:
-                return self.aligned_mix(features, draw.perm, lam, draw.keep_first_geometry, logs)
+                return self.mix_features(features, draw.perm, lam, draw.keep_first_geometry, logs)
 
             stage = self.mix_stage if self.mix_stage is not None else last_feature_stage(model)
             logits = model(x, mix_stage=stage, mix_fn=mix_fn)
@@ -331,6 +474,8 @@ class AlignMixup(AlignMixMethod):
         note = (
             "AlignMix mixes feature tensors; the rows move image patches of the feature grid by the same "
             "assignment R (half the steps mix the inputs instead)"
+            if self.ablation.align
+            else "features are mixed without alignment, lam*A + (1-lam)*A' (no picture of that in pixels)"
         )
-        rows = alignment_preview(model, x, draw, self.sinkhorn)
+        rows = self.preview_rows(model, x, draw)
         return MixPreview(rows=rows, lam=torch.full((x.shape[0],), draw.lam), note=note)

@@ -15,7 +15,9 @@ uniformly from ``levels`` (default the paper's mixing set {x, A, e}):
 
 * ``input``:     x~ = lam * x + (1 - lam) * x[perm], then the whole network;
 * ``feature``:   AlignMix of ``A`` exactly as in :mod:`mixbench.methods.alignmixup` (Sinkhorn assignment,
-                 detached plan, direction drawn 0.5/0.5);
+                 detached plan, direction drawn 0.5/0.5), with the same Table 6 ablation options
+                 (``align``, ``mix_grid``, ``direction``, ``remove_last_downsampling``: the rows
+                 ``{x, A2x2, e}`` and ``{x, A8x8, e}`` and the "unaligned" column are AlignMixup/AE's);
 * ``embedding``: e~ = lam * e + (1 - lam) * e[perm] (a vector: nothing to align);
 
     L = lam * CE(g(.), y) + (1 - lam) * CE(g(.), y[perm])
@@ -84,10 +86,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbench.methods.alignmixup import (
+    AblationOptions,
     AlignMixDraw,
     AlignMixMethod,
+    Direction,
     SinkhornMode,
-    alignment_preview,
     last_feature_stage,
     mix_with_partners,
     unaligned_logs,
@@ -195,8 +198,15 @@ class AlignMixupAE(AlignMixMethod):
         sinkhorn: SinkhornMode = "official",
         converged_tol: float = 1e-3,
         converged_max_iter: int = 1000,
+        align: bool = True,
+        mix_grid: int | None = None,
+        direction: Direction = "random",
+        remove_last_downsampling: bool = False,
     ) -> None:
-        super().__init__(alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter)
+        ablation = AblationOptions(align, mix_grid, direction, remove_last_downsampling)
+        super().__init__(
+            alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter, ablation
+        )
         unknown = sorted(set(levels) - set(LEVELS))
         if not levels or unknown:
             raise ValueError(f"levels must be a non-empty subset of {', '.join(LEVELS)}; got {list(levels)}")
@@ -217,8 +227,10 @@ class AlignMixupAE(AlignMixMethod):
         self.decoder: ResidualDecoder | None = None
 
     def setup(self, model: nn.Module, num_classes: int) -> None:
-        """Size ``f``, ``g`` and ``D`` from the last feature tensor of a dummy ``image_size`` batch."""
+        """Apply the model-side ablation, then size ``f``, ``g`` and ``D`` from the last feature tensor of a
+        dummy ``image_size`` batch."""
         self.check_model(model)
+        self.prepare_model(model)
         device = next(model.parameters()).device
         channels, height, width = stage_shape(model, last_feature_stage(model), self.image_size)
         upsamplings = max(round(math.log2(self.image_size / height)), 0)
@@ -265,7 +277,7 @@ class AlignMixupAE(AlignMixMethod):
         level = self.rng.choice(list(self.levels))
         lam, perm = self.draw_lam_and_pairing(batch_size)
         reconstruct = self.rng.uniform() < self.reconstruction_prob
-        keep_first_geometry = level == "feature" and self.rng.uniform() < 0.5
+        keep_first_geometry = level == "feature" and self.draw_keep_first_geometry()
         return AEDraw(level, lam, perm, reconstruct, keep_first_geometry)
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
@@ -299,7 +311,7 @@ class AlignMixupAE(AlignMixMethod):
         if draw.level == "embedding":
             clean = self.embedding(features)
             return mix_with_partners(clean, draw.perm, lam), clean
-        mixed = self.aligned_mix(features, draw.perm, lam, draw.keep_first_geometry, logs)
+        mixed = self.mix_features(features, draw.perm, lam, draw.keep_first_geometry, logs)
         return self.embedding(mixed), self.embedding(features) if draw.reconstruct else None
 
     @torch.no_grad()
@@ -309,7 +321,7 @@ class AlignMixupAE(AlignMixMethod):
         self._require_setup()
         lam, perm = self.draw_lam_and_pairing(x.shape[0])
         draw = AlignMixDraw(lam, perm, input_mix=False, keep_first_geometry=True)
-        rows = alignment_preview(model, x, draw, self.sinkhorn)
+        rows = self.preview_rows(model, x, draw)
         embedding = self.embedding(model.forward_features(x, last_feature_stage(model)))
         size = tuple(x.shape[-2:])
         rows["reconstruction D(e)"] = self.decoder(embedding, size)
