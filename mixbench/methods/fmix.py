@@ -13,8 +13,19 @@ config ships alpha 0.2, OpenMixup's CIFAR setting, which the benchmark tables us
 
 Deviations from the official code:
 
-* The Fourier noise is drawn with ``torch.fft`` on the device with the run's generator (official: NumPy on
-  the host); same distribution.
+* The Fourier noise follows the paper's definition, not the official sampler.  We draw one complex Gaussian
+  ``a + i b`` per frequency of the whole half spectrum (``H x (W // 2 + 1)``), so masks vary in both
+  directions.  The official ``make_low_freq_image`` (``fmix.py``, reused unchanged by OpenMixup's
+  ``augments/fmix.py``) draws the coefficients as an array ``(1, H, W // 2 + 1, 2)`` and then takes
+  ``spectrum[:, 0] + 1j * spectrum[:, 1]``, which indexes the frequency-row axis instead of the last
+  (real, imaginary) axis: it keeps the first two frequency rows, and ``irfftn`` then reads the resulting
+  ``(W // 2 + 1, 2)`` array as the spectrum of an ``H x W`` image.  Its masks therefore hold only width
+  frequencies 0 and 1, at most one cycle across the width (run on 32x32 and 16x24 its noise has no other
+  width frequency), while the height carries the decayed profile: mostly horizontal bands.  We follow the
+  paper because that is the method it describes (noise isotropic up to the grid, a Gaussian per frequency
+  decayed as ``1 / f^delta``) and the official indexing reads as an accident, not a choice; OpenMixup's
+  FMix numbers, which the benchmark tables compare with, come from the official sampler.  Drawn with
+  ``torch.fft`` on the device with the run's generator (official: NumPy on the host).
 * ``k = round(lam * H * W)`` (official: ceil or floor with probability 1/2 each), and the label ratio is the
   realised pixel share ``k / (H W)`` rather than the sampled lam (they differ by less than ``1 / (H W)``).
 * The official options ``max_soft`` (soft mask edges) and ``reformulate`` (lam ~ Beta(alpha + 1, alpha)) are

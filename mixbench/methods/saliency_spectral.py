@@ -11,18 +11,32 @@ used as they are):
     S = gauss(s) / max(gauss(s))        (5 taps, sigma 8 at 64 px, scaled with the working size;
                                          resized back to H x W, bilinear)
 
-Differences from OpenCV's ``StaticSaliencySpectralResidual``, which the official SaliencyMix calls:
+What the official SaliencyMix computes: its ``saliency_bbox`` calls OpenCV's
+``StaticSaliencyFineGrained`` (Montabone & Soto 2010, a centre-surround detector on intensity), not the
+spectral residual, and calls it on the batch tensor as the model receives it: the normalised float32 image
+(after ``ToTensor`` and ``Normalize``, values roughly in [-2, 2]) transposed to H x W x C, of one source for
+the whole batch (see :mod:`mixbench.methods.saliencymix`).  That detector is written for 8-bit images: its
+source converts the input to grey (which keeps float32) and then reads the grey pixels as bytes
+(``at<uchar>``).  On float input its peak does not find the object: measured with opencv-contrib-python 5.1
+on 20 images of 32 px (Gaussian noise, std 0.3, plus one 8 x 8 square brighter by 2), the peak of the
+official float call lies in the square 1 time in 20 (chance: 1.25), on the same images as 8-bit 10 times
+in 20.  METHODS.md specifies spectral-residual saliency computed in torch on the device, and that is what
+this module computes, on the image's values (any scale: the residual is invariant to it).  Its differences
+from OpenCV's implementation of the same algorithm, ``StaticSaliencySpectralResidual``:
 
 * OpenCV resizes every image to 64 x 64, also upwards (32 px CIFAR images are upsampled).  Upsampling leaves
   the new high frequencies almost empty; their erratic log amplitudes then dominate the residual and put the
   peak on the image border (measured: on 16 px images with one bright square on a noisy background, the
   upsampled variant finds the square 1-4 times in 20, the native-size one 20 in 20).  We only downsample.
-* The floor ``0.01 * mean|F|`` inside the log (OpenCV and the paper: ``log|F|``): images with exact spectral
-  zeros (flat backgrounds, synthetic shapes) otherwise get huge negative log amplitudes that dominate the
+* The amplitude inside the log: we use ``log(|F| + 0.01 * mean|F|)``; the paper writes ``log|F|``, and
+  OpenCV computes ``log(|F| + 1)`` (its current source; older releases took ``log|F|``).  OpenCV's ``+ 1`` is
+  in the image's units, so how much it floors depends on the input's scale (0-255 or normalised floats);
+  ours is relative to the spectrum, 1% of its mean amplitude.  Without any floor, images with exact
+  spectral zeros (flat backgrounds, synthetic shapes) get huge negative log amplitudes that dominate the
   residual and produce ghost peaks away from the object.
 * OpenCV Gaussian-blurs the magnitude and squares afterwards; we square first, as the paper does.
-* OpenCV's BGR->grey conversion applied to the RGB tensors of the official code swaps the red and blue
-  weights; we weight RGB as RGB.
+* OpenCV converts to grey as BGR (both detectors do); applied to the RGB tensors of the official code this
+  swaps the red and blue weights; we weight RGB as RGB.
 """
 
 from __future__ import annotations

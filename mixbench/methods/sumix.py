@@ -35,9 +35,11 @@ of METHODS.md's summary is therefore pinned by the computation of the released c
        u(h) = l2norm( softmax( W_u GAP(h) + b_u ) )            (a (B, C) matrix, rows of norm 1)
    u_mix = u(h(x~)),  u_a = u(h(x)),  u_b = u_a[perm].  W_u (C x c, with bias) is SUMix's own parameter,
    initialised N(0, 0.01) with zero bias as the official head; it joins the optimizer through
-   :meth:`param_groups`.  h is the output of the last stage: for the ResNets it is exactly what the
-   classifier pools (as in the official head, which shares its input with the classifier); for the
-   Wide-ResNets it precedes the head's final BN+ReLU (the stage contract exposes no later tensor).
+   :meth:`param_groups`.  h is the output of the last stage, which on the CNN backbones (heads of global
+   pooling and a linear layer) is exactly what the classifier pools, as in the official head (which shares
+   its input with the classifier).  This includes the Wide-ResNets: their final BN-ReLU ends the last stage
+   (:mod:`mixbench.models.wide_resnet`), so h is the activated map the classifier pools, not the residual
+   sum before that BN-ReLU.
 
 6. Loss.  The uncertainty enters additively with the semantic distance, and exp(-(.)) of the sum is used
    as the logits of a cross-entropy whose target is the source's label:
