@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mixbench.models.adl import adl_option, insert_adl
 from mixbench.models.base import StagedNet, StageUnavailableError
 from mixbench.models.mobilenet import mobilenet_v2
 from mixbench.models.preact_resnet import preact_resnet18
@@ -83,9 +84,12 @@ def build_model(
     pretrained_path = None
     if "pretrained_path" not in inspect.signature(builder).parameters:
         pretrained_path = options.pop("pretrained_path", None)
+    adl = adl_option(name, options.pop("adl", None))  # ADL layers (adl.py): vgg_gap and resnet50 only
     _check_options(name, builder, options)
     model = builder(num_classes=num_classes, image_size=image_size, width=width, **options)
     model.name = name
+    if adl is not None:
+        insert_adl(model, **adl)
     if pretrained_path is not None:
         load_local_weights(model, str(pretrained_path))
     return model
