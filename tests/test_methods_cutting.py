@@ -19,8 +19,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mixbench.config import CONFIG_DIR
+from mixbench.engine.host_syncs import HostSyncCounter
 from mixbench.methods import MixMethod, build_method
 from mixbench.methods.cutmix import box_mask, sample_box
+from mixbench.methods.cutout import Cutout, cutout_masks
 from mixbench.methods.fmix import FMix
 from mixbench.methods.gridmix import GridMix
 from mixbench.methods.masks import centred_box_masks, fourier_noise, grid_cells_mask, keep_top_pixels_mask
@@ -376,3 +378,59 @@ def test_smoothmix_width_is_the_drawn_fraction_of_each_side(relative_sigma: floa
     sigma_x = abs(dx) / math.sqrt(-2 * math.log(mask[cy, cx + dx].item()))
     assert sigma_y == pytest.approx(relative_sigma * height, rel=1e-4)
     assert sigma_x == pytest.approx(relative_sigma * width, rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------- Cutout
+
+
+def test_cutout_patch_is_the_length_square_clipped_at_the_borders() -> None:
+    """By hand on 8x8 images, length 4: rows and columns [c - 2, c + 2) clipped to [0, 8)."""
+    centres = torch.tensor([4, 0, 7, 2]), torch.tensor([3, 0, 7, 7])
+    masks = cutout_masks(*centres, length=4, height=8, width=8)
+    assert masks.shape == (4, 1, 8, 8) and ((masks == 0) | (masks == 1)).all()
+    assert masks.sum(dim=(1, 2, 3)).tolist() == [16, 4, 9, 12]  # inside: 4 x 4; corners 2 x 2, 3 x 3; 4 x 3
+    inside = torch.zeros(8, 8)
+    inside[2:6, 1:5] = 1
+    assert torch.equal(masks[0, 0], inside)
+    assert masks[1, 0, :2, :2].all() and masks[1].sum() == 4  # the top-left corner only
+    assert masks[2, 0, 5:, 5:].all() and masks[3, 0, 0:4, 5:8].all()
+    odd = cutout_masks(torch.tensor([4]), torch.tensor([4]), length=5, height=8, width=8)
+    assert odd.sum() == 16  # 2 * (5 // 2) per side, as the official code
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cutout_zeroes_one_patch_per_image_keeps_the_rest_and_the_labels(seed: int) -> None:
+    x, y = batch(seed)
+    method = bound(Cutout(length=6), seed)
+    cut, masks = method.cut(x)
+    assert masks.shape == (BATCH, 1, SIZE, SIZE)
+    hole = masks.expand_as(x) == 1
+    assert (cut[hole] == 0).all() and torch.equal(cut[~hole], x[~hole])
+    areas = masks.sum(dim=(1, 2, 3))
+    assert ((areas >= 9) & (areas <= 36)).all()  # clipped at worst to the 3 x 3 corner
+    assert len({tuple(mask.nonzero()[0].tolist()) for mask in masks}) > 1, "one centre per image"
+    model = LinearNet(SIZE, CLASSES)
+    loss, logs = bound(Cutout(length=6), seed).training_step(model, x, y)
+    torch.testing.assert_close(loss, F.cross_entropy(model(cut), y))  # labels untouched: plain CE
+    assert logs == {}
+
+
+def test_cutout_replays_with_its_generator_and_reads_nothing_from_the_device() -> None:
+    x, _ = batch(0)
+    rng = MixRandom(3)
+    method = bound(Cutout(), rng)
+    with HostSyncCounter("cpu") as syncs:
+        first, _ = method.cut(x)
+    assert syncs.count == 0, syncs.describe()
+    rng.reseed(3)
+    torch.manual_seed(123)  # the global generator plays no part
+    assert torch.equal(method.cut(x)[0], first)
+    rng.reseed(4)
+    assert not torch.equal(method.cut(x)[0], first)
+
+
+def test_cutout_refuses_a_length_that_is_not_a_positive_integer() -> None:
+    for length in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="length must be a positive number of pixels"):
+            Cutout(length=length)
+    assert build_method("cutout").length == 16  # configs/method/cutout.yaml: 16 px on CIFAR
