@@ -86,6 +86,7 @@ RUNTIME_KEYS = frozenset(
         "data.download",
         "data.resident",
         "model.pretrained_path",  # where the weights are; their contents are checked by SHA-256 instead
+        *("method.encoder_path", "method.decoder_path", "method.style_distance_path"),  # StyleMix's files
         "sync_bn",  # how a run is spread over processes, like their number: recorded in summary.json instead
         "reference_table",  # set by experiment files: which published table a run is compared with
         "samples",  # tools/show_mix.py
