@@ -410,6 +410,20 @@ def test_every_job_of_an_experiment_is_a_cell_of_its_table(name: str) -> None:
                 "method.gamma": 1.0,  # the SUMix appendix's gamma (it ran 0.5 before)
             },
         ),
+        # AlignMixup T6's ablations: the unaligned column and the 2x2 / 8x8 rows (refused before)
+        ("alignmixup_cvpr22_t6_ablation", "alignmixup {A}", "unaligned", {"method.align": False}),
+        (
+            "alignmixup_cvpr22_t6_ablation",
+            "alignmixup_ae {x,A2x2,e}",
+            "unaligned",
+            {"method.mix_grid": 2, "method.align": False, "method.reconstruction_prob": 0.2},
+        ),
+        (
+            "alignmixup_cvpr22_t6_ablation",
+            "alignmixup_ae {x,A8x8,e}",
+            "aligned",
+            {"method.remove_last_downsampling": True, "method.align": True},
+        ),
         # AutoMix's lambda channel on its CUB recipe (the CUB grid ran without it)
         ("openmixup_cifar100_tiny_cub", "automix", "cub200/rx50", {"method.lam_channel": True}),
         ("openmixup_cifar100_tiny_cub", "automix", "cifar100/resnet18", {"method.lam_channel": False}),
