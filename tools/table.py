@@ -7,6 +7,7 @@
     python tools/table.py runs/quickstart/digits/r18,width=16/mixup/digits_quick/seed0 --plots   # one run
     python tools/table.py runs/ --table alignmixup_cvpr22_t3_robustness --weights best   # eval/*@best.json
     python tools/table.py --count       # how many published cells mixbench trains and measures, per table
+    python tools/table.py runs/ --controls   # published, ours as published, ours under the controls
 
 The Markdown table is printed and written with the CSV (and LaTeX with --latex) to <out>/<name>.md|csv|tex.
 Per seed the headline is the median top-1 of the last 10 epochs; a row gives mean ± std over the complete
@@ -15,6 +16,10 @@ is matched to the published cell it reproduces (its config.yaml's reference_tabl
 published top-1 (error tables shown as 100 - error) and Δ = ours - published in the statistic the paper
 published (best epoch for AlignMixup, median of the last 10 for OpenMixup/SUMix).  EMA networks of learned
 methods (AutoMix, AdAutoMix) get their own columns.
+
+--controls writes <out>/<table>_controls.md|csv (the table: --table, default openmixup_cifar100_tiny_cub): per
+published cell, the paper's number, ours as published and ours under the controls (a baseline with an EMA copy
+of the model, ema=; a learned method annealed to min_lr 0), online and EMA (mixbench/report/controls.py).
 
 Evaluation cells of the published tables (FGSM/PGD error, OOD detection, CIFAR-100-C accuracy, WSOL
 localisation, params and ms per batch) are read from the runs' records of tools/evaluate.py
@@ -79,6 +84,11 @@ def main() -> int:
         "(eval/<suite>@best.json)",
     )
     parser.add_argument(
+        "--controls",
+        action="store_true",
+        help="the controls table instead: published, ours as published, ours with ema= or min_lr 0 (md, csv)",
+    )
+    parser.add_argument(
         "--count",
         action="store_true",
         help="print how many cells of the published tables mixbench trains and measures, then exit",
@@ -112,6 +122,8 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    if args.controls:
+        return _write_controls(args, table_name)
     try:
         table = build_table(args.runs, table_name, weights=args.weights)
     except RunDirectoryError as error:
@@ -127,6 +139,20 @@ def main() -> int:
         message += f" and {len(written.evaluation_figures)} evaluation figure(s) in "
         message += _display(written.evaluation_figures[0].parent)
     print(message, file=sys.stderr)
+    return 0
+
+
+def _write_controls(args: argparse.Namespace, table_name: str | None) -> int:
+    """``--controls``: print the controls table and write it as <out>/<name>.md|csv."""
+    if args.latex or args.plots:
+        print("error: --controls writes Markdown and CSV only; drop --latex and --plots", file=sys.stderr)
+        return 2
+    from mixbench.report.controls import DEFAULT_TABLE, build_controls_table, write_controls_files
+
+    table = build_controls_table(args.runs, table_name or DEFAULT_TABLE)
+    written = write_controls_files(table, args.out, args.name or f"{table.table}_controls")
+    print(written[0].read_text(), end="")
+    print("wrote " + ", ".join(_display(path) for path in written), file=sys.stderr)
     return 0
 
 
