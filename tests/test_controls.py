@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
+from mixbench.config import CONFIG_DIR
 from mixbench.report.controls import MIN_LR_0, build_controls_table, controls_to_csv, controls_to_markdown
+from tests.helpers import compose_config
 from tests.helpers.tools import run_tool
 from tests.test_tables import OPENMIXUP, cell_config, curve, folders_of, write_run
 
@@ -124,3 +128,31 @@ def test_runs_that_train_no_cell_give_an_empty_table_that_says_so(tmp_path: Path
     write_configuration(tmp_path, with_ema(digits), [96.0], ema=[95.0])
     table = build_controls_table(tmp_path)
     assert table.rows == [] and table.notes[0].startswith(f"No run under {tmp_path} trains a top-1 cell")
+
+
+@pytest.mark.parametrize(
+    ("experiment", "methods"),
+    [
+        ("controls_cifar100", ["vanilla", "mixup", "automix", "adautomix"]),
+        ("controls_cifar100_cutmix", [None]),
+    ],
+)
+def test_every_job_of_the_controls_experiments_is_a_control_of_a_published_cell(
+    experiment: str, methods: list[str | None], tmp_path: Path
+) -> None:
+    """Composed as tools/train.py composes each job: the baselines carry the EMA copy under the teacher's
+    schedule, the learned methods none and min_lr 0; each lands in the controls column of its cell."""
+    sweep = yaml.safe_load((CONFIG_DIR / "experiment" / f"{experiment}.yaml").read_text())["hydra"]["sweeper"]
+    assert sweep["params"].get("method", "cutmix").split(",") == [m or "cutmix" for m in methods]
+    for method in methods:
+        overrides = [f"experiment={experiment}", *([f"method={method}"] if method else [])]
+        config = OmegaConf.to_container(compose_config(overrides), resolve=True)
+        write_configuration(tmp_path / str(method), config, [70.0], ema=[71.0] if config["ema"] else None)
+    rows = build_controls_table(tmp_path).rows
+    found = {row.cell.row: row.control for row in rows if row.cell.column == COLUMN}
+    expected = {
+        method or "cutmix": MIN_LR_0 if method in ("automix", "adautomix") else EMA_CONTROL
+        for method in methods
+    }
+    assert found == expected
+    assert all(row.as_published == [] and row.seeds(row.controls) == 1 for row in rows)
