@@ -22,7 +22,7 @@ from mixbench.methods import build_method
 from mixbench.methods.adautomix import AdAutoMix, soft_targets, source_similarity
 from mixbench.methods.automix import AutoMix, mask_ratio_loss, mix_pair
 from mixbench.methods.ema import EmaModel, automix_momentum
-from mixbench.methods.mix_block import init_mix_block, stage_channels
+from mixbench.methods.mix_block import init_mix_block, mask_loss_weight_at, stage_channels
 from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
 
@@ -182,10 +182,11 @@ def test_mix_block_joins_the_optimizer_alone_with_its_own_lr(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["automix", "adautomix"])
-def test_model_without_stage_3_is_refused(name: str, swin_meta: nn.Module) -> None:
-    with pytest.raises(StageUnavailableError, match="swin_t"):
-        build_method(name).check_model(swin_meta)
-    build_method(name).check_model(build_model("r18", num_classes=CLASSES, image_size=SIZE, width=4))
+def test_model_without_the_feature_stage_is_refused(name: str) -> None:
+    model = build_model("r18", num_classes=CLASSES, image_size=SIZE, width=4)  # stages 0..4
+    with pytest.raises(StageUnavailableError, match="r18"):
+        build_method(name, feature_stage=6).check_model(model)
+    build_method(name).check_model(model)
 
 
 def test_mix_block_is_sized_to_the_channels_of_its_feature_stage() -> None:
@@ -319,6 +320,50 @@ def test_mask_loss_is_zero_within_the_margin_and_counts_the_share_of_x_for_lam()
         mask = torch.full((2, 1, 4, 4), partner_share)
         assert float(mask_ratio_loss(mask, lam, 0.1)) == pytest.approx(expected, abs=1e-6)
     assert float(mask_ratio_loss(torch.full((2, 1, 4, 4), lam), lam, 0.1)) > 0.4, "sign convention reversed"
+
+
+def test_automix_mask_loss_weight_starts_at_0_1_and_decays_to_0_by_a_cosine_over_the_run() -> None:
+    model, method = make_sharp("automix", mask_loss_margin=0.0)  # a margin of 0 keeps the mask loss active
+    x, y = batch()
+    weights = {}
+    for step in range(TOTAL_STEPS + 1):
+        if step in (0, TOTAL_STEPS // 4, TOTAL_STEPS // 2, TOTAL_STEPS):
+            method.bind(MixRandom(1), total_steps=TOTAL_STEPS)  # the same draws at every checked step
+            losses = method.compute_losses(model, x, y)
+            weights[step] = (losses.mask_loss_weight, float(losses.mask.detach()))
+        method.after_step(model)
+    assert weights[0][0] == pytest.approx(0.1) and weights[0][1] > 0
+    assert weights[TOTAL_STEPS // 4][0] == pytest.approx(0.1 * (1 + math.cos(math.pi / 4)) / 2)
+    assert weights[TOTAL_STEPS // 2][0] == pytest.approx(0.05)
+    assert weights[TOTAL_STEPS] == (0.0, 0.0), "the mask loss still counts at the end of the run"
+    _, logs = method.training_step(model, x, y)
+    assert float(logs["mask_loss_weight"]) == 0.0
+
+
+def test_mask_loss_schedules_constant_and_openmixups_compounding_hook() -> None:
+    assert [mask_loss_weight_at(t, 10, 0.1, "constant") for t in (0, 5, 10)] == [0.1, 0.1, 0.1]
+    expected, product = [], 1.0
+    for t in range(11):
+        product *= (1 + math.cos(math.pi * t / 10)) / 2
+        expected.append(0.1 * product)
+    got = [mask_loss_weight_at(t, 10, 0.1, "openmixup_compounded") for t in range(11)]
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-40) and got[-1] == 0.0
+    assert (
+        mask_loss_weight_at(7000, 74800, 0.1, "openmixup_compounded")
+        < 1e-4
+        < mask_loss_weight_at(7000, 74800, 0.1, "cosine")
+    ), "OpenMixup's hook compounds: the weight is gone after a few percent of the run"
+    with pytest.raises(ValueError, match="cosine"):
+        mask_loss_weight_at(0, 10, 0.1, "linear")
+
+
+def test_automix_mask_loss_weight_resumes_with_the_step_counter() -> None:
+    model, method = make("automix")
+    for _ in range(TOTAL_STEPS // 2):
+        method.after_step(model)
+    _, restored = make("automix", seed=3)
+    restored.load_state_dict(method.state_dict())
+    assert restored.current_mask_loss_weight() == method.current_mask_loss_weight() == pytest.approx(0.05)
 
 
 def test_automix_lam_channel_makes_the_mask_depend_on_lam() -> None:
