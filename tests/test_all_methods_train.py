@@ -30,7 +30,7 @@ NEEDS_EXTERNAL_WEIGHTS = {
 }
 TRAINABLE = sorted(set(METHODS) - NEEDS_EXTERNAL_WEIGHTS)
 CHANCE = 10.0  # digits: 10 balanced classes
-LEARNED = {"automix", "adautomix"}  # an EMA network and a Mix Block
+LEARNED = {"automix", "samix", "adautomix"}  # an EMA network and a Mix Block
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ SHORT_RUNS = {
     "puzzlemix": ONE_EPOCH,  # 36.9 / 44.0
     "resizemix": TWO_EPOCHS_NARROW,  # 40.4 / 47.8
     "saliencymix": ONE_EPOCH,  # 36.7 / 44.0
+    "samix": ONE_EPOCH,  # 33.6 / 41.8
     "smoothmix": TWO_EPOCHS,  # 35.3 / 42.7
     "sumix": ONE_EPOCH,  # 33.6 / 34.0
     "switch": TWO_EPOCHS_NARROW,  # 53.1 / 56.9

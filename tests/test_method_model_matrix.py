@@ -48,7 +48,7 @@ NEEDS_EXTERNAL_WEIGHTS = {
 TRAINABLE = sorted(set(METHODS) - NEEDS_EXTERNAL_WEIGHTS)
 # Methods that read hidden feature tensors: none of them can run on a model exposing only its input.  Every
 # other method must train on Swin-T, so a new method is tested on Swin-T unless it is added here.
-FEATURE_SPACE = {"manifoldmix", "alignmixup", "alignmixup_ae", "automix", "adautomix", "sumix"}
+FEATURE_SPACE = {"manifoldmix", "alignmixup", "alignmixup_ae", "automix", "samix", "adautomix", "sumix"}
 INPUT_SPACE = sorted(set(TRAINABLE) - FEATURE_SPACE)
 # model -> width: the narrowest that avoids a PyTorch 2.14 CPU bug (oneDNN backward of a 1x1 stride-2
 # convolution on a channels-last input with a channel count not a multiple of 8 corrupts the heap; Puzzle

@@ -1,4 +1,5 @@
 """The learned mixing methods AutoMix and AdAutoMix, and their EMA teacher (METHODS.md, "Learned mixing").
+SAMix's own parts are in ``tests/test_methods_samix.py``; it joins the contract tests here.
 
 Every check recomputes what a method reports from its parts (the Mix Block's weights, the draws of a scripted
 generator, separate gradients of each loss term), so a wrong mask convention, a missing detach, an adversarial
@@ -162,7 +163,7 @@ def test_method_state_round_trips_through_state_dict_with_the_step_counter() -> 
 # ------------------------------------------------------------------------------------------ the contract
 
 
-@pytest.mark.parametrize("name", ["automix", "adautomix"])
+@pytest.mark.parametrize("name", ["automix", "samix", "adautomix"])
 def test_eval_models_are_the_online_and_the_ema_networks(name: str) -> None:
     model, method = make(name)
     nets = method.eval_models(model)
@@ -170,7 +171,7 @@ def test_eval_models_are_the_online_and_the_ema_networks(name: str) -> None:
     assert nets[""] is model and nets["ema"] is method.ema.module and nets["ema"] is not model
 
 
-@pytest.mark.parametrize("name", ["automix", "adautomix"])
+@pytest.mark.parametrize("name", ["automix", "samix", "adautomix"])
 def test_mix_block_joins_the_optimizer_alone_with_its_own_lr(name: str) -> None:
     model, method = make(name)
     (group,) = method.param_groups(0.1, 5e-4)
@@ -181,7 +182,7 @@ def test_mix_block_joins_the_optimizer_alone_with_its_own_lr(name: str) -> None:
     assert own.param_groups(0.1, 0.0)[0]["lr"] == 0.03 and own.param_groups(0.1, 0.0)[0]["momentum"] == 0.0
 
 
-@pytest.mark.parametrize("name", ["automix", "adautomix"])
+@pytest.mark.parametrize("name", ["automix", "samix", "adautomix"])
 def test_model_without_the_feature_stage_is_refused(name: str) -> None:
     model = build_model("r18", num_classes=CLASSES, image_size=SIZE, width=4)  # stages 0..4
     with pytest.raises(StageUnavailableError, match="r18"):
@@ -574,7 +575,7 @@ def one_loss(name: str, seed: int, global_seed: int) -> tuple[torch.Tensor, torc
     return loss.detach(), torch.cat([t.flatten() for t in seen])
 
 
-@pytest.mark.parametrize("name", ["automix", "adautomix"])
+@pytest.mark.parametrize("name", ["automix", "samix", "adautomix"])
 def test_same_mixrandom_seed_gives_identical_batches_and_loss_whatever_global_seed(name: str) -> None:
     loss_1, batches_1 = one_loss(name, seed=7, global_seed=1)
     loss_2, batches_2 = one_loss(name, seed=7, global_seed=999)
