@@ -196,7 +196,7 @@ class RunIdentity:
 
     names: tuple[str, ...]  # one per group of GROUPS (data, model, method, schedule)
     differences: tuple[tuple[tuple[str, Any], ...], ...]  # per group: sorted (key, value) pairs
-    others: tuple[tuple[str, Any], ...]  # top-level values outside the groups (none today but the seed)
+    others: tuple[tuple[str, Any], ...]  # top-level values outside the groups and the seed (ema), not null
     seed: Any
 
     @property
@@ -216,7 +216,15 @@ class RunIdentity:
         return f"{self.names[index]},{suffix}"
 
     def relative_path(self) -> Path:
-        return Path(*(self.folder(group) for group in GROUPS), f"seed{self.seed}")
+        """``<data>/<model>/<method>/<schedule>/seed<k>``; values outside the groups (``ema=``) join the
+        seed's folder (``seed0,ema.momentum=0.999,...``, or a short hash): own folders."""
+        seed = f"seed{self.seed}"
+        if self.others:
+            suffix = ",".join(f"{key}={_format_value(value)}" for key, value in self.others)
+            if len(suffix) > _MAX_SUFFIX or not _SAFE.match(suffix):
+                suffix = hashlib.sha1(suffix.encode()).hexdigest()[:8]
+            seed = f"{seed},{suffix}"
+        return Path(*(self.folder(group) for group in GROUPS), seed)
 
     def as_dict(self) -> dict[str, Any]:
         """Flattened ``key: value`` of everything the identity holds (for naming what differs)."""
@@ -244,7 +252,8 @@ def run_identity(config: DictConfig | Mapping[str, Any]) -> RunIdentity:
         sorted(
             (key, _hashable(value))
             for key, value in flatten({k: v for k, v in plain.items() if k not in GROUPS}).items()
-            if key != "seed" and not is_runtime_key(key)
+            # a root value left at null (ema: null) is the same run as one made before the key existed
+            if key != "seed" and not is_runtime_key(key) and value is not None
         )
     )
     return RunIdentity(

@@ -28,6 +28,10 @@ EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 # experiments that reproduce no table of results/paper (AdAutoMix's own ImageNet and fine-grained grids: the
 # reference file has no table of them)
 NON_TABLE_EXPERIMENTS = {"quickstart", "adautomix_imagenet", "adautomix_finegrained"}
+# controls (ema= on baselines, min_lr 0 on learned methods): deliberately no published cell; compared through
+# tools/table.py --controls (tests/test_controls.py checks their jobs)
+CONTROL_EXPERIMENTS = {path.stem for path in (CONFIG_DIR / "experiment").glob("controls_*.yaml")}
+NON_TABLE_EXPERIMENTS |= CONTROL_EXPERIMENTS
 EXPERIMENTS = sorted(path.stem for path in EXPERIMENT_DIR.glob("*.yaml"))
 TABLE_EXPERIMENTS = [name for name in EXPERIMENTS if name not in NON_TABLE_EXPERIMENTS]
 TABLES = published.reference_tables()
@@ -202,7 +206,8 @@ def test_an_experiment_sets_only_group_options_and_runtime_values(name: str) -> 
     """What an experiment changes beyond the groups would be part of its runs' identity (mixbench.rundir) but
     of no cell's: jobs and cells are compared by their groups (``job_key``), so nothing else may change."""
     body = experiment_file(name)
-    others = [key for key in body if key not in ("defaults", "hydra", *GROUPS) and not is_runtime_key(key)]
+    allowed = ("defaults", "hydra", *GROUPS, *(("ema",) if name in CONTROL_EXPERIMENTS else ()))
+    others = [key for key in body if key not in allowed and not is_runtime_key(key)]
     assert not others, f"{name}: sets {others}, which no published cell trains"
     swept = [key for key in sweep_params(name) if key.split(".")[0] not in (*GROUPS, "seed")]
     assert not swept, f"{name}: sweeps {swept}, which no published cell trains"

@@ -179,3 +179,17 @@ def test_best_weights_are_read_guarded_and_their_absence_is_one_line(tmp_path: P
         run.load_best()
     run.save_best({"epoch": 3, "top1": 50.0, "model": {"w": torch.ones(2)}, "method": {}})
     assert run.load_best()["top1"] == 50.0 and not run.temporary_files()
+
+
+def test_a_root_value_such_as_ema_gets_a_folder_of_its_own_and_null_is_no_value() -> None:
+    """``ema=`` changes what a run measures: its runs do not share the folder of the run without it (they
+    would be refused as another configuration); ``ema: null`` is the identity of a config without the key
+    (runs made before it existed still match their published cells)."""
+    ema = "ema={momentum: 0.999, end_momentum: 0.999999, constant_fraction: 0.1}"
+    with_ema = run_directory(composed(ema))
+    assert with_ema.parent == STOCK.parent and with_ema.name.startswith("seed0,")
+    assert with_ema != STOCK
+    plain = OmegaConf.to_container(composed(), resolve=True)
+    assert plain["ema"] is None
+    without_key = {key: value for key, value in plain.items() if key != "ema"}
+    assert run_identity(plain) == run_identity(without_key)
