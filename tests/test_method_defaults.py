@@ -19,6 +19,7 @@ from mixbench.config import CONFIG_DIR
 from mixbench.engine.method_config import option_defaults, option_parameters
 from mixbench.methods import METHODS
 from mixbench.models import MODELS
+from mixbench.models.adl import ADL_POSITIONS
 
 # (method, option) -> why the config's value differs from the constructor's default
 DELIBERATE_DIFFERENCES: dict[tuple[str, str], str] = {
@@ -90,6 +91,8 @@ def test_a_model_config_names_every_option_with_the_builder_default(name: str) -
         if key not in RUN_ARGUMENTS
     }
     parameters.setdefault("pretrained_path", None)  # build_model loads the file for builders without it
+    if name in ADL_POSITIONS:
+        parameters.setdefault("adl", None)  # build_model inserts ADL layers (mixbench/models/adl.py)
     assert set(config) == set(parameters), (
         f"configs/model/{name}.yaml names {sorted(config)}, the builder takes {sorted(parameters)}"
     )

@@ -32,9 +32,9 @@ from mixbench.methods.alignmixup import (
 )
 from mixbench.methods.alignmixup_ae import AlignMixupAE
 from mixbench.methods.sinkhorn import log_sinkhorn, squared_euclidean_cost
-from mixbench.models import StagedNet, StageUnavailableError, build_model
+from mixbench.models import StageUnavailableError, build_model
 from mixbench.rng import MixRandom
-from tests.helpers import StageRecorder, compose_config, hand_ce
+from tests.helpers import InputOnlyNet, StageRecorder, compose_config, hand_ce
 
 BATCH, SIZE, CLASSES = 6, 32, 10
 STABILITY_STEPS, STABILITY_BATCH = 20, 16
@@ -392,29 +392,10 @@ def test_runs_on_wrn16_8_at_8x8_and_on_resnet50_at_224_px(monkeypatch) -> None:
         monkeypatch.undo()
 
 
-class InputOnlyNet(StagedNet):
-    """A classifier that exposes no hidden state: only the input stage."""
-
-    name = "input_only"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3 * SIZE * SIZE, CLASSES)
-
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def stage_modules(self) -> list[nn.Module]:
-        return []
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc(h.flatten(1))
-
-
 @pytest.mark.parametrize("name", ["alignmixup", "alignmixup_ae"])
 def test_feature_methods_refuse_a_model_without_a_hidden_feature_map(name: str, swin_meta) -> None:
     with pytest.raises(StageUnavailableError, match="input_only"):
-        build_method(name).check_model(InputOnlyNet())
+        build_method(name).check_model(InputOnlyNet(SIZE, CLASSES))
     build_method(name).check_model(swin_meta)  # Swin exposes its stages as maps: AlignMix can run on it
     with pytest.raises(StageUnavailableError, match="no strided convolution"):  # patch merging is linear
         build_method(name, remove_last_downsampling=True).check_model(swin_meta)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from mixbench.models.base import StagedNet
 from mixbench.rng import MixRandom
 
 
@@ -61,3 +62,26 @@ class StageRecorder:
 
         monkeypatch.setattr(model, "forward_features", forward_features)
         monkeypatch.setattr(model, "forward_from", forward_from)
+
+
+class InputOnlyNet(StagedNet):
+    """A classifier that exposes no hidden state, only the input stage (what feature methods must refuse)."""
+
+    name = "input_only"
+
+    def __init__(self, size: int = 8, classes: int = 4) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * size * size, classes)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def stage_modules(self) -> list[nn.Module]:
+        return []
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(h.flatten(1))
+
+    @property
+    def feature_stages(self) -> tuple[int, ...]:
+        return (0,)
