@@ -46,7 +46,7 @@ def quick(*chosen: str) -> list[str]:
     return [item for item in QUICK if not item.startswith("eval.") or item.split(".")[1] in chosen]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: other modules' tests on this worker do not tear it down
 def trained(tmp_path_factory) -> dict[str, Path]:
     """Two complete 3-epoch runs on 8 px digits: vanilla (one network) and AutoMix (online and EMA)."""
     root = tmp_path_factory.mktemp("runs")
@@ -55,7 +55,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     return {RunDirectory(path).read_summary()["method"]: path for path in find_runs(root)} | {"root": root}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def evaluated(trained) -> dict:
     """``eval=all`` over both runs, and the same command again."""
     first = run_tool("evaluate", [str(trained["root"]), "eval=all", *QUICK])

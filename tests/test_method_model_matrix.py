@@ -53,9 +53,15 @@ INPUT_SPACE = sorted(set(TRAINABLE) - FEATURE_SPACE)
 # model -> width: the narrowest that avoids a PyTorch 2.14 CPU bug (oneDNN backward of a 1x1 stride-2
 # convolution on a channels-last input with a channel count not a multiple of 8 corrupts the heap; Puzzle
 # Mix's cell moves give such inputs), and ResNeXt-50's narrowest (32 groups).
-CNNS = {"r18": 8, "wrn16_8": 8, "rx50": 16, "resnet34": 8, "vgg_gap": 8, "mobilenet_v2": 8}
+CNNS = {"r18": 8, "wrn16_8": 8, "rx50": 16, "vgg_gap": 8, "mobilenet_v2": 8}
+# torchvision's ImageNet-stem ResNets share one builder (resnet18_imagenet, resnet34, resnet50): resnet34
+# trains an input-space and a feature-space method's step (below); the command-line check covers every method
+TORCHVISION_RESNETS = {"resnet34": 8}
 TIMM_MODELS = ["convnext_t", "deit_s", "swin_t"]  # every stage exposed, as maps; fixed width
-MODELS_CHECKED = [*sorted(CNNS), *TIMM_MODELS]
+MODELS_CHECKED = [*sorted(CNNS), *sorted(TORCHVISION_RESNETS), *TIMM_MODELS]
+# on every timm model: the methods of the papers' ViT tables (AutoMix, AdAutoMix, SUMix); the other feature
+# methods on DeiT-S, whose maps carry the class token beside the patch tokens (the least ordinary one)
+TIMM_TABLE_METHODS = ["adautomix", "automix", "sumix"]
 CNN_SIZE, TIMM_SIZE, BATCH, CLASSES = 16, 32, 4, 100  # cifar100's 100 classes
 CPU = Runtime(device=torch.device("cpu"), autocast_dtype=None, channels_last=False, compile=False)
 
@@ -92,8 +98,8 @@ def cli_config(method: str, model: str, image_size: int) -> DictConfig:
     cfg = copy.deepcopy(command_line_checked(model)[method])
     cfg.device = "cpu"
     cfg.data.image_size = image_size
-    if model in CNNS:
-        cfg.model.width = CNNS[model]
+    if model in CNNS or model in TORCHVISION_RESNETS:
+        cfg.model.width = {**CNNS, **TORCHVISION_RESNETS}[model]
     validate(cfg)
     return cfg
 
@@ -142,6 +148,14 @@ def test_every_method_trains_a_step_on_every_cnn(method: str, model: str) -> Non
     one_training_step(cfg, CNN_SIZE)
 
 
+@pytest.mark.parametrize("method", ["cutmix", "automix"])
+def test_resnet34_trains_a_step(method: str) -> None:
+    cfg = cli_config(method, "resnet34", CNN_SIZE)
+    assert (cfg.model.name, cfg.model.width) == ("resnet34", TORCHVISION_RESNETS["resnet34"])
+    one_training_step(cfg, CNN_SIZE)
+
+
+@pytest.mark.xdist_group("method_model_matrix_timm")  # beside the CNN matrix, on another worker
 @pytest.mark.parametrize("method", INPUT_SPACE)
 def test_every_input_space_method_trains_a_step_on_swin_t(
     method: str, shared_timm_builder, monkeypatch
@@ -151,8 +165,12 @@ def test_every_input_space_method_trains_a_step_on_swin_t(
     one_training_step(cfg, TIMM_SIZE)
 
 
-@pytest.mark.parametrize("model", TIMM_MODELS)
-@pytest.mark.parametrize("method", sorted(FEATURE_SPACE))
+@pytest.mark.xdist_group("method_model_matrix_timm")
+@pytest.mark.parametrize(
+    ("method", "model"),
+    [(method, model) for method in TIMM_TABLE_METHODS for model in TIMM_MODELS]
+    + [(method, "deit_s") for method in sorted(FEATURE_SPACE - set(TIMM_TABLE_METHODS))],
+)
 def test_feature_space_methods_train_a_step_on_the_timm_models(
     method: str, model: str, shared_timm_builder, monkeypatch
 ) -> None:
@@ -163,6 +181,7 @@ def test_feature_space_methods_train_a_step_on_the_timm_models(
     one_training_step(cfg, TIMM_SIZE)
 
 
+@pytest.mark.xdist_group("method_model_matrix_timm")
 @pytest.mark.parametrize("model", TIMM_MODELS)
 def test_sumix_on_automix_trains_a_step_on_the_timm_models(
     model: str, shared_timm_builder, monkeypatch
