@@ -8,4 +8,4 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 export CUDA_VISIBLE_DEVICES=""   # the suite is CPU-only by design
-exec .venv/bin/python -m pytest -n auto --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -n auto --dist loadfile "$@"

@@ -361,8 +361,9 @@ def test_wsol_on_cub_resizes_whole_images_and_scales_their_boxes(tmp_path):
 
 
 def test_a_sweep_of_suites_runs_one_pool_job_per_suite_and_skips_them_when_done(trained, tmp_path):
-    """``-m eval=fgsm,calibration hydra/launcher=gpus``: each suite is a real ``python tools/evaluate.py``
-    process on a (pretend) device of the pool; launched again, the pool skips both jobs without a process."""
+    """``-m eval=fgsm,calibration hydra/launcher=gpus``: each suite is a job of the pool (the skip below is
+    per job; the target's folder name, with its '=' and ',', survives the job's command line); launched again,
+    the pool skips both jobs without a process."""
     run = _copy_run(trained["vanilla"], tmp_path / "runs" / "run")
     command = [
         "-m",
