@@ -432,7 +432,7 @@ def test_a_killed_sweep_is_relaunched_to_the_same_numbers_redoing_no_completed_e
     The killed sweep is a real process (so is every job the pool starts); the re-launch's parent runs in this
     process (tests/helpers/tools.py); the uninterrupted runs are trained here.  Manifold Mixup's resume from
     SIGKILL, twice, is tests/test_trainer.py's."""
-    epochs, methods = 4, ("puzzlemix", "automix")
+    epochs, methods = 3, ("puzzlemix", "automix")
     overrides = tiny_overrides(tmp_path / "runs", epochs=epochs, window=1)
     expected = {}
     for method in methods:
