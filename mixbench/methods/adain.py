@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mixbench.rundir import first_line
+
 # VGG-19's convolution blocks: (output channels, 3x3 convolutions); a 2x2 max-pool follows all but the last
 VGG19_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
 RELU4_1_LAYERS = 31  # the release's layers [0, 31) end at relu4_1
@@ -131,17 +133,23 @@ class AdaINAutoencoder(nn.Module):
         return torch.cat(parts, dim=1)
 
 
+def load_local_file(path: Path, setting: str, what: str, fix: str) -> object:
+    """``torch.load(path, weights_only=True)`` of a user's local file; a missing or unreadable file is one
+    ``ValueError`` line naming the setting, the file and ``fix``."""
+    if not path.is_file():
+        raise ValueError(f"{setting} {path} is not a file; {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, truncated, or not plain tensors
+        read_as = f"cannot be read {what}".rstrip()
+        raise ValueError(f"{setting} {path} {read_as} ({first_line(error)}); {fix}") from None
+
+
 def load_release_file(path: str | Path, layout: nn.Sequential, setting: str, release_name: str) -> None:
     """Load the state dict in ``path`` into ``layout`` strictly; any problem is one ``ValueError`` line."""
     path = Path(path).expanduser()
     fix = f"set method.{setting} to a local copy of the AdaIN release's {release_name}"
-    if not path.is_file():
-        raise ValueError(f"{setting} {path} is not a file; {fix}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # not a torch file, truncated, or not plain tensors
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{setting} {path} cannot be read as a state dict ({reason}); {fix}") from None
+    state = load_local_file(path, setting, "as a state dict", fix)
     if not isinstance(state, dict) or not all(torch.is_tensor(value) for value in state.values()):
         raise ValueError(f"{setting} {path} is not a state dict of tensors; {fix}")
     problem = layout_problem(state, layout.state_dict())

@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.adain import AdaINAutoencoder, adaptive_instance_norm, load_adain
+from mixbench.methods.adain import AdaINAutoencoder, adaptive_instance_norm, load_adain, load_local_file
 from mixbench.methods.base import (
     Logs,
     MixMethod,
@@ -148,13 +148,7 @@ def load_distance_matrix(path: str | Path) -> torch.Tensor:
     """The class style-distance matrix in ``path`` (``weights_only``), with the official diagonal offset."""
     path = Path(path).expanduser()
     fix = f"set method.style_distance_path to {DISTANCE_SOURCE}, or method.auto_gamma=false"
-    if not path.is_file():
-        raise ValueError(f"style_distance_path {path} is not a file; {fix}")
-    try:
-        matrix = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"style_distance_path {path} cannot be read ({reason}); {fix}") from None
+    matrix = load_local_file(path, "style_distance_path", "", fix)
     if not torch.is_tensor(matrix) or matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"style_distance_path {path} is not a square (classes x classes) tensor; {fix}")
     matrix = matrix.float().clone()

@@ -28,7 +28,7 @@ from mixbench.atomic import atomic_write_text
 from mixbench.report import published as paper
 from mixbench.report.render import csv_text, markdown_table
 from mixbench.report.runs import RunGroup, read_runs
-from mixbench.report.tables import STATISTIC_LABEL, Published, mean_std
+from mixbench.report.tables import STATISTIC_LABEL, Published, mean_std, provenance_notes
 from mixbench.rundir import ONLINE, run_identity
 
 DEFAULT_TABLE = "openmixup_cifar100_tiny_cub"  # the table whose learned rows publish EMA at min_lr 0.05
@@ -154,16 +154,7 @@ def _notes(table: str, rows: list[ControlsRow], root: Path, damaged: list[tuple[
     if not rows:
         notes.insert(0, f"No run under {root} trains a top-1 cell of {table} or one of its controls.")
     runs = [run for row in rows for group in (*row.as_published, *row.controls) for run in group.runs]
-    devices = sorted({run.device_text() for run in runs})
-    if devices:
-        notes.append(f"Hardware: {'; '.join(devices)}.")
-    commits = sorted({run.commit_text() for run in runs})
-    if commits:
-        notes.append(f"Commit: {'; '.join(commits)}.")
-    if damaged:
-        listed = "; ".join(f"{path}: {reason}" for path, reason in damaged)
-        notes.append(f"Damaged run directories, left out of the table: {listed}")
-    return notes
+    return notes + provenance_notes(runs, damaged)
 
 
 # ------------------------------------------------------------------------------------------------ text

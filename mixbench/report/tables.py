@@ -446,6 +446,21 @@ def _evaluation_notes(rows: list[Row], weights: str) -> list[str]:
     return notes
 
 
+def provenance_notes(runs: list, damaged: list[tuple[Path, str]]) -> list[str]:
+    """The notes that end a table: the runs' hardware and commits, and the run directories left out."""
+    notes = []
+    devices = sorted({run.device_text() for run in runs})
+    if devices:
+        notes.append(f"Hardware: {'; '.join(devices)}.")
+    commits = sorted({run.commit_text() for run in runs})
+    if commits:
+        notes.append(f"Commit: {'; '.join(commits)}.")
+    if damaged:
+        listed = "; ".join(f"{path}: {reason}" for path, reason in damaged)
+        notes.append(f"Damaged run directories, left out of the table: {listed}")
+    return notes
+
+
 def build_table(root: Path, table: str | None = None, weights: str = LAST) -> Table:
     """The table of the runs under ``root``: by their own reference tables, or following the published
     ``table`` (a name of results/paper; see :func:`mixbench.report.published.resolve_table_name`).
@@ -473,16 +488,7 @@ def build_table(root: Path, table: str | None = None, weights: str = LAST) -> Ta
                 "files), or no cell of it trains their configuration."
             ),
         )
-    runs = [run for row in rows if row.group for run in row.group.runs]
-    devices = sorted({run.device_text() for run in runs})
-    if devices:
-        notes.append(f"Hardware: {'; '.join(devices)}.")
-    commits = sorted({run.commit_text() for run in runs})
-    if commits:
-        notes.append(f"Commit: {'; '.join(commits)}.")
-    if damaged:
-        listed = "; ".join(f"{path}: {reason}" for path, reason in damaged)
-        notes.append(f"Damaged run directories, left out of the table: {listed}")
+    notes += provenance_notes([run for row in rows if row.group for run in row.group.runs], damaged)
     return Table(title=title, rows=rows, notes=notes, reference_table=table, weights=weights)
 
 
