@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from mixbench.bench import timing
 from mixbench.bench.benchmark import run_benchmark
 from mixbench.bench.report import to_csv, to_markdown, write_report
 from mixbench.bench.request import compose_row_configs, resolve_request
-from mixbench.bench.results import BenchReport
-from mixbench.bench.timing import bench_row
+from mixbench.bench.results import BenchReport, BenchRow
+from mixbench.bench.timing import PreparedRow, bench_row, finish_row, time_round_robin
 from mixbench.config import ConfigError
 from mixbench.engine.build import build_model_and_method
 from mixbench.engine.runtime import resolve_runtime
@@ -24,7 +26,9 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny steps: see t
 
 BATCH = 4
 HERE = Path(__file__).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
-HOST_SYNCS_COLUMN = 7  # of a table line split at "|": "", model, method, step, images/s, × vanilla, memory
+HOST_SYNCS_COLUMN = (
+    8  # of a table line split at "|": "", model, method, step, images/s, × vanilla, vs, memory
+)
 
 
 def _request(
@@ -92,7 +96,7 @@ def test_the_header_names_device_precision_batch_and_commit(cnn_report) -> None:
         "channels_last: false",
         f"batch size: {BATCH}",
         "image size: 16 px",
-        "steps timed: 2 after 1 warm-up",
+        "steps timed: 2 per row, round-robin, after 1 warm-up",
         "git commit:",
     ):
         assert expected in header
@@ -107,10 +111,58 @@ def test_vanilla_is_the_reference_and_timings_are_consistent(cnn_report) -> None
     assert "| r18 | vanilla |" in markdown_path.read_text() and "| 1.00 |" in markdown_path.read_text()
     assert next(csv.DictReader(csv_path.open()))["ratio_to_vanilla"] == "1.0000"
     for row in (vanilla, mixup):
-        assert row.status == "ok" and row.step_ms > 0
+        assert row.status == "ok" and row.step_ms_q1 <= row.step_ms <= row.step_ms_q3
         assert row.images_per_s == pytest.approx(BATCH / (row.step_ms / 1000))
-    assert mixup.ratio_to_vanilla == pytest.approx(mixup.step_ms / vanilla.step_ms)
-    assert vanilla.note.startswith("re-timed after the other methods: ")  # the check that the speed held
+    assert mixup.ratio_q1 <= mixup.ratio_to_vanilla <= mixup.ratio_q3
+    assert mixup.versus_vanilla() in ("slower", "faster", "same")
+    assert vanilla.note.startswith("its own steps' interquartile range: ")  # how steady the device was
+
+
+def _prepared(seconds: list[float], method: str = "mixup") -> PreparedRow:
+    row = BenchRow("r18", method, "ok")
+    step = SimpleNamespace(sums=SimpleNamespace(loss=torch.tensor(1.0)))
+    return PreparedRow(row, step, torch.zeros(BATCH, 3, 2, 2), torch.zeros(BATCH), list(seconds))
+
+
+def test_the_ratio_is_paired_by_round_so_a_drift_between_rounds_cancels() -> None:
+    """The device slows down 3x over the rounds: a row costing twice vanilla's step in every round reads 2.0
+    with no spread whatever the drift; a row much cheaper in the last rounds has quartiles around 1, so no
+    claim is made for it."""
+    drift = [1.0, 1.5, 2.0, 2.5, 3.0]
+    vanilla = _prepared(drift, "vanilla")
+    double = _prepared([2 * d for d in drift])
+    skewed = _prepared([2 * d for d in drift[:2]] + [0.5 * d for d in drift[2:]])  # cheap in the last rounds
+    rows = [finish_row(entry, vanilla) for entry in (vanilla, double, skewed)]
+    assert rows[0].ratio_to_vanilla == 1.0 and rows[0].versus_vanilla() == ""
+    assert rows[1].ratio_to_vanilla == pytest.approx(2.0) and rows[1].ratio_q1 == pytest.approx(2.0)
+    assert rows[1].versus_vanilla() == "slower"
+    assert rows[2].ratio_to_vanilla == pytest.approx(0.5) and rows[2].ratio_q3 == pytest.approx(2.0)
+    assert rows[2].versus_vanilla() == "same"  # its quartiles straddle 1: not claimed either way
+    assert rows[1].step_ms == pytest.approx(4000.0) and rows[1].step_ms_q1 == pytest.approx(3000.0)
+
+
+def test_a_row_is_claimed_faster_only_when_its_whole_spread_is_below_one() -> None:
+    vanilla = _prepared([1.0, 1.0, 1.0, 1.0], "vanilla")
+    faster = finish_row(_prepared([0.8, 0.9, 0.85, 0.95]), vanilla)
+    borderline = finish_row(_prepared([0.8, 0.9, 1.05, 1.1]), vanilla)
+    assert faster.versus_vanilla() == "faster" and faster.ratio_q3 < 1.0
+    assert borderline.versus_vanilla() == "same"
+
+
+def test_rows_are_timed_round_robin_with_a_rotating_order(monkeypatch) -> None:
+    calls: list[str] = []
+
+    def recording_step(step, x, y) -> float:
+        calls.append(step)
+        return 1.0
+
+    monkeypatch.setattr(timing, "timed_step", recording_step)
+    entries = [_prepared([], name) for name in ("vanilla", "a", "b")]
+    for entry, name in zip(entries, ("vanilla", "a", "b"), strict=True):
+        entry.step = name
+    time_round_robin(entries, rounds=4)
+    assert calls == ["vanilla", "a", "b", "a", "b", "vanilla", "b", "vanilla", "a", "vanilla", "a", "b"]
+    assert [len(entry.seconds) for entry in entries] == [4, 4, 4]
 
 
 def test_method_params_count_only_the_methods_own_trainable_parts(cnn_report) -> None:

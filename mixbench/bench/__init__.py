@@ -13,15 +13,17 @@ mean and std, at its image size (or ``--image-size``), labels uniform over its c
 the run would use it.  The data pipeline (reading, augmentation, host-to-device copies) is therefore excluded,
 and no dataset needs to exist on disk.
 
-Per row: ``warmup`` untimed steps, then ``steps`` steps each timed alone with ``time.perf_counter`` (with
-``torch.cuda.synchronize`` before and after on a GPU); the row reports the median step time, images/s at that
-median, the ratio of its step time to vanilla's on the same model (vanilla is always measured), the peak
-memory, the host syncs per step (counted on up to 3 untimed steps after the timed ones, so that counting
-costs the timings nothing; and where they are) and the parameters of the model and of the
-method's own trainable parts (a Mix Block, a decoder; an EMA copy is not trainable and not counted).  Vanilla
-is timed again after each model's other rows and its row notes the second time: when the two differ by more
-than 15% the header warns that the device's speed changed during the run (on a shared machine, other
-processes).
+Per model, each row is prepared in turn (built, ``warmup`` untimed steps, then 3 untimed steps in which its
+host syncs are counted, so that counting costs the timings nothing; its peak memory read), then the rows are
+timed **round-robin**: ``steps`` rounds, each timing one step of every row with ``time.perf_counter`` (with
+``torch.cuda.synchronize`` before and after on a GPU), the order rotating each round so that a change of the
+device's speed hits every row alike.  A row reports its median step time with the interquartile range,
+images/s at that median, the ratio to vanilla (always measured) as the median of the per-round ratios with
+their interquartile range -- slower or faster is claimed only when that range lies wholly above or below 1
+--, the peak memory, the host syncs per step and where they are, and the parameters of the model and of the
+method's own trainable parts (a Mix Block, a decoder; an EMA copy is not trainable and not counted).  When
+vanilla's own steps spread by more than 15% of their median the header warns that the device's speed varied
+(on a shared machine, other processes).
 
 A method that needs weights mixbench does not ship (``needs_external_weights``) is listed as skipped with the
 reason; a method that a model cannot serve (a feature-space method on a transformer that only exposes its

@@ -1,5 +1,5 @@
-"""A whole benchmark: every requested row, step times relative to vanilla on the same model, vanilla re-timed
-as a check that the device kept its speed, and the header's facts (device and commit from
+"""A whole benchmark: every requested row, step times relative to vanilla on the same model (rows timed
+round-robin, ratios paired by round, with their spreads), and the header's facts (device and commit from
 :mod:`mixbench.provenance`, as in a run's ``summary.json``)."""
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from omegaconf import DictConfig
 from mixbench.bench.memory import memory_measured
 from mixbench.bench.request import REFERENCE_METHOD, BenchRequest, compose_row_configs
 from mixbench.bench.results import BenchReport, BenchRow
-from mixbench.bench.timing import bench_row
+from mixbench.bench.timing import PreparedRow, bench_row, finish_row, prepare_row, time_round_robin
 from mixbench.engine.build import input_size
 from mixbench.engine.runtime import Runtime
 from mixbench.provenance import provenance
 
-UNSTABLE_DRIFT = 0.15  # vanilla re-timed at the end differing by more than this marks the run as unreliable
+UNSTABLE_SPREAD = 0.15  # vanilla's interquartile range over its median beyond which the header warns
 
 
 def host_syncs_counted(device: torch.device) -> str:
     """What the host syncs column counts on ``device``, worded for the report."""
-    steps = "per step, over up to 3 untimed steps after the timed ones (mixbench/engine/host_syncs.py)"
+    steps = "per step, over 3 untimed steps after the warm-up (mixbench/engine/host_syncs.py)"
     if device.type == "cuda":
         return (
             "reads of CUDA tensors on the host (item, float, int, bool, tolist, numpy, ...) and blocking or "
@@ -44,32 +44,19 @@ def host_syncs_counted(device: torch.device) -> str:
 def run_benchmark(
     request: BenchRequest, runtime: Runtime, log: Callable[[str], None] | None = None
 ) -> BenchReport:
-    """Measure every row of ``request``; ratios are to vanilla on the same model."""
+    """Measure every row of ``request``, model by model: its rows prepared one after the other, then timed
+    round-robin (:mod:`mixbench.bench.timing`); ratios are to vanilla on the same model, paired by round."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     configs = compose_row_configs(request)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     # One untimed vanilla step first: one-off process costs (thread pools, kernel caches, the CUDA context)
-    # would otherwise land in the first row's time and memory.
+    # would otherwise land in the first row's memory.
     bench_row(configs[request.models[0], REFERENCE_METHOD], runtime, steps=1, warmup=1)
     started_at = time.strftime("%Y-%m-%d %H:%M")
     rows: list[BenchRow] = []
-    drifts: list[float] = []
+    spreads: list[float] = []
     for model in request.models:
-        model_rows = []
-        for method in request.methods:
-            row = bench_row(configs[model, method], runtime, request.steps, request.warmup)
-            model_rows.append(row)
-            timing = f"{row.step_ms:.1f} ms" if row.step_ms is not None else row.note
-            log(f"{model} {method}: {timing}")
-        reference = model_rows[0]  # vanilla comes first
-        for row in model_rows:
-            if row.step_ms is not None and reference.step_ms is not None:
-                row.ratio_to_vanilla = row.step_ms / reference.step_ms
-        if len(model_rows) > 1 and reference.step_ms is not None:
-            drifts.append(
-                _retime_reference(reference, configs[model, REFERENCE_METHOD], runtime, request, log)
-            )
-        rows += model_rows
+        rows += _model_rows(model, request, configs, runtime, log, spreads)
     facts = provenance(runtime.device)
     first = configs[request.models[0], request.methods[0]]
     header = {
@@ -82,7 +69,7 @@ def run_benchmark(
         "image size": f"{input_size(first)} px",
         "data": f"{request.data} ({int(first.data.num_classes)} classes, synthetic)",
         "optimizer": f"{first.schedule.optimizer.name} (schedule {first.schedule.name})",
-        "steps timed": f"{request.steps} after {request.warmup} warm-up",
+        "steps timed": f"{request.steps} per row, round-robin, after {request.warmup} warm-up",
         "date": started_at,
         "git commit": facts.commit_text,
     }
@@ -90,11 +77,11 @@ def run_benchmark(
         header["load average (1 min)"] = f"{load:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     if request.overrides:
         header["overrides"] = " ".join(request.overrides)
-    if drifts and max(abs(drift) for drift in drifts) > UNSTABLE_DRIFT:
-        worst = max(drifts, key=abs)
+    if spreads and max(spreads) > UNSTABLE_SPREAD:
         header["warning"] = (
-            f"vanilla re-timed after the other methods differs by {100 * worst:+.0f}%: the device's speed "
-            "changed during the run (other processes?), so the step times and ratios are not reliable"
+            f"vanilla's step times spread by {100 * max(spreads):.0f}% of their median (interquartile "
+            "range): the device's speed varied during the run (other processes?); the paired ratios and "
+            "their spreads still hold, the absolute step times less so"
         )
     return BenchReport(
         rows,
@@ -106,13 +93,35 @@ def run_benchmark(
     )
 
 
-def _retime_reference(
-    reference: BenchRow, cfg: DictConfig, runtime: Runtime, request: BenchRequest, log: Callable[[str], None]
-) -> float:
-    """Time vanilla again after the model's other rows; note it on vanilla's row and return the relative
-    change, a check that the device kept its speed while the rows were timed."""
-    again = bench_row(cfg, runtime, request.steps, request.warmup)
-    drift = again.step_ms / reference.step_ms - 1.0
-    reference.note = f"re-timed after the other methods: {again.step_ms:.1f} ms ({100 * drift:+.0f}%)"
-    log(f"{reference.model} vanilla again: {again.step_ms:.1f} ms")
-    return drift
+def _model_rows(
+    model: str,
+    request: BenchRequest,
+    configs: dict[tuple[str, str], DictConfig],
+    runtime: Runtime,
+    log: Callable[[str], None],
+    spreads: list[float],
+) -> list[BenchRow]:
+    """One model's rows in the requested order (vanilla first): prepared, timed round-robin, finished."""
+    results: list[PreparedRow | BenchRow] = []
+    for method in request.methods:
+        prepared = prepare_row(configs[model, method], runtime, request.warmup, request.steps)
+        results.append(prepared)
+        log(f"{model} {method}: " + ("prepared" if isinstance(prepared, PreparedRow) else prepared.note))
+    timed = [entry for entry in results if isinstance(entry, PreparedRow)]
+    if timed:
+        log(f"{model}: timing {len(timed)} rows round-robin, {request.steps} rounds")
+        time_round_robin(timed, request.steps)
+    reference = results[0] if isinstance(results[0], PreparedRow) else None  # vanilla comes first
+    rows = [finish_row(entry, reference) if isinstance(entry, PreparedRow) else entry for entry in results]
+    vanilla = rows[0]
+    if vanilla.step_ms:
+        spread = (vanilla.step_ms_q3 - vanilla.step_ms_q1) / vanilla.step_ms
+        spreads.append(spread)
+        vanilla.note = (
+            f"its own steps' interquartile range: {vanilla.step_ms_q1:.1f}–{vanilla.step_ms_q3:.1f} ms "
+            f"({100 * spread:.0f}% of the median)"
+        )
+    for row in rows:
+        if row.step_ms is not None:
+            log(f"{model} {row.method}: {row.step_ms:.1f} ms, × vanilla {row.ratio_to_vanilla:.2f}")
+    return rows

@@ -1,6 +1,8 @@
 """Peak memory of one benchmark row.
 
-On a GPU: ``torch.cuda.max_memory_allocated``, reset before the row's objects are built.  On a CPU: the
+On a GPU: the growth of ``torch.cuda.max_memory_allocated`` (reset before the row's objects are built) over
+the memory allocated at that moment, so the rows of the same model kept alive for round-robin timing do not
+count in each other's.  On a CPU: the
 growth of the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) over its
 resident set at the row's start, after freed memory has been handed back to the system; where that is not
 available the measurement is ``None``.
@@ -19,7 +21,7 @@ import torch
 def memory_measured(device: torch.device) -> str:
     """What :class:`PeakMemory` measures on ``device``, worded for the report."""
     if device.type == "cuda":
-        return "torch.cuda.max_memory_allocated, reset before each row is built"
+        return "growth of torch.cuda.max_memory_allocated over the memory allocated before the row was built"
     return "growth of the process's peak resident set (VmHWM) over its size at the row's start, approximate"
 
 
@@ -29,12 +31,14 @@ class PeakMemory:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.baseline_kib: int | None = None
+        self.baseline_bytes = 0
 
     def start(self) -> None:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
             return
         _release_freed_host_memory()
         try:
@@ -45,7 +49,7 @@ class PeakMemory:
 
     def peak_mb(self) -> float | None:
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
+            return (torch.cuda.max_memory_allocated(self.device) - self.baseline_bytes) / 2**20
         if self.baseline_kib is None:
             return None
         try:

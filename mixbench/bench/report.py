@@ -16,8 +16,13 @@ CSV_COLUMNS = (
     "method",
     "status",
     "step_ms",
+    "step_ms_q1",
+    "step_ms_q3",
     "images_per_s",
     "ratio_to_vanilla",
+    "ratio_q1",
+    "ratio_q3",
+    "versus_vanilla",
     "peak_memory_mb",
     "host_syncs_per_step",
     "cuda_syncs_per_step",
@@ -58,8 +63,12 @@ def to_markdown(report: BenchReport) -> str:
     explanation = (
         "One step = one full training step as `tools/train.py` takes it (forward through the method, "
         "backward, optimizer step, after-step hook) on synthetic batches already on the device: the data "
-        "pipeline is excluded. Step time is the median over the timed steps; images/s = batch size / median "
-        "step time; × vanilla = step time / vanilla's on the same model. Peak memory: "
+        "pipeline is excluded. The rows of a model are timed round-robin, one step of each per round, the "
+        "order rotating each round, so a change of the device's speed hits every row alike. Step time is the "
+        "median over the timed steps; images/s = batch size / median step time; × vanilla = the median over "
+        "the rounds of the row's step time / vanilla's in the same round, [first, third quartile] of those "
+        "ratios in brackets; vs vanilla: slower or faster only when that whole range lies above or below 1, "
+        "same when it contains 1 (not distinguishable by this run). Peak memory: "
         f"{report.memory_of}. Host syncs / step: {report.host_syncs_of}; 0 means the step never waits for "
         "the device, and the note names the file:line of each sync. Method params: the method's own "
         "trainable parts. Written by `python tools/bench.py`."
@@ -69,7 +78,8 @@ def to_markdown(report: BenchReport) -> str:
         "method",
         "step (ms)",
         "images/s",
-        "× vanilla",
+        "× vanilla [IQR]",
+        "vs vanilla",
         "peak memory (MB)",
         "host syncs / step",
     ]
@@ -87,7 +97,8 @@ def _markdown_cells(row: BenchRow, cuda: bool) -> list[str]:
         row.method,
         _number(row.step_ms, "{:.1f}"),
         _number(row.images_per_s, "{:.0f}"),
-        _number(row.ratio_to_vanilla, "{:.2f}"),
+        _ratio(row),
+        row.versus_vanilla() or ("—" if row.method != "vanilla" or row.step_ms is None else ""),
         _number(row.peak_memory_mb, "{:.0f}"),
         _syncs(row.host_syncs_per_step),
     ]
@@ -96,6 +107,15 @@ def _markdown_cells(row: BenchRow, cuda: bool) -> list[str]:
     model_millions = row.model_params / 1e6 if row.model_params is not None else None
     cells += [_number(model_millions, "{:.2f}"), _number(row.method_params, "{:,}"), _note(row)]
     return cells
+
+
+def _ratio(row: BenchRow) -> str:
+    """``1.23 [1.18, 1.29]``: the median per-round ratio and its quartiles (vanilla: ``1.00``)."""
+    if row.ratio_to_vanilla is None:
+        return NO_VALUE
+    if row.method == "vanilla" or row.ratio_q1 is None:
+        return f"{row.ratio_to_vanilla:.2f}"
+    return f"{row.ratio_to_vanilla:.2f} [{row.ratio_q1:.2f}, {row.ratio_q3:.2f}]"
 
 
 def _syncs(per_step: float | None) -> str:
@@ -142,8 +162,13 @@ def to_csv(report: BenchReport) -> str:
             "method": row.method,
             "status": row.status,
             "step_ms": _rounded(row.step_ms, 3),
+            "step_ms_q1": _rounded(row.step_ms_q1, 3),
+            "step_ms_q3": _rounded(row.step_ms_q3, 3),
             "images_per_s": _rounded(row.images_per_s, 1),
             "ratio_to_vanilla": _rounded(row.ratio_to_vanilla, 4),
+            "ratio_q1": _rounded(row.ratio_q1, 4),
+            "ratio_q3": _rounded(row.ratio_q3, 4),
+            "versus_vanilla": row.versus_vanilla(),
             "peak_memory_mb": _rounded(row.peak_memory_mb, 1),
             "host_syncs_per_step": _rounded(row.host_syncs_per_step, 2),
             "cuda_syncs_per_step": _rounded(row.cuda_syncs_per_step, 2),

@@ -29,9 +29,9 @@ class DeviceDefaults:
 
 DEFAULTS = {
     # All methods on the three CIFAR CNNs: 86 s on an H100 (bf16, channels_last, torch 2.11).
-    "cuda": DeviceDefaults(models=("r18", "wrn16_8", "rx50"), batch_size=128, steps=20, warmup=5),
+    "cuda": DeviceDefaults(models=("r18", "wrn16_8", "rx50"), batch_size=128, steps=30, warmup=5),
     # The published PreActResNet18 at CIFAR's 32 px, a small batch: 6 minutes on 2 idle AMD EPYC cores.
-    "cpu": DeviceDefaults(models=("r18",), batch_size=32, steps=5, warmup=2),
+    "cpu": DeviceDefaults(models=("r18",), batch_size=32, steps=15, warmup=2),
 }
 
 
