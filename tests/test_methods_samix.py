@@ -268,3 +268,19 @@ def test_options_are_checked() -> None:
             build_method("samix", **options)
     _, dropout = make(value_dropout=0.1, lam_mul_k=None)
     assert isinstance(dropout.mix_block.value[-1], nn.Dropout) and dropout.mix_block.lam_mul_k is None
+
+
+def test_mixer_layers_are_openmixups_pixel_mix_block_with_the_conv_neck_value() -> None:
+    """The CIFAR R18 Mixer (C = 256): q and k 1x1 convs 2C -> C/2 with bias, the value ConvNeck
+    C -> C/2 -> 1 with bias-free convs, BN and ELU between and nothing after the last conv (dropout 0):
+    164,480 parameters."""
+    from mixbench.methods.samix import SAMixBlock
+
+    block = SAMixBlock(256)
+    assert (block.query.in_channels, block.query.out_channels) == (512, 128)
+    assert (block.key.in_channels, block.key.out_channels) == (512, 128)
+    assert block.query.bias is not None and block.key.bias is not None
+    kinds = [type(layer) for layer in block.value]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ELU, nn.Conv2d]
+    assert all(layer.bias is None for layer in block.value if isinstance(layer, nn.Conv2d))
+    assert sum(p.numel() for p in block.parameters()) == 164_480

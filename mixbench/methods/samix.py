@@ -43,6 +43,17 @@ configs: ``lam_mul_k`` 1 on CUB/Aircraft, None (no rescaling) on Tiny R18, Image
 RX50); value dropout 0.1 on CUB/ImageNet/ViTs; the mask loss's weight decays there (``openmixup_compounded``);
 ``neg_weight`` 1 on ImageNet and no eta at all on CUB/Aircraft (their Mix Block uses the backbone's mixup CE).
 
+Checked against OpenMixup (``openmixup/models/heads/pmix_block.py``: ``PixelMixBlock.forward``,
+``rescale_lam_mult``, ``mask_loss``; ``openmixup/models/necks/conv_necks.py``: ``ConvNeck``;
+``openmixup/models/classifiers/automix.py``: ``forward_train``, ``pixel_mixup``, ``forward_k``) and the
+CIFAR-100 R18 config, and found equal: the lam embedding (``lam_mul=True`` is a factor 1, ``lam_residual``),
+the rescaling, the concatenation order (own, partner) read by both q and k, q/k convs with bias and no norm or
+activation (``ConvModule(bias='auto')``), the value network (``ConvNeck``: bias-free convs, BN, ELU, no norm
+after the last conv) on the scaled partner features, the softmax over key positions with ``1/sqrt(C/2)``,
+upsampling before the sigmoid, Normal(0, 0.01) init, the L1+Variance loss on the partner's share with the Mix
+Block branch's lam, the teacher's stage-3 features of the clean batch (``mask_layer=2``, 0-based) feeding both
+branches, the backbone branch's detached mask with the mixup fallback within ``lam_margin``.
+
 Readings and deliberate deviations from OpenMixup:
 
 * **eta.** OpenMixup passes eta as ``neg_weight=0.5`` of the Mix Block's head ("eta in SAMix"): a per-class
@@ -57,6 +68,10 @@ Readings and deliberate deviations from OpenMixup:
 * The step logs AutoMix's keys; ``ce_mix_ema`` holds ``l_eta``.  The Mixer has 164,480 parameters on a CIFAR
   R18 (C = 256; AutoMix's Mix Block: 33,153).  On the quickstart's one-epoch test run (42 steps) SAMix ended
   at 33.6 / 41.8% top-1 (seeds 0 / 1).
+* **One classifier head.**  OpenMixup's ``AutoMixup`` puts two linear heads on the backbone, ``head_one``
+  (the clean CE) and ``head_mix`` (the mixed CE), and the Mix Block's loss reads the teacher's ``head_mix_k``
+  (the EMA of ``head_mix``); its test reports up to four heads.  Here one head serves both CE terms and the
+  teacher is the EMA of the whole network (the shared AutoMix machinery, :mod:`mixbench.methods.automix`).
 * Not implemented, off in the SAMix recipes used here: ``mask_adjust`` (0 in every default config, 0.25 only
   in two 800/400-epoch variants), the label-free (self-supervised) objectives, SAMix-P (pre-trained Mixer).
 """
