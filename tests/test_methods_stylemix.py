@@ -305,6 +305,18 @@ def test_class_style_distances_are_mean_squared_differences_of_class_style_means
     assert torch.allclose(distances.diagonal(), torch.zeros(3))
 
 
+def test_class_style_distances_average_every_image_even_when_a_batch_repeats_a_class(files) -> None:
+    """Unlike the official ``res[0, target] += sv`` (one image per class and batch survives the indexed
+    assignment), every image counts: a batch holding a class twice contributes both images."""
+    autoencoder = load_adain(files["encoder"], files["decoder"])
+    x, _ = images(6)
+    y = torch.tensor([0, 0, 1, 1, 1, 0])
+    distances = class_style_distances(autoencoder, [(x[:3], y[:3]), (x[3:], y[3:])], 2, style_size=None)
+    vectors = autoencoder.style_vector(x)
+    means = torch.stack([vectors[y == k].mean(0) for k in range(2)])
+    assert torch.allclose(distances[0, 1], ((means[0] - means[1]) ** 2).mean())
+
+
 # --------------------------------------------------------------------------------------------- as run
 
 
