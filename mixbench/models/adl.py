@@ -39,9 +39,14 @@ probability), on the feature map's device and without any read of a device value
   (``configs_dict['adl']['14x14']`` in ``wsol/vgg.py``).  The tensorpack VGG-GAP can gate after any conv or
   pool (flags ``11`` .. ``53``, ``1`` .. ``4``), but the release gives no VGG command line, so the PyTorch
   layout is the one written in code; the tensorpack flags ``3 4 53`` (pool3, pool4, conv5-3) are available as
-  ``positions: [pool3, pool4, conv5_3]``.  ``gamma``: no VGG value is fixed by a release script; the PyTorch
-  ``ADL`` module's default threshold is 0.8 (its command line's default, 0.9, is shared by all backbones and
-  was tuned per method in the wsolevaluation study), and ``drop_rate = 0.75``.
+  ``positions: [pool3, pool4, conv5_3]``.  ``gamma = 0.8``, ``drop_rate = 0.75``, a deliberate choice that
+  no release script fixes: the tensorpack ``config.py`` defaults are ``adl_threshold 0.5`` and
+  ``adl_keep_prob 0.25`` and its only command line is the ResNet one; in the PyTorch port 0.8 is the
+  constructor default of ``wsol/method/adl.py``'s ``ADL``, but ``main.py`` always passes
+  ``--adl_threshold`` (default 0.9, one value for every architecture, which that study then tuned per
+  architecture), so the port as run without flags gates VGG at 0.9.  0.8 is kept as the first author's own
+  layer default; set ``model.adl.gamma=0.9`` for the port's run.  (The CVPR paper's own per-backbone
+  values could not be read here to confirm it.)
 
 **Insertion without new state-dict keys.**  :func:`insert_adl` puts each ADL module into the
 ``nn.Sequential`` that holds the layer it follows, right after it, under a new name (``<key>_adl``: ``16_adl``
