@@ -45,14 +45,9 @@ NEEDS_EXTERNAL_WEIGHTS = {
 }
 TRAINABLE = sorted(set(METHODS) - NEEDS_EXTERNAL_WEIGHTS)
 BATCH, SIZE, WIDTH, STEPS = 4, 16, 8, 2
-SINKHORN_FLAG = (
-    10,
-    "Sinkhorn's 'every sample stopped' flag, read on the host every 10 of at most 100 iterations "
-    "(mixbench/methods/sinkhorn.py) on the steps that align features, to skip the remaining no-op iterations",
-)
-# Methods whose step reads the device on purpose: name -> (most reads per step, why).  Every other method must
-# read nothing, so a new read anywhere in a method's step fails test_a_methods_step_reads_only_what_is_listed.
-READS_PER_STEP = {"alignmixup": SINKHORN_FLAG, "alignmixup_ae": SINKHORN_FLAG}
+# Methods whose step (with its defaults) reads the device on purpose: name -> (most reads per step, why).
+# None does: a new read anywhere in a method's step fails test_a_methods_step_reads_only_what_is_listed.
+READS_PER_STEP: dict[str, tuple[int, str]] = {}
 
 
 def line_of(text: str) -> int:
@@ -331,16 +326,27 @@ def test_a_methods_step_reads_only_what_is_listed_and_the_step_adds_nothing(
     assert bool(host_made) == (method in HOST_MADE_TENSORS), host_made
 
 
-def test_the_listed_reads_are_sinkhorns_flag() -> None:
-    """AlignMixup's reads, on steps that all align features: the flag, at most every 10th iteration."""
-    step = built_step(method_config("alignmixup", "method.input_mix_prob=0.0"))
+@pytest.mark.parametrize("method", ["alignmixup", "alignmixup_ae"])
+def test_the_official_sinkhorn_reads_nothing_and_the_converged_option_reads_only_its_flag(
+    method: str,
+) -> None:
+    """On steps that all align features: the default (official) loop queues its iterations without a read;
+    ``sinkhorn=converged``, which stops early, reads its 'all stopped' flag at most every 10th iteration."""
     x, y = batch()
-    with HostSyncCounter("cpu") as syncs:
-        for _ in range(STEPS):
-            step(x, y)
-    assert STEPS <= syncs.count <= STEPS * SINKHORN_FLAG[0]  # one check at least per aligning step
-    assert {sync.kind for sync in syncs.syncs} == {"__bool__"}
-    assert all(site.startswith("mixbench/methods/sinkhorn.py:") for site in syncs.by_site())
+    aligning = "method.input_mix_prob=0.0" if method == "alignmixup" else "method.levels=[feature]"
+    for mode, most in (("official", 0), ("converged", 1000 // 10)):
+        overrides = (aligning, f"method.sinkhorn={mode}")
+        step = built_step(method_config(method, *overrides))
+        with HostSyncCounter("cpu") as syncs:
+            for _ in range(STEPS):
+                step(x, y)
+        assert syncs.count <= STEPS * most, syncs.describe()
+        if mode == "official":
+            assert syncs.count == 0, syncs.describe()
+        else:
+            assert syncs.count >= STEPS  # one check at least per aligning step
+            assert {sync.kind for sync in syncs.syncs} == {"__bool__"}
+            assert all(site.startswith("mixbench/methods/sinkhorn.py:") for site in syncs.by_site())
 
 
 # --------------------------------------------------------------------------------------- the epoch loop

@@ -573,14 +573,13 @@ def test_fixed_direction_always_takes_the_same_direction(direction: str, monkeyp
     "options", [{"mix_grid": 2}, {"remove_last_downsampling": True}, {"direction": "keep_a_geometry"}]
 )
 def test_ablation_options_add_no_host_read_to_the_aligned_step(options: dict) -> None:
-    """The only reads stay Sinkhorn's stopping flag (at most one per 10 iterations), as with the defaults."""
+    """No host read, as with the defaults (the official Sinkhorn queues all its iterations)."""
     model = tiny_r18()
     method = AlignMixup(input_mix_prob=0.0, **options)
     method.setup(model, CLASSES)
     with HostSyncCounter("cpu") as syncs:
         bound(method, 2).training_step(model, images(15), LABELS)
-    assert 1 <= syncs.count <= 10
-    assert all(site.startswith("mixbench/methods/sinkhorn.py:") for site in syncs.by_site())
+    assert syncs.count == 0, syncs.describe()
 
 
 # ------------------------------------------------------------------------------------------ AlignMixup/AE
