@@ -4,13 +4,14 @@ rows, and the host syncs of each row's timed steps."""
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from mixbench.bench import timing
+from mixbench.bench import data_path, timing
 from mixbench.bench.benchmark import run_benchmark
 from mixbench.bench.report import to_csv, to_markdown, write_report
 from mixbench.bench.request import compose_row_configs, resolve_request
@@ -18,6 +19,7 @@ from mixbench.bench.results import BenchReport, BenchRow
 from mixbench.bench.timing import PreparedRow, bench_row, finish_row, time_round_robin
 from mixbench.config import ConfigError
 from mixbench.engine.build import build_model_and_method
+from mixbench.engine.host_syncs import HostSyncCounter
 from mixbench.engine.runtime import resolve_runtime
 from mixbench.engine.step import build_training_step
 from mixbench.methods.mixup import Mixup
@@ -273,3 +275,39 @@ def test_a_method_reading_once_per_step_shows_one_host_sync_per_step(cnn_report,
 def _line_of(text: str) -> int:
     lines = Path(__file__).read_text().splitlines()
     return next(number for number, line in enumerate(lines, start=1) if text in line)
+
+
+# ------------------------------------------------------------------- the trainer's loop against a bare loop
+
+
+def test_the_trainer_loop_reads_the_device_only_for_its_finite_check_at_the_epochs_end() -> None:
+    """Two epochs of the resident data path (4 batches each): one read per epoch, the trainer's finite check
+    at its end (FINITE_CHECK_EVERY is 50), nothing else; the loader reshuffles across the epoch boundary."""
+    request, runtime = _request("mixup", "r18", ["model.width=4"])
+    cfg = compose_row_configs(request)["r18", "vanilla"]
+    one_batch = data_path.trainer_loop(cfg, runtime, dataset_images=4 * BATCH)
+    with HostSyncCounter("cpu") as syncs:
+        for _ in range(8):
+            one_batch()
+    assert syncs.count == 2, syncs.describe()
+    assert all(site.startswith("mixbench/bench/data_path.py:") for site in syncs.by_site())
+
+
+def test_the_loop_comparison_pairs_alternating_windows(monkeypatch) -> None:
+    """A bare step of 2 ms against a trainer step of 4 ms: half the bare loop's speed, step times right."""
+
+    def sleeping(seconds: float):
+        return lambda *args, **kwargs: lambda: time.sleep(seconds)
+
+    monkeypatch.setattr(data_path, "bare_loop", sleeping(0.002))
+    monkeypatch.setattr(data_path, "trainer_loop", sleeping(0.004))
+    request, runtime = _request("mixup", "r18", ["model.width=4"])
+    cfg = compose_row_configs(request)["r18", "vanilla"]
+    loop = data_path.compare_loops(cfg, runtime, window=5, windows=4, warmup=1)
+    assert loop.share_of_bare == pytest.approx(0.5, rel=0.2)
+    assert loop.bare_ms == pytest.approx(2.0, rel=0.3) and loop.trainer_ms == pytest.approx(4.0, rel=0.3)
+    assert loop.share_q1 <= loop.share_of_bare <= loop.share_q3
+    report = BenchReport([], "CPU", "cpu-test", {"precision": "fp32"}, "memory", "syncs", [loop])
+    assert "## The trainer's loop against a bare loop" in to_markdown(report)
+    line = next(line for line in to_markdown(report).splitlines() if line.startswith("| r18 | 2."))
+    assert line.split("|")[6].strip().startswith("0.")

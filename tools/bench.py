@@ -1,15 +1,20 @@
 """Time one training step of every method on every model on this device -> results/bench/<device>.md|csv.
 
     python tools/bench.py                           # all methods; CUDA: r18, wrn16_8, rx50 at batch 128
-                                                    # CPU: r18 at 32 px, batch 32, 5 timed steps
-    python tools/bench.py --methods mixup,cutmix --models r18 --steps 50
+                                                    # CPU: r18 at 32 px, batch 32, 15 rounds
+    python tools/bench.py --methods mixup,cutmix --models r18 --steps 50   # 50 round-robin rounds
     python tools/bench.py --models swin_t --image-size 224 --batch-size 64 schedule=vit_cifar
     python tools/bench.py --data digits model.width=8 device=cpu --out /tmp/bench
 
+After the rows, vanilla runs twice more per model: through the trainer's own data path (a CIFAR-shaped
+synthetic set resident on the device, crop/flip on the device) and as a bare fwd/bwd/step loop on a fixed
+batch; the table under the rows gives both and the trainer's share of the bare loop's speed
+(mixbench/bench/data_path.py; ``--loops 0`` skips it).
+
 Any further ``key=value`` is a ``tools/train.py`` override applied to every row (device=, precision=,
 channels_last=, schedule=, model.width=, ...).  Batches are synthetic and already on the device, so no dataset
-is needed and the data pipeline is not timed; see mixbench/bench/ for what is measured.  Each row also counts
-the host syncs of its timed steps (reads of device values on the host, blocking host-device copies; see
+is needed and the data pipeline is not timed in the rows; see mixbench/bench/ for what is measured.  Each row
+also counts the host syncs of its steps (reads of device values on the host, blocking host-device copies; see
 mixbench/engine/host_syncs.py) and names where they are.
 """
 
@@ -46,6 +51,11 @@ def main() -> None:
         "--out", type=Path, default=Path("results/bench"), help="folder of <device>.md and .csv"
     )
     parser.add_argument(
+        "--loops",
+        type=int,
+        help="windows of the trainer-vs-bare comparison per model (default 12 on CUDA, 8 on CPU; 0 skips)",
+    )
+    parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)"
     )
     args, overrides = parser.parse_known_args()
@@ -60,6 +70,7 @@ def main() -> None:
             args.warmup,
             args.compile,
             overrides,
+            loop_windows=args.loops,
         )
         report = run_benchmark(request, runtime)
     except ConfigError as error:

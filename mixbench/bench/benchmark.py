@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from omegaconf import DictConfig
 
+from mixbench.bench.data_path import compare_loops
 from mixbench.bench.memory import memory_measured
 from mixbench.bench.request import REFERENCE_METHOD, BenchRequest, compose_row_configs
 from mixbench.bench.results import BenchReport, BenchRow
@@ -57,6 +58,19 @@ def run_benchmark(
     spreads: list[float] = []
     for model in request.models:
         rows += _model_rows(model, request, configs, runtime, log, spreads)
+    loops = []
+    if request.loop_windows:
+        for model in request.models:
+            log(f"{model}: the trainer's loop against a bare loop, {request.loop_windows} windows each")
+            loop = compare_loops(
+                configs[model, REFERENCE_METHOD],
+                runtime,
+                request.loop_window,
+                request.loop_windows,
+                warmup=max(request.warmup, 1),
+            )
+            log(f"{model}: bare {loop.bare_ms:.1f} ms, trainer {loop.trainer_ms:.1f} ms per step")
+            loops.append(loop)
     facts = provenance(runtime.device)
     first = configs[request.models[0], request.methods[0]]
     header = {
@@ -90,6 +104,7 @@ def run_benchmark(
         header,
         memory_measured(runtime.device),
         host_syncs_counted(runtime.device),
+        loops,
     )
 
 

@@ -88,7 +88,46 @@ def to_markdown(report: BenchReport) -> str:
     columns += ["model params (M)", "method params", "note"]
     align = ["l", "l"] + ["r"] * (len(columns) - 3) + ["l"]
     table = markdown_table(columns, [_markdown_cells(row, cuda) for row in report.rows], align=align)
-    return f"# Training-step cost on {report.device}\n\n{header}\n\n{explanation}\n\n{table}"
+    text = f"# Training-step cost on {report.device}\n\n{header}\n\n{explanation}\n\n{table}"
+    if report.loops:
+        text += "\n" + loops_markdown(report)
+    return text
+
+
+def loops_markdown(report: BenchReport) -> str:
+    """The trainer's loop (data path included) against a bare fwd/bwd/step loop, one line per model."""
+    first = report.loops[0]
+    explanation = (
+        "Vanilla through the trainer's own per-batch path -- the device-resident loader over a synthetic "
+        f"CIFAR-shaped set ({first.dataset_images:,} uint8 images; shuffle, random crop and flip, "
+        "normalisation on the device) feeding the training step with its lr schedule, and the trainer's "
+        "finite check of the loss every 50 steps -- against a bare loop on a fixed batch (forward, "
+        "cross-entropy, zero_grad, backward, optimizer step: nothing else). The loops alternate in windows "
+        f"of {first.window} steps ({first.windows} windows each); step = median of window time / steps "
+        "[quartiles]; share = median of the paired bare / trainer time ratios [quartiles] "
+        "(mixbench/bench/data_path.py)."
+    )
+    columns = [
+        "model",
+        "bare step (ms)",
+        "bare images/s",
+        "trainer step (ms)",
+        "trainer images/s",
+        "trainer speed / bare",
+    ]
+    rows = [
+        [
+            loop.model,
+            f"{loop.bare_ms:.2f} [{loop.bare_ms_q1:.2f}, {loop.bare_ms_q3:.2f}]",
+            f"{loop.bare_images_per_s:,.0f}",
+            f"{loop.trainer_ms:.2f} [{loop.trainer_ms_q1:.2f}, {loop.trainer_ms_q3:.2f}]",
+            f"{loop.trainer_images_per_s:,.0f}",
+            f"{loop.share_of_bare:.3f} [{loop.share_q1:.3f}, {loop.share_q3:.3f}]",
+        ]
+        for loop in report.loops
+    ]
+    table = markdown_table(columns, rows, align=["l"] + ["r"] * (len(columns) - 1))
+    return f"\n## The trainer's loop against a bare loop\n\n{explanation}\n\n{table}"
 
 
 def _markdown_cells(row: BenchRow, cuda: bool) -> list[str]:

@@ -25,13 +25,17 @@ class DeviceDefaults:
     batch_size: int
     steps: int
     warmup: int
+    loop_window: int  # steps per window of the trainer-vs-bare comparison (mixbench.bench.data_path)
+    loop_windows: int  # windows per loop
 
 
 DEFAULTS = {
-    # All methods on the three CIFAR CNNs: 86 s on an H100 (bf16, channels_last, torch 2.11).
-    "cuda": DeviceDefaults(models=("r18", "wrn16_8", "rx50"), batch_size=128, steps=30, warmup=5),
-    # The published PreActResNet18 at CIFAR's 32 px, a small batch: 6 minutes on 2 idle AMD EPYC cores.
-    "cpu": DeviceDefaults(models=("r18",), batch_size=32, steps=15, warmup=2),
+    # All methods on the three CIFAR CNNs at batch 128 (the GPU table of issue 5/5).
+    "cuda": DeviceDefaults(
+        models=("r18", "wrn16_8", "rx50"), batch_size=128, steps=30, warmup=5, loop_window=25, loop_windows=12
+    ),
+    # The published PreActResNet18 at CIFAR's 32 px, a small batch (results/bench/README.md gives the time).
+    "cpu": DeviceDefaults(models=("r18",), batch_size=32, steps=15, warmup=2, loop_window=2, loop_windows=8),
 }
 
 
@@ -48,6 +52,8 @@ class BenchRequest:
     warmup: int
     compile: bool
     overrides: list[str] = field(default_factory=list)  # free key=value overrides applied to every row
+    loop_window: int = 0  # trainer-vs-bare comparison: steps per window
+    loop_windows: int = 0  # and windows per loop (0: not measured)
 
 
 def resolve_request(
@@ -60,9 +66,11 @@ def resolve_request(
     warmup: int | None,
     compile_model: bool,
     overrides: list[str],
+    loop_windows: int | None = 0,
 ) -> tuple[BenchRequest, Runtime]:
     """Fill what was not given with the defaults of the device the overrides select (``device=auto``: CUDA
-    when visible); raise :class:`ConfigError` with one line for anything invalid."""
+    when visible); raise :class:`ConfigError` with one line for anything invalid.  ``loop_windows``: windows
+    of the trainer-vs-bare comparison per model, ``None`` for the device's default, 0 for none."""
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if "=" not in override:
@@ -93,6 +101,8 @@ def resolve_request(
         warmup=warmup if warmup is not None else defaults.warmup,
         compile=compile_model,
         overrides=list(overrides),
+        loop_window=defaults.loop_window,
+        loop_windows=defaults.loop_windows if loop_windows is None else loop_windows,
     )
     _check_numbers(request)
     return request, runtime
@@ -107,6 +117,8 @@ def _check_numbers(request: BenchRequest) -> None:
         raise ConfigError(f"--batch-size must be at least 2 (mixing pairs samples), got {request.batch_size}")
     if request.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {request.steps}")
+    if request.loop_windows < 0:
+        raise ConfigError(f"--loops must be 0 or more, got {request.loop_windows}")
     if request.warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, got {request.warmup}")
     if request.image_size is not None and request.image_size < 8:

@@ -44,6 +44,35 @@ class BenchRow:
 
 
 @dataclass
+class LoopComparison:
+    """Step times of both loops (median and quartiles over windows, ms) and the trainer's speed as a share
+    of the bare loop's (median of paired bare / trainer ratios and their quartiles)."""
+
+    model: str
+    batch_size: int
+    window: int
+    windows: int
+    dataset_images: int
+    bare_ms: float
+    bare_ms_q1: float
+    bare_ms_q3: float
+    trainer_ms: float
+    trainer_ms_q1: float
+    trainer_ms_q3: float
+    share_of_bare: float
+    share_q1: float
+    share_q3: float
+
+    @property
+    def bare_images_per_s(self) -> float:
+        return 1000.0 * self.batch_size / self.bare_ms
+
+    @property
+    def trainer_images_per_s(self) -> float:
+        return 1000.0 * self.batch_size / self.trainer_ms
+
+
+@dataclass
 class BenchReport:
     """Every row, the device, and what the header states."""
 
@@ -53,3 +82,4 @@ class BenchReport:
     facts: dict[str, str]  # the header's named values, in order
     memory_of: str  # what the peak memory column measures
     host_syncs_of: str  # what the host syncs column counts on this device
+    loops: list[LoopComparison] = field(default_factory=list)  # trainer vs bare loop, one per model
