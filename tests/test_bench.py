@@ -311,3 +311,18 @@ def test_the_loop_comparison_pairs_alternating_windows(monkeypatch) -> None:
     assert "## The trainer's loop against a bare loop" in to_markdown(report)
     line = next(line for line in to_markdown(report).splitlines() if line.startswith("| r18 | 2."))
     assert line.split("|")[6].strip().startswith("0.")
+
+
+def test_profiling_a_row_writes_its_top_operators_and_adds_the_launches_column(tmp_path: Path) -> None:
+    request, runtime = _request("mixup", "r18", ["model.width=4"], steps=1, warmup=0)
+    request.profile_dir = tmp_path
+    report = run_benchmark(request, runtime, log=lambda message: None)
+    mixup = _rows(report)["r18", "mixup"]
+    text = (tmp_path / "r18" / "mixup.txt").read_text()
+    assert (
+        f"aten operator calls (no kernel launches on a CPU) per step: {mixup.launches_per_step:.0f}" in text
+    )
+    assert "aten::convolution" in text  # the network's own operators are in the table
+    assert mixup.launches_per_step > _rows(report)["r18", "vanilla"].launches_per_step  # mixing adds ops
+    header = next(line for line in to_markdown(report).splitlines() if line.startswith("| model |"))
+    assert "launches / step" in header

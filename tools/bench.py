@@ -56,6 +56,11 @@ def main() -> None:
         help="windows of the trainer-vs-bare comparison per model (default 12 on CUDA, 8 on CPU; 0 skips)",
     )
     parser.add_argument(
+        "--profile",
+        type=Path,
+        help="also profile each row (3 untimed steps) into DIR/<model>/<method>.txt: top kernels, launches",
+    )
+    parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)"
     )
     args, overrides = parser.parse_known_args()
@@ -71,6 +76,7 @@ def main() -> None:
             args.compile,
             overrides,
             loop_windows=args.loops,
+            profile_dir=args.profile,
         )
         report = run_benchmark(request, runtime)
     except ConfigError as error:

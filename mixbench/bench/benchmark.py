@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from mixbench.bench.data_path import compare_loops
 from mixbench.bench.memory import memory_measured
+from mixbench.bench.profile import profile_steps, write_profile
 from mixbench.bench.request import REFERENCE_METHOD, BenchRequest, compose_row_configs
 from mixbench.bench.results import BenchReport, BenchRow
 from mixbench.bench.timing import PreparedRow, bench_row, finish_row, prepare_row, time_round_robin
@@ -126,6 +127,13 @@ def _model_rows(
     if timed:
         log(f"{model}: timing {len(timed)} rows round-robin, {request.steps} rounds")
         time_round_robin(timed, request.steps)
+        if request.profile_dir is not None:
+            for entry in timed:
+                title = f"{model} {entry.row.method} on {runtime.device} (tools/bench.py --profile)"
+                result = profile_steps(entry.step, entry.x, entry.y, title)
+                entry.row.launches_per_step = result.launches_per_step
+                path = write_profile(request.profile_dir, model, entry.row.method, result)
+                log(f"{model} {entry.row.method}: profile in {path}")
     reference = results[0] if isinstance(results[0], PreparedRow) else None  # vanilla comes first
     rows = [finish_row(entry, reference) if isinstance(entry, PreparedRow) else entry for entry in results]
     vanilla = rows[0]

@@ -27,6 +27,7 @@ CSV_COLUMNS = (
     "host_syncs_per_step",
     "cuda_syncs_per_step",
     "host_sync_sites",
+    "launches_per_step",
     "model_params",
     "method_params",
     "note",
@@ -70,8 +71,10 @@ def to_markdown(report: BenchReport) -> str:
         "ratios in brackets; vs vanilla: slower or faster only when that whole range lies above or below 1, "
         "same when it contains 1 (not distinguishable by this run). Peak memory: "
         f"{report.memory_of}. Host syncs / step: {report.host_syncs_of}; 0 means the step never waits for "
-        "the device, and the note names the file:line of each sync. Method params: the method's own "
-        "trainable parts. Written by `python tools/bench.py`."
+        "the device, and the note names the file:line of each sync. Launches / step (with --profile): CUDA "
+        "kernel launches per step on a GPU, aten operator calls on a CPU, from 3 profiled untimed steps "
+        "(mixbench/bench/profile.py). Method params: the method's own trainable parts. Written by "
+        "`python tools/bench.py`."
     )
     columns = [
         "model",
@@ -85,9 +88,13 @@ def to_markdown(report: BenchReport) -> str:
     ]
     if cuda:
         columns.append("CUDA syncs / step")
+    profiled = any(row.launches_per_step is not None for row in report.rows)
+    if profiled:
+        columns.append("launches / step")
     columns += ["model params (M)", "method params", "note"]
     align = ["l", "l"] + ["r"] * (len(columns) - 3) + ["l"]
-    table = markdown_table(columns, [_markdown_cells(row, cuda) for row in report.rows], align=align)
+    cells = [_markdown_cells(row, cuda, profiled) for row in report.rows]
+    table = markdown_table(columns, cells, align=align)
     text = f"# Training-step cost on {report.device}\n\n{header}\n\n{explanation}\n\n{table}"
     if report.loops:
         text += "\n" + loops_markdown(report)
@@ -130,7 +137,7 @@ def loops_markdown(report: BenchReport) -> str:
     return f"\n## The trainer's loop against a bare loop\n\n{explanation}\n\n{table}"
 
 
-def _markdown_cells(row: BenchRow, cuda: bool) -> list[str]:
+def _markdown_cells(row: BenchRow, cuda: bool, profiled: bool) -> list[str]:
     cells = [
         row.model,
         row.method,
@@ -143,6 +150,8 @@ def _markdown_cells(row: BenchRow, cuda: bool) -> list[str]:
     ]
     if cuda:
         cells.append(_syncs(row.cuda_syncs_per_step))
+    if profiled:
+        cells.append(_number(row.launches_per_step, "{:,.0f}"))
     model_millions = row.model_params / 1e6 if row.model_params is not None else None
     cells += [_number(model_millions, "{:.2f}"), _number(row.method_params, "{:,}"), _note(row)]
     return cells
@@ -212,6 +221,7 @@ def to_csv(report: BenchReport) -> str:
             "host_syncs_per_step": _rounded(row.host_syncs_per_step, 2),
             "cuda_syncs_per_step": _rounded(row.cuda_syncs_per_step, 2),
             "host_sync_sites": sync_sites_text(row.host_sync_sites),
+            "launches_per_step": _rounded(row.launches_per_step, 0),
             "model_params": "" if row.model_params is None else row.model_params,
             "method_params": "" if row.method_params is None else row.method_params,
             "note": row.note,

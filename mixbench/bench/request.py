@@ -4,6 +4,7 @@ and the device's defaults, and each row's config composed and validated before a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -54,6 +55,7 @@ class BenchRequest:
     overrides: list[str] = field(default_factory=list)  # free key=value overrides applied to every row
     loop_window: int = 0  # trainer-vs-bare comparison: steps per window
     loop_windows: int = 0  # and windows per loop (0: not measured)
+    profile_dir: Path | None = None  # --profile: where each row's profile is written (None: not profiled)
 
 
 def resolve_request(
@@ -67,6 +69,7 @@ def resolve_request(
     compile_model: bool,
     overrides: list[str],
     loop_windows: int | None = 0,
+    profile_dir: Path | None = None,
 ) -> tuple[BenchRequest, Runtime]:
     """Fill what was not given with the defaults of the device the overrides select (``device=auto``: CUDA
     when visible); raise :class:`ConfigError` with one line for anything invalid.  ``loop_windows``: windows
@@ -103,6 +106,7 @@ def resolve_request(
         overrides=list(overrides),
         loop_window=defaults.loop_window,
         loop_windows=defaults.loop_windows if loop_windows is None else loop_windows,
+        profile_dir=profile_dir,
     )
     _check_numbers(request)
     return request, runtime

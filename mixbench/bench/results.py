@@ -29,6 +29,7 @@ class BenchRow:
     )
     cuda_syncs_per_step: float | None = None  # CUDA's sync debug mode's reports per counted step; None on CPU
     host_sync_sites: dict[str, float] = field(default_factory=dict)  # "file:line" -> syncs per counted step
+    launches_per_step: float | None = None  # --profile: CUDA kernel launches (CPU: aten calls) per step
 
     def versus_vanilla(self) -> str:
         """What the ratio supports: ``slower`` or ``faster`` when the whole interquartile range of the

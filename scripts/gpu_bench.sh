@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU benchmark of issue 5/5, in one go (about 4-6 minutes on an H100/H200), run from the repository root on a
+# machine with one CUDA GPU:
+#   bash scripts/gpu_bench.sh [OUT]      OUT defaults to results/bench
+# 1. every method on r18, wrn16_8 and rx50 at batch 128 (bf16, channels_last), rows timed round-robin, each row
+#    profiled (top kernels, launches per step: OUT/profiles/<device>/<model>/<method>.txt), the host syncs
+#    counted with CUDA's own sync debug mode beside ours, and the trainer's loop (resident CIFAR-shaped data,
+#    crop/flip on the device) against a bare fwd/bwd/step loop  -> OUT/<device>.md|csv
+# 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256                     -> OUT/scale/
+# 3. compile=true on r18 (vanilla, mixup)                                                   -> OUT/compile/
+# A machine without hydra-core/omegaconf installs them from wheels in .whl/ when present (see
+# results/bench/README.md for how to fetch them); nothing is downloaded here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-results/bench}
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c "import hydra, omegaconf" 2>/dev/null; then
+  if ! compgen -G ".whl/*.whl" >/dev/null; then
+    echo "error: hydra-core and omegaconf are missing and .whl/ holds no wheels; see results/bench/README.md" >&2
+    exit 2
+  fi
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/mixbench-site .whl/*.whl
+  export PYTHONPATH=/tmp/mixbench-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+"$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+slug=$("$PYTHON" -c "from mixbench.provenance import provenance; import torch; print(provenance(torch.device('cuda')).device_slug)")
+start=$(date +%s)
+"$PYTHON" tools/bench.py --out "$out" --profile "$out/profiles/$slug"
+echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
+"$PYTHON" tools/bench.py --models resnet50 --data imagenet --image-size 224 --batch-size 256 \
+  --methods alignmixup,mixup --steps 15 --warmup 3 --loops 0 --out "$out/scale" schedule=alignmix_imagenet || echo "[gpu_bench] scale run failed"
+echo "[gpu_bench] + scale: $(( $(date +%s) - start )) s"
+timeout 240 "$PYTHON" tools/bench.py --models r18 --methods mixup --compile --steps 30 --loops 0 --out "$out/compile" \
+  || echo "[gpu_bench] compile run failed or ran out of its 240 s"
+echo "[gpu_bench] done: $(( $(date +%s) - start )) s"
