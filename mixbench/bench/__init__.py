@@ -17,13 +17,13 @@ Per model, each row is prepared in turn (built, ``warmup`` untimed steps, then 3
 host syncs are counted, so that counting costs the timings nothing; its peak memory read), then the rows are
 timed **round-robin**: ``steps`` rounds, each timing one step of every row with ``time.perf_counter`` (with
 ``torch.cuda.synchronize`` before and after on a GPU), the order rotating each round so that a change of the
-device's speed hits every row alike.  A row reports its median step time with the interquartile range,
-images/s at that median, the ratio to vanilla (always measured) as the median of the per-round ratios with
-their interquartile range -- slower or faster is claimed only when that range lies wholly above or below 1
---, the peak memory, the host syncs per step and where they are, and the parameters of the model and of the
-method's own trainable parts (a Mix Block, a decoder; an EMA copy is not trainable and not counted).  When
-vanilla's own steps spread by more than 15% of their median the header warns that the device's speed varied
-(on a shared machine, other processes).
+device's speed hits every row alike.  A row reports its mean step time with the quartiles of its steps,
+images/s at that mean, the ratio to vanilla (always measured) as the ratio of their totals over the same
+rounds with a 90% bootstrap interval -- slower or faster is claimed only when that interval lies wholly
+above or below 1 --, the peak memory, the host syncs per step and where they are, and the parameters of
+the model and of the method's own trainable parts (a Mix Block, a decoder; an EMA copy is not trainable and
+not counted).  When vanilla's own steps spread by more than 15% of their mean the header warns that the
+device's speed varied (on a shared machine, other processes).
 
 A method that needs weights mixbench does not ship (``needs_external_weights``) is listed as skipped with the
 reason; a method that a model cannot serve (a feature-space method on a transformer that only exposes its

@@ -22,7 +22,7 @@ from mixbench.engine.build import input_size
 from mixbench.engine.runtime import Runtime
 from mixbench.provenance import provenance
 
-UNSTABLE_SPREAD = 0.15  # vanilla's interquartile range over its median beyond which the header warns
+UNSTABLE_SPREAD = 0.15  # vanilla's interquartile range over its mean step beyond which the header warns
 
 
 def host_syncs_counted(device: torch.device) -> str:
@@ -94,7 +94,7 @@ def run_benchmark(
         header["overrides"] = " ".join(request.overrides)
     if spreads and max(spreads) > UNSTABLE_SPREAD:
         header["warning"] = (
-            f"vanilla's step times spread by {100 * max(spreads):.0f}% of their median (interquartile "
+            f"vanilla's step times spread by {100 * max(spreads):.0f}% of their mean (interquartile "
             "range): the device's speed varied during the run (other processes?); the paired ratios and "
             "their spreads still hold, the absolute step times less so"
         )
@@ -142,7 +142,7 @@ def _model_rows(
         spreads.append(spread)
         vanilla.note = (
             f"its own steps' interquartile range: {vanilla.step_ms_q1:.1f}–{vanilla.step_ms_q3:.1f} ms "
-            f"({100 * spread:.0f}% of the median)"
+            f"({100 * spread:.0f}% of the mean)"
         )
     for row in rows:
         if row.step_ms is not None:

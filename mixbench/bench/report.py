@@ -20,8 +20,8 @@ CSV_COLUMNS = (
     "step_ms_q3",
     "images_per_s",
     "ratio_to_vanilla",
-    "ratio_q1",
-    "ratio_q3",
+    "ratio_low",
+    "ratio_high",
     "versus_vanilla",
     "peak_memory_mb",
     "host_syncs_per_step",
@@ -66,10 +66,11 @@ def to_markdown(report: BenchReport) -> str:
         "backward, optimizer step, after-step hook) on synthetic batches already on the device: the data "
         "pipeline is excluded. The rows of a model are timed round-robin, one step of each per round, the "
         "order rotating each round, so a change of the device's speed hits every row alike. Step time is the "
-        "median over the timed steps; images/s = batch size / median step time; × vanilla = the median over "
-        "the rounds of the row's step time / vanilla's in the same round, [first, third quartile] of those "
-        "ratios in brackets; vs vanilla: slower or faster only when that whole range lies above or below 1, "
-        "same when it contains 1 (not distinguishable by this run). Peak memory: "
+        "mean over the timed steps (methods drawing a branch per step cost differently on different steps); "
+        "images/s = batch size / mean step time; × vanilla = the row's total time / vanilla's over the same "
+        "rounds, with its 90% bootstrap interval over the rounds in brackets; vs vanilla: slower or faster "
+        "only when that whole interval lies above or below 1, same when it contains 1 (not distinguishable "
+        "by this run). Peak memory: "
         f"{report.memory_of}. Host syncs / step: {report.host_syncs_of}; 0 means the step never waits for "
         "the device, and the note names the file:line of each sync. Launches / step (with --profile): CUDA "
         "kernel launches per step on a GPU, aten operator calls on a CPU, from 3 profiled untimed steps "
@@ -81,7 +82,7 @@ def to_markdown(report: BenchReport) -> str:
         "method",
         "step (ms)",
         "images/s",
-        "× vanilla [IQR]",
+        "× vanilla [90% interval]",
         "vs vanilla",
         "peak memory (MB)",
         "host syncs / step",
@@ -158,12 +159,12 @@ def _markdown_cells(row: BenchRow, cuda: bool, profiled: bool) -> list[str]:
 
 
 def _ratio(row: BenchRow) -> str:
-    """``1.23 [1.18, 1.29]``: the median per-round ratio and its quartiles (vanilla: ``1.00``)."""
+    """``1.23 [1.18, 1.29]``: the ratio and its bootstrap interval (vanilla: ``1.00``)."""
     if row.ratio_to_vanilla is None:
         return NO_VALUE
-    if row.method == "vanilla" or row.ratio_q1 is None:
+    if row.method == "vanilla" or row.ratio_low is None:
         return f"{row.ratio_to_vanilla:.2f}"
-    return f"{row.ratio_to_vanilla:.2f} [{row.ratio_q1:.2f}, {row.ratio_q3:.2f}]"
+    return f"{row.ratio_to_vanilla:.2f} [{row.ratio_low:.2f}, {row.ratio_high:.2f}]"
 
 
 def _syncs(per_step: float | None) -> str:
@@ -214,8 +215,8 @@ def to_csv(report: BenchReport) -> str:
             "step_ms_q3": _rounded(row.step_ms_q3, 3),
             "images_per_s": _rounded(row.images_per_s, 1),
             "ratio_to_vanilla": _rounded(row.ratio_to_vanilla, 4),
-            "ratio_q1": _rounded(row.ratio_q1, 4),
-            "ratio_q3": _rounded(row.ratio_q3, 4),
+            "ratio_low": _rounded(row.ratio_low, 4),
+            "ratio_high": _rounded(row.ratio_high, 4),
             "versus_vanilla": row.versus_vanilla(),
             "peak_memory_mb": _rounded(row.peak_memory_mb, 1),
             "host_syncs_per_step": _rounded(row.host_syncs_per_step, 2),

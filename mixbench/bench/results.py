@@ -14,13 +14,13 @@ class BenchRow:
     method: str
     status: str  # "ok", "n/a", "skipped" or "failed"
     note: str = ""
-    step_ms: float | None = None  # median of the timed steps
+    step_ms: float | None = None  # mean of the timed steps
     step_ms_q1: float | None = None  # their first and third quartiles
     step_ms_q3: float | None = None
     images_per_s: float | None = None
-    ratio_to_vanilla: float | None = None  # median of the per-round ratios to vanilla's step
-    ratio_q1: float | None = None  # their first and third quartiles: the spread a claim must leave
-    ratio_q3: float | None = None
+    ratio_to_vanilla: float | None = None  # total step time / vanilla's over the same rounds
+    ratio_low: float | None = None  # its 90% bootstrap interval over the rounds: what a claim must leave
+    ratio_high: float | None = None
     peak_memory_mb: float | None = None
     model_params: int | None = None
     method_params: int | None = None
@@ -32,14 +32,14 @@ class BenchRow:
     launches_per_step: float | None = None  # --profile: CUDA kernel launches (CPU: aten calls) per step
 
     def versus_vanilla(self) -> str:
-        """What the ratio supports: ``slower`` or ``faster`` when the whole interquartile range of the
-        per-round ratios lies above or below 1, ``same`` when it contains 1 (not distinguishable from
-        vanilla by this measurement); empty for vanilla itself and for rows without a ratio."""
-        if self.ratio_q1 is None or self.ratio_q3 is None or self.method == "vanilla":
+        """What the ratio supports: ``slower`` or ``faster`` when its whole bootstrap interval lies above or
+        below 1, ``same`` when it contains 1 (not distinguishable from vanilla by this measurement); empty
+        for vanilla itself and for rows without a ratio."""
+        if self.ratio_low is None or self.ratio_high is None or self.method == "vanilla":
             return ""
-        if self.ratio_q1 > 1.0:
+        if self.ratio_low > 1.0:
             return "slower"
-        if self.ratio_q3 < 1.0:
+        if self.ratio_high < 1.0:
             return "faster"
         return "same"
 

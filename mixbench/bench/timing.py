@@ -9,15 +9,19 @@ they are, and on CUDA the syncs CUDA's sync debug mode reported), and its peak m
 rows of one model are then timed **round-robin** (:func:`time_round_robin`): each round times one step of
 every row, each step alone (``torch.cuda.synchronize`` before and after on a GPU), and the order of the rows
 rotates from round to round, so a change of the device's speed (other processes, clocks, caches) hits every
-row alike instead of whichever row was being timed.  :func:`finish_row` then reads the median step time,
-its interquartile range, and the ratio to vanilla as the median of the per-round ratios (each row's step
-over vanilla's step of the same round: paired, so a drift between rounds cancels) with their interquartile
-range, the spread a ratio must leave to be claimed.
+row alike instead of whichever row was being timed.  :func:`finish_row` then reads the mean step time (what
+a run pays per step: methods that draw a branch per step -- AlignMixup's input or feature mix, a
+Switch's child, StyleMix's prob -- cost different amounts on different steps, and a median would report the
+commonest branch) with the quartiles of the steps, and the ratio to vanilla as the ratio of the two rows'
+totals over the same rounds (paired: a drift between rounds scales both) with a 90% bootstrap interval over
+the rounds (:data:`BOOTSTRAP_RESAMPLES` resamples, a fixed seed): the uncertainty a ratio must leave to be
+claimed.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -35,6 +39,8 @@ from mixbench.engine.step import TrainingStep, build_training_step
 from mixbench.methods import METHODS
 from mixbench.models import StageUnavailableError
 
+BOOTSTRAP_RESAMPLES = 2000  # resamples of the rounds for the ratio's interval
+INTERVAL = (0.05, 0.95)  # its lower and upper quantiles
 SYNC_COUNT_STEPS = 3  # untimed steps counted for host syncs after the warm-up (the count varies little)
 
 
@@ -119,19 +125,35 @@ def time_round_robin(prepared: list[PreparedRow], rounds: int) -> None:
 
 
 def finish_row(entry: PreparedRow, reference: PreparedRow | None) -> BenchRow:
-    """The row's median step time and spread, and its ratio to ``reference`` (vanilla, timed in the same
-    rounds) as the median and quartiles of the per-round ratios."""
+    """The row's mean step time and the quartiles of its steps, and its ratio to ``reference`` (vanilla,
+    timed in the same rounds): the ratio of their totals with its bootstrap interval over the rounds."""
     row, seconds = entry.row, entry.seconds
-    row.step_ms = 1000.0 * statistics.median(seconds)
+    row.step_ms = 1000.0 * statistics.fmean(seconds)
     row.step_ms_q1, row.step_ms_q3 = (1000.0 * value for value in quartiles(seconds))
-    row.images_per_s = int(entry.x.shape[0]) / statistics.median(seconds)
+    row.images_per_s = int(entry.x.shape[0]) / statistics.fmean(seconds)
     if reference is not None and len(reference.seconds) == len(seconds):
-        ratios = [mine / theirs for mine, theirs in zip(seconds, reference.seconds, strict=True)]
-        row.ratio_to_vanilla = 1.0 if entry is reference else statistics.median(ratios)
-        row.ratio_q1, row.ratio_q3 = (1.0, 1.0) if entry is reference else quartiles(ratios)
+        if entry is reference:
+            row.ratio_to_vanilla, row.ratio_low, row.ratio_high = 1.0, 1.0, 1.0
+        else:
+            row.ratio_to_vanilla = sum(seconds) / sum(reference.seconds)
+            row.ratio_low, row.ratio_high = bootstrap_interval(seconds, reference.seconds)
     if not math.isfinite(float(entry.step.sums.loss)):
         row.note = "loss became non-finite during the timed steps"
     return row
+
+
+def bootstrap_interval(mine: list[float], theirs: list[float]) -> tuple[float, float]:
+    """The :data:`INTERVAL` quantiles of ``sum(mine) / sum(theirs)`` over rounds resampled with replacement
+    (pairs kept together; seeded, so the same timings give the same interval)."""
+    generator = random.Random(0)
+    rounds = len(mine)
+    ratios = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        picks = [generator.randrange(rounds) for _ in range(rounds)]
+        ratios.append(sum(mine[i] for i in picks) / sum(theirs[i] for i in picks))
+    ratios.sort()
+    low, high = (ratios[round(q * (BOOTSTRAP_RESAMPLES - 1))] for q in INTERVAL)
+    return low, high
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:
