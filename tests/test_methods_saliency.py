@@ -29,7 +29,11 @@ from mixbench.methods.comixup import (
     random_labelling,
     resolve_duplicates,
 )
-from mixbench.methods.gradient_saliency import input_gradient_saliency, pool_saliency
+from mixbench.methods.gradient_saliency import (
+    add_parameter_gradients,
+    input_gradient_saliency,
+    pool_saliency,
+)
 from mixbench.methods.puzzlemix import (
     GridEnergy,
     PuzzleMix,
@@ -110,6 +114,67 @@ def test_saliency_keeps_the_graph_for_a_clean_loss_only_when_asked() -> None:
     F.cross_entropy(kept.logits, y).backward()
     assert model.fc.weight.grad is not None and model.fc.weight.grad.abs().sum() > 0
     assert not input_gradient_saliency(model, x, y).logits.requires_grad
+
+
+def test_saliency_with_parameters_equals_one_full_backward_and_the_input_only_one() -> None:
+    model = tiny_r18().train()
+    reference_model = copy.deepcopy(model)
+    x, y = images(4), torch.arange(BATCH) % CLASSES
+    params = list(model.parameters())
+    joint = input_gradient_saliency(model, x, y, parameters=params)
+    assert all(p.grad is None for p in params)
+    x_ref = x.clone().requires_grad_(True)
+    F.cross_entropy(reference_model(x_ref), y, reduction="sum").backward()
+    torch.testing.assert_close(joint.maps, x_ref.grad.norm(dim=1))
+    for grad, reference in zip(joint.parameter_grads, reference_model.parameters(), strict=True):
+        torch.testing.assert_close(grad, reference.grad)
+    input_only = input_gradient_saliency(copy.deepcopy(reference_model), x, y)  # same weights, same BN stats
+    assert input_only.parameter_grads == ()
+    torch.testing.assert_close(input_only.maps, joint.maps)
+
+
+def test_add_parameter_gradients_keeps_the_value_and_adds_the_gradients_in_the_backward() -> None:
+    weight, unused = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    loss = (weight * torch.tensor([1.0, 2.0, 3.0])).sum()
+    extra = torch.tensor([10.0, 20.0, 30.0])
+    total = add_parameter_gradients(loss, [weight, unused], [extra, None])
+    assert torch.equal(total, loss)
+    (2 * total).backward()
+    torch.testing.assert_close(weight.grad, 2 * (torch.tensor([1.0, 2.0, 3.0]) + extra))
+    assert unused.grad is None
+    assert add_parameter_gradients(loss, [unused], [None]) is loss
+
+
+@pytest.mark.parametrize("name", ["puzzlemix", "comixup"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_clean_term_gradients_equal_a_backward_through_the_clean_loss(
+    name: str, label_smoothing: float
+) -> None:
+    """The step's one saliency backward (weight gradients handed to the trainer's backward) gives the
+    gradients of ``mixed + clean_lam * CE(f(x), y)`` back-propagated through the graph, as before."""
+    model = tiny_r18().train()
+    reference_model = copy.deepcopy(model)
+    x, y = images(5), torch.arange(BATCH) % CLASSES
+    options = {"clean_lam": 0.7} if name == "comixup" else {"clean_lam": 0.7, "transport": False}
+
+    def method():
+        built = build_method(name, **options)
+        built.bind(MixRandom(3), label_smoothing=label_smoothing)
+        return built
+
+    loss, logs = method().training_step(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+    loss.backward()
+    saliency = input_gradient_saliency(reference_model, x, y, keep_graph=True)
+    reference, _ = method().mixed_loss(reference_model, x, y, saliency.maps)
+    clean = F.cross_entropy(saliency.logits, y, label_smoothing=label_smoothing)
+    (reference + 0.7 * clean).backward()
+    torch.testing.assert_close(loss, reference + 0.7 * clean)
+    torch.testing.assert_close(logs["clean_loss"], clean.detach())
+    for param, reference_param in zip(model.parameters(), reference_model.parameters(), strict=True):
+        torch.testing.assert_close(param.grad, reference_param.grad, rtol=1e-4, atol=1e-6)
+    for buffer, reference_buffer in zip(model.buffers(), reference_model.buffers(), strict=True):
+        torch.testing.assert_close(buffer, reference_buffer)  # BatchNorm statistics: the same forwards
 
 
 def test_pool_saliency_averages_cells_normalises_and_handles_zero_maps() -> None:

@@ -7,8 +7,21 @@ Both build their step the same way::
     loss = mixed loss of the mix that S guides        (each method's: SaliencyGuidedMixMethod.mixed_loss)
          + clean_lam * CE(f(x), y)                    (when clean_lam > 0, on the saliency forward's logits)
 
-The saliency forward keeps its graph only when ``clean_lam > 0``, so the clean term costs no third forward
-pass.  Both mix on a k x k grid of cells: saliency is averaged per cell
+Passes per step, in units of one forward of the network on the batch (a full backward is about two, a
+backward into the input alone about one):
+
+* ``clean_lam = 0``: saliency forward (1) + backward into the input only (~1, no weight gradients) + the
+  mixed batch's forward and backward (3): about 5, i.e. ~1.7x a plain step's 3 (the official code: 6, its
+  saliency backward also computes the weight gradients it then discards);
+* ``clean_lam > 0`` (as in the official code): saliency forward (1) + one full backward that gives the input's
+  gradient and the clean loss's weight gradients together (~2) + mixed forward and backward (3): about 6,
+  i.e. ~2x.  The weight gradients reach the optimizer through the trainer's own backward
+  (:func:`~mixbench.methods.gradient_saliency.add_parameter_gradients`); the clean term needs neither a third
+  forward nor a second backward through the saliency forward.  With label smoothing the clean loss's
+  gradient is no multiple of the saliency's, so the saliency forward keeps its graph and the clean loss is
+  back-propagated through it by the trainer's backward (about 7 units).
+
+Both mix on a k x k grid of cells: saliency is averaged per cell
 (:func:`~mixbench.methods.gradient_saliency.pool_saliency`) and per-cell values (masks, shares) are
 enlarged back to the pixels by :func:`upsample_cells`.
 """
@@ -20,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbench.methods.base import Logs, MixMethod
-from mixbench.methods.gradient_saliency import input_gradient_saliency
+from mixbench.methods.gradient_saliency import add_parameter_gradients, input_gradient_saliency
 
 
 def upsample_cells(grid_values: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -45,10 +58,20 @@ class SaliencyGuidedMixMethod(MixMethod):
         raise TypeError(f"{type(self).__name__} must define mixed_loss()")
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        saliency = input_gradient_saliency(model, x, y, keep_graph=self.clean_lam > 0)
-        loss, logs = self.mixed_loss(model, x, y, saliency.maps)
-        if self.clean_lam > 0:
+        if self.clean_lam <= 0:
+            return self.mixed_loss(model, x, y, input_gradient_saliency(model, x, y).maps)
+        if self.label_smoothing > 0:  # the clean loss's gradient is no multiple of the saliency's
+            saliency = input_gradient_saliency(model, x, y, keep_graph=True)
+            loss, logs = self.mixed_loss(model, x, y, saliency.maps)
             clean = F.cross_entropy(saliency.logits, y, label_smoothing=self.label_smoothing)
-            loss = loss + self.clean_lam * clean
             logs["clean_loss"] = clean.detach()
-        return loss, logs
+            return loss + self.clean_lam * clean, logs
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        saliency = input_gradient_saliency(model, x, y, parameters=parameters)
+        loss, logs = self.mixed_loss(model, x, y, saliency.maps)
+        clean = F.cross_entropy(saliency.logits, y)  # detached: its gradient is already in parameter_grads
+        logs["clean_loss"] = clean
+        # d(clean_lam * mean CE)/dθ = clean_lam / B * d(sum CE)/dθ
+        scale = self.clean_lam / x.shape[0]
+        grads = [None if g is None else g.mul_(scale) for g in saliency.parameter_grads]
+        return add_parameter_gradients(loss + self.clean_lam * clean, parameters, grads), logs
