@@ -125,6 +125,36 @@ def test_ema_update_follows_the_momentum_rule_exactly_and_copies_buffers() -> No
     assert int(ema.num_updates) == 1 and ema.updates_done == 1
 
 
+def test_ema_update_lists_are_bitwise_the_per_tensor_formula_and_copy_every_buffer() -> None:
+    """The multi-tensor update is ``m * old`` then ``+ (1 - m) * online`` per tensor, bit for bit, and the
+    buffer copy covers the float statistics and the integer ``num_batches_tracked`` alike."""
+    torch.manual_seed(0)
+    online = build_model("r18", num_classes=CLASSES, image_size=SIZE, width=4)
+    ema = EmaModel(online, base_momentum=0.9, end_momentum=0.9)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(torch.randn_like(p))
+    online(torch.randn(4, 3, SIZE, SIZE))  # train-mode pass: statistics and num_batches_tracked change
+    expected = [
+        old.mul(0.9).add_(new.detach(), alpha=1.0 - 0.9)
+        for old, new in zip(ema.module.parameters(), online.parameters(), strict=True)
+    ]
+    ema.update(online, total_steps=10)
+    assert all(torch.equal(got, want) for got, want in zip(ema.module.parameters(), expected, strict=True))
+    integer_buffers = [b for b in ema.module.buffers() if not b.is_floating_point()]
+    assert integer_buffers and all(int(b) == 1 for b in integer_buffers)
+    for ema_buffer, online_buffer in zip(ema.module.buffers(), online.buffers(), strict=True):
+        assert torch.equal(ema_buffer, online_buffer)
+
+
+def test_ema_update_refuses_a_network_with_other_buffers() -> None:
+    online = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    ema = EmaModel(online)
+    other = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False))
+    with pytest.raises(ValueError, match="parameter or buffer lists"):
+        ema.update(other, total_steps=10)
+
+
 def test_ema_teacher_gets_no_gradient_and_moves_by_the_scheduled_momentum_in_training() -> None:
     model, method = make("automix")
     x, y = batch()

@@ -83,16 +83,23 @@ class EmaModel(nn.Module):
 
     @torch.no_grad()
     def update(self, online: nn.Module, total_steps: int) -> float:
-        """One EMA step toward ``online`` (parameters averaged, buffers copied); returns the momentum used."""
+        """One EMA step toward ``online`` (parameters averaged, buffers copied); returns the momentum used.
+
+        Both halves are multi-tensor (``torch._foreach_*``) operations over the whole parameter and buffer
+        lists: ``theta_ema <- m * theta_ema`` then ``theta_ema += (1 - m) * theta`` (the formula above, in
+        this order of rounding), and one list copy of the buffers; no per-tensor Python loop.
+        """
         momentum = self.momentum(total_steps)
         ema_params = list(self.module.parameters())
         online_params = [p.detach() for p in online.parameters()]
-        if len(ema_params) != len(online_params):
-            raise ValueError("the EMA copy and the online network have different parameter lists")
+        ema_buffers = list(self.module.buffers())
+        online_buffers = list(online.buffers())
+        if len(ema_params) != len(online_params) or len(ema_buffers) != len(online_buffers):
+            raise ValueError("the EMA copy and the online network have different parameter or buffer lists")
         torch._foreach_mul_(ema_params, momentum)
         torch._foreach_add_(ema_params, online_params, alpha=1.0 - momentum)
-        for ema_buffer, online_buffer in zip(self.module.buffers(), online.buffers(), strict=True):
-            ema_buffer.copy_(online_buffer)
+        if ema_buffers:
+            torch._foreach_copy_(ema_buffers, online_buffers)
         self.num_updates.add_(1)
         self.updates_done += 1
         return momentum
