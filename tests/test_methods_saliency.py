@@ -44,7 +44,7 @@ from mixbench.methods.puzzlemix import (
     transport_sources,
     viterbi,
 )
-from mixbench.methods.saliency_guided import upsample_cells
+from mixbench.methods.saliency_guided import serial_on_cpu, upsample_cells
 from mixbench.models import build_model
 from mixbench.rng import MixRandom
 from tests.helpers import FixedLam, LinearNet, compose_config
@@ -317,6 +317,36 @@ def test_transport_moves_a_salient_hidden_cell_into_view_and_fills_every_shown_c
     assert flat[0, source[0, shown_cells]].sum() > flat[0, shown_cells].sum(), (
         "less saliency on show than before"
     )
+
+
+@pytest.mark.parametrize("grid", [2, 4, 8])
+def test_puzzlemix_transports_both_images_in_one_batch_as_each_on_its_own(grid: int) -> None:
+    method = puzzle(0, grid_sizes=[grid])
+    x, maps = images(14), blob_maps(BATCH, SIZE, 8, 5)
+    perm = torch.randperm(BATCH, generator=torch.Generator().manual_seed(1))
+    mask = torch.randint(0, 3, (BATCH, grid, grid), generator=torch.Generator().manual_seed(2)) / 2
+    image_a, image_b = method._transport(x, maps, mask, perm, SIZE // grid)
+    side = SIZE // min(method.transport_size, SIZE // grid)
+    fine = F.interpolate(mask.unsqueeze(1), size=(side, side), mode="nearest").flatten(1)
+    saliency, distances = pool_saliency(maps, side).flatten(1), cell_distances(side, side)
+    for image, shown, source_saliency, moved in [
+        (x, fine > 0, saliency, image_a),
+        (x[perm], fine < 1, saliency[perm], image_b),
+    ]:
+        source, won = transport_sources(shown, source_saliency, distances, method.t_eps, rounds=side)
+        assert torch.equal(moved, move_cells(image, source, won, side, side))
+
+
+def test_serial_on_cpu_uses_one_thread_inside_and_restores_the_count() -> None:
+    torch.set_num_threads(2)  # the module's fixture restores its own count afterwards
+    with serial_on_cpu(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError), serial_on_cpu(torch.device("cpu")):
+        raise RuntimeError
+    assert torch.get_num_threads() == 2
+    with serial_on_cpu(torch.device("meta")):
+        assert torch.get_num_threads() == 2
 
 
 def test_move_cells_puts_each_source_cell_at_its_destination_and_zeros_unwon_cells() -> None:

@@ -59,7 +59,7 @@ from torch import nn
 from mixbench.methods.base import Logs, MixPreview, in_layout_of, soft_cross_entropy
 from mixbench.methods.gradient_saliency import check_grid, input_gradient_saliency, pool_saliency
 from mixbench.methods.registry import register_method
-from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, upsample_cells
+from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, serial_on_cpu, upsample_cells
 from mixbench.rng import MixRandom
 
 UNAVAILABLE_COST = (
@@ -462,7 +462,8 @@ class CoMixup(SaliencyGuidedMixMethod):
         check_grid(height, width, self.grid)
         with torch.autocast(x.device.type, enabled=False):
             problem = self.build_problem(saliency_maps.float())
-            labels = solve_assignment(problem, self.rng.torch, self.n_iter, self.sweeps, self.set_resolve)
+            with serial_on_cpu(x.device):
+                labels = solve_assignment(problem, self.rng.torch, self.n_iter, self.sweeps, self.set_resolve)
             groups, slots = problem.valid.shape
             outputs = compose(partition(x.float(), groups, slots), labels).flatten(0, 1)[:batch_size]
             outputs = in_layout_of(outputs, x)

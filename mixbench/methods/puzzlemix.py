@@ -77,7 +77,7 @@ from torch import nn
 from mixbench.methods.base import Logs, MixedBatch, MixPreview, in_layout_of, mixed_cross_entropy
 from mixbench.methods.gradient_saliency import input_gradient_saliency, pool_saliency
 from mixbench.methods.registry import register_method
-from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, upsample_cells
+from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, serial_on_cpu, upsample_cells
 
 PRIOR_EPS = 1e-8  # inside the official prior's log
 SMOOTHNESS_SCALE = 16.0  # beta' = beta / k / 16 (official normalisation)
@@ -446,10 +446,12 @@ class PuzzleMix(SaliencyGuidedMixMethod):
             self.gamma,
             self.eta,
         )
-        mask = energy.values[minimise_energy(energy, self.solver_sweeps)]
-        image_a, image_b = x, x[perm]
+        with serial_on_cpu(x.device):
+            mask = energy.values[minimise_energy(energy, self.solver_sweeps)]
         if self.transport:
             image_a, image_b = self._transport(x, maps, mask, perm, block)
+        else:
+            image_a, image_b = x, x[perm]
         mask_pixels = upsample_cells(mask, height, width)
         mixed = in_layout_of(mask_pixels * image_a + (1 - mask_pixels) * image_b, x)
         lam_per_sample = mask.mean(dim=(1, 2))
@@ -464,9 +466,13 @@ class PuzzleMix(SaliencyGuidedMixMethod):
         fine_mask = F.interpolate(mask.unsqueeze(1), size=(side, side), mode="nearest").flatten(1)
         saliency = pool_saliency(maps, side).flatten(1)
         distances = cell_distances(side, side, x.device)
-        source_a, won_a = transport_sources(fine_mask > 0, saliency, distances, self.t_eps, rounds=side)
-        source_b, won_b = transport_sources(fine_mask < 1, saliency[perm], distances, self.t_eps, rounds=side)
-        return move_cells(x, source_a, won_a, side, side), move_cells(x[perm], source_b, won_b, side, side)
+        # both images' problems in one batch of 2B (each row is solved on its own: the same result)
+        shown = torch.cat([fine_mask > 0, fine_mask < 1])
+        source, won = transport_sources(
+            shown, torch.cat([saliency, saliency[perm]]), distances, self.t_eps, side
+        )
+        moved = move_cells(torch.cat([x, x[perm]]), source, won, side, side)
+        return moved[: x.shape[0]], moved[x.shape[0] :]
 
     # -- previews ----------------------------------------------------------------------------------------
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:

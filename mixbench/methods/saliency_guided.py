@@ -28,6 +28,9 @@ enlarged back to the pixels by :func:`upsample_cells`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +45,27 @@ def upsample_cells(grid_values: torch.Tensor, height: int, width: int) -> torch.
     return (
         grid_values.repeat_interleave(height // rows, 1).repeat_interleave(width // columns, 2).unsqueeze(1)
     )
+
+
+@contextlib.contextmanager
+def serial_on_cpu(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for the enclosed code when ``device`` is the CPU; the previous count is restored.
+
+    For the methods' solvers: sequential loops of thousands of operations on tensors of a few thousand
+    elements.  Some of those operations open a parallel region whatever their size (``bmm`` splits its
+    batch across threads, reductions with indices their rows), and waking the other threads costs more than
+    the work; on a busy machine a region waits for a thread that another process holds.  One thread gives
+    the same results (each element is computed by the same kernel either way).  Elsewhere it does nothing.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class SaliencyGuidedMixMethod(MixMethod):
