@@ -59,9 +59,9 @@ Cost of one step, in units of ``F`` = one train-mode forward pass of the network
 gradient (~0.77 F); the online network's forward and backward on the clean and on the mixed batch (2 (F + B));
 the teacher's forward on the Mix Block's mixed batch and its backward to the mask only (F + B_in: the
 teacher's parameters never require gradients); the Mix Block twice (backbone mask without gradient, its own
-mask with gradient) and the EMA update, under 1% together.  With the optimizer step about 9 F, 2.75x vanilla,
-which the step measures.  The official code runs the teacher through all four stages on the clean batch
-(~0.2 F more).
+mask with gradient) and the EMA update, under 1% together.  With the optimizer step about 9 F, 2.75x vanilla;
+the step measures 2.7-2.9x (two interleaved runs).  The official code runs the teacher through all four
+stages on the clean batch (~0.2 F more).
 
 For wrappers (SUMix): :meth:`AutoMix.mix_with_model` returns the backbone branch's mixed batch (detached
 mask) and :meth:`AutoMix.mix_block_loss` the Mix Block's terms on an independent draw.
