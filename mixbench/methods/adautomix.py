@@ -66,7 +66,7 @@ teacher's forward on the clean batch, no gradient (stages 1-3 for the generator,
 sources' logits: ~1 F); the online network's forward and backward on the generated, the clean and the mixup
 batch (3 (F + B)); the teacher's forward on the generated batch and its backward to the generator only
 (F + B_in); the generator twice and the EMA update, about 1% together.  With the optimizer step about 12.4 F,
-3.8x vanilla; the step measures 3.8-4.2x (two interleaved runs).  The official code runs the teacher once
+3.8x vanilla; the step measures 4.1-4.2x (15 interleaved rounds).  The official code runs the teacher once
 more per source (N F more).
 """
 

@@ -60,7 +60,7 @@ gradient (~0.77 F); the online network's forward and backward on the clean and o
 the teacher's forward on the Mix Block's mixed batch and its backward to the mask only (F + B_in: the
 teacher's parameters never require gradients); the Mix Block twice (backbone mask without gradient, its own
 mask with gradient) and the EMA update, under 1% together.  With the optimizer step about 9 F, 2.75x vanilla;
-the step measures 2.7-2.9x (two interleaved runs).  The official code runs the teacher through all four
+the step measures 2.85-2.9x (15 interleaved rounds).  The official code runs the teacher through all four
 stages on the clean batch (~0.2 F more).
 
 For wrappers (SUMix): :meth:`AutoMix.mix_with_model` returns the backbone branch's mixed batch (detached
