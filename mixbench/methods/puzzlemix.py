@@ -62,7 +62,13 @@ Deliberate deviations from the official code:
   not divide the image are skipped.  Images must be square, as in the official code.
 
 Cost: like the official code, the transport builds a dense (cells x cells) cost per image: 256 x 256 at 32 px
-and k = 16; 3136 x 3136 at 224 px with k = 16 and 4 px cells (40 MB per image in fp32).
+and k = 16; 3136 x 3136 at 224 px with k = 16 and 4 px cells (40 MB per image in fp32).  Both images'
+transports run as one batch of 2B.  A step's passes (``saliency_guided``): with ``clean_lam = 0`` a forward
+and a backward into the input only for the saliency, then the mixed batch's forward and backward, about 5
+forward-units against a plain step's 3 (the official code spends 6: its saliency backward also makes the
+weight gradients it discards).  On the CPU the mask solver's loop of small operations runs on one intra-op
+thread (``serial_on_cpu``: same results); the whole mix (energy, solver, transport) took 15 ms (median) of a
+1.5 s step on r18 at 32 px, batch 32, 2 CPU threads.
 """
 
 from __future__ import annotations
