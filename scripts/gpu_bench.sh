@@ -26,7 +26,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 slug=$("$PYTHON" -c "from mixbench.provenance import provenance; import torch; print(provenance(torch.device('cuda')).device_slug)")
 start=$(date +%s)
-"$PYTHON" tools/bench.py --out "$out" --profile "$out/profiles/$slug"
+"$PYTHON" tools/bench.py --random-adain --out "$out" --profile "$out/profiles/$slug"
 echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
 "$PYTHON" tools/bench.py --models resnet50 --data imagenet --image-size 224 --batch-size 256 \
   --methods alignmixup,mixup --steps 15 --warmup 3 --loops 0 --out "$out/scale" schedule=alignmix_imagenet || echo "[gpu_bench] scale run failed"

@@ -336,3 +336,37 @@ def test_profiling_a_row_writes_its_top_operators_and_adds_the_launches_column(t
     assert mixup.launches_per_step > _rows(report)["r18", "vanilla"].launches_per_step  # mixing adds ops
     header = next(line for line in to_markdown(report).splitlines() if line.startswith("| model |"))
     assert "launches / step" in header
+
+
+def test_random_adain_times_the_style_methods_with_stand_in_files_that_then_disappear(monkeypatch) -> None:
+    """--random-adain: StyleMix/StyleCutMix rows run (not skipped) on random weights in the release layout,
+    say so in their note, and the stand-in files are gone when the benchmark ends."""
+    from mixbench.bench import benchmark
+    from mixbench.bench import request as request_module
+    from mixbench.bench.external_weights import RANDOM_WEIGHTS_NOTE, write_random_adain_files
+
+    written: list[dict[str, str]] = []
+
+    def remember(folder: Path, num_classes: int) -> dict[str, str]:
+        files = write_random_adain_files(folder, num_classes)
+        written.append(files)
+        assert torch.load(files["style_distance_path"], weights_only=True).shape == (10, 10)  # digits: 10
+        return files
+
+    monkeypatch.setattr(benchmark, "write_random_adain_files", remember)
+    official_overrides = request_module.row_overrides
+    monkeypatch.setattr(  # the AdaIN nets at the batch's 16 px, not the official 224 px: cheap
+        request_module,
+        "row_overrides",
+        lambda *args: (
+            official_overrides(*args) + (["method.style_size=null"] if args[2] != "vanilla" else [])
+        ),
+    )
+    request, runtime = _request("stylecutmix", "r18", ["model.width=4"], image_size=16, steps=1, warmup=0)
+    request.random_adain = True
+    report = run_benchmark(request, runtime, log=lambda message: None)
+    rows = _rows(report)
+    assert rows["r18", "stylecutmix"].status == "ok" and rows["r18", "stylecutmix"].step_ms > 0
+    assert rows["r18", "stylecutmix"].note == RANDOM_WEIGHTS_NOTE
+    assert rows["r18", "vanilla"].note != RANDOM_WEIGHTS_NOTE
+    assert written and not any(Path(path).exists() for path in written[0].values())

@@ -61,6 +61,11 @@ def main() -> None:
         help="also profile each row (3 untimed steps) into DIR/<model>/<method>.txt: top kernels, launches",
     )
     parser.add_argument(
+        "--random-adain",
+        action="store_true",
+        help="time StyleMix/StyleCutMix with random AdaIN weights in the release layout (cost only)",
+    )
+    parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)"
     )
     args, overrides = parser.parse_known_args()
@@ -77,6 +82,7 @@ def main() -> None:
             overrides,
             loop_windows=args.loops,
             profile_dir=args.profile,
+            random_adain=args.random_adain,
         )
         report = run_benchmark(request, runtime)
     except ConfigError as error:

@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from mixbench.bench.data_path import compare_loops
+from mixbench.bench.external_weights import RANDOM_WEIGHTS_NOTE, write_random_adain_files
 from mixbench.bench.memory import memory_measured
 from mixbench.bench.profile import profile_steps, write_profile
-from mixbench.bench.request import REFERENCE_METHOD, BenchRequest, compose_row_configs
+from mixbench.bench.request import (
+    REFERENCE_METHOD,
+    BenchRequest,
+    compose_row_configs,
+    data_classes,
+    needs_external_weights,
+)
 from mixbench.bench.results import BenchReport, BenchRow
 from mixbench.bench.timing import PreparedRow, bench_row, finish_row, prepare_row, time_round_robin
 from mixbench.engine.build import input_size
@@ -49,6 +59,10 @@ def run_benchmark(
     """Measure every row of ``request``, model by model: its rows prepared one after the other, then timed
     round-robin (:mod:`mixbench.bench.timing`); ratios are to vanilla on the same model, paired by round."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if request.random_adain and not request.stand_in_weights:  # the stand-in files live as long as the run
+        with tempfile.TemporaryDirectory(prefix="mixbench-random-adain-") as folder:
+            files = write_random_adain_files(Path(folder), data_classes(request))
+            return run_benchmark(replace(request, stand_in_weights=files), runtime, log)
     configs = compose_row_configs(request)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     # One untimed vanilla step first: one-off process costs (thread pools, kernel caches, the CUDA context)
@@ -145,6 +159,8 @@ def _model_rows(
             f"({100 * spread:.0f}% of the mean)"
         )
     for row in rows:
+        if row.status == "ok" and request.stand_in_weights and needs_external_weights(row.method):
+            row.note = RANDOM_WEIGHTS_NOTE
         if row.step_ms is not None:
             log(f"{model} {row.method}: {row.step_ms:.1f} ms, × vanilla {row.ratio_to_vanilla:.2f}")
     return rows

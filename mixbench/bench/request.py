@@ -56,6 +56,9 @@ class BenchRequest:
     loop_window: int = 0  # trainer-vs-bare comparison: steps per window
     loop_windows: int = 0  # and windows per loop (0: not measured)
     profile_dir: Path | None = None  # --profile: where each row's profile is written (None: not profiled)
+    random_adain: bool = False  # --random-adain: time StyleMix/StyleCutMix with stand-in AdaIN weights
+    # the stand-in files while the benchmark runs: override key -> path (mixbench.bench.external_weights)
+    stand_in_weights: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_request(
@@ -70,6 +73,7 @@ def resolve_request(
     overrides: list[str],
     loop_windows: int | None = 0,
     profile_dir: Path | None = None,
+    random_adain: bool = False,
 ) -> tuple[BenchRequest, Runtime]:
     """Fill what was not given with the defaults of the device the overrides select (``device=auto``: CUDA
     when visible); raise :class:`ConfigError` with one line for anything invalid.  ``loop_windows``: windows
@@ -107,6 +111,7 @@ def resolve_request(
         loop_window=defaults.loop_window,
         loop_windows=defaults.loop_windows if loop_windows is None else loop_windows,
         profile_dir=profile_dir,
+        random_adain=random_adain,
     )
     _check_numbers(request)
     return request, runtime
@@ -142,13 +147,28 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def needs_external_weights(method: str) -> bool:
+    """Whether ``method`` runs only with weight files the user supplies (StyleMix, StyleCutMix)."""
+    return getattr(METHODS[method], "needs_external_weights", False)
+
+
 def row_overrides(request: BenchRequest, model: str, method: str) -> list[str]:
     """The ``tools/train.py`` overrides of one row."""
     overrides = [f"data={request.data}", f"model={model}", f"method={method}", *request.overrides]
     overrides += [f"schedule.batch_size={request.batch_size}", f"compile={str(request.compile).lower()}"]
     if request.image_size is not None:  # the network's input and the data's size (AlignMixup/AE's decoder)
         overrides += [f"data.image_size={request.image_size}", f"schedule.train_size={request.image_size}"]
+    if request.stand_in_weights and needs_external_weights(method):
+        keys = ["encoder_path", "decoder_path"] + (["style_distance_path"] if method == "stylecutmix" else [])
+        overrides += [f"method.{key}={request.stand_in_weights[key]}" for key in keys]
     return overrides
+
+
+def data_classes(request: BenchRequest) -> int:
+    """The number of classes of the request's data config (with its overrides)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = _compose([f"data={request.data}", *request.overrides])
+    return int(cfg.data.num_classes)
 
 
 def compose_row_configs(request: BenchRequest) -> dict[tuple[str, str], DictConfig]:
