@@ -86,8 +86,8 @@ def resolve_request(
             raise ConfigError(f"select {key} with {SELECTED_BY_FLAGS[key]}, not the override {override}")
     check_group_choice("data", data)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        base = _compose([f"data={data}", *overrides])
-    runtime = resolve_runtime(base)
+        base = _compose([f"data={data}", *overrides, f"compile={str(compile_model).lower()}"])
+    runtime = resolve_runtime(base)  # the rows are timed with this runtime: --compile must reach it
     defaults = DEFAULTS["cuda" if runtime.device.type == "cuda" else "cpu"]
     model_names = _split(models) if models else list(defaults.models)
     for name in model_names:
