@@ -2,10 +2,11 @@
 # The GPU benchmark of issue 5/5, in one go (about 4-6 minutes on an H100/H200), run from the repository root on a
 # machine with one CUDA GPU:
 #   bash scripts/gpu_bench.sh [OUT]      OUT defaults to results/bench
-# 1. every method on r18, wrn16_8 and rx50 at batch 128 (bf16, channels_last), rows timed round-robin, each row
-#    profiled (top kernels, launches per step: OUT/profiles/<device>/<model>/<method>.txt), the host syncs
-#    counted with CUDA's own sync debug mode beside ours, and the trainer's loop (resident CIFAR-shaped data,
-#    crop/flip on the device) against a bare fwd/bwd/step loop  -> OUT/<device>.md|csv
+# 1. every method on r18, wrn16_8 and rx50 at batch 128 (bf16, channels_last), rows timed round-robin, the host
+#    syncs counted with CUDA's own sync debug mode beside ours, and the trainer's loop (resident CIFAR-shaped
+#    data, crop/flip on the device) against a bare fwd/bwd/step loop                       -> OUT/<device>.md|csv
+#    each row profiled (top kernels, launches per step: profiles/<device>/<model>/<method>.txt)
+#                                                                             -> OUT/profiles-<device>.tar.gz
 # 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256                     -> OUT/scale/
 # 3. compile=true on r18 (vanilla, mixup)                                                   -> OUT/compile/
 # A machine without hydra-core/omegaconf installs them from wheels in .whl/ when present (see
@@ -26,7 +27,11 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 slug=$("$PYTHON" -c "from mixbench.provenance import provenance; import torch; print(provenance(torch.device('cuda')).device_slug)")
 start=$(date +%s)
-"$PYTHON" tools/bench.py --random-adain --out "$out" --profile "$out/profiles/$slug"
+# The profiles (one file per model and method) travel as one archive: the device tool returns at most 8 files,
+# 2 folders deep. Unpack with: tar -xzf profiles-<device>.tar.gz -C results/bench
+profiles=$(mktemp -d)
+"$PYTHON" tools/bench.py --random-adain --out "$out" --profile "$profiles/profiles/$slug"
+tar -czf "$out/profiles-$slug.tar.gz" -C "$profiles" profiles && rm -rf "$profiles"
 echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
 "$PYTHON" tools/bench.py --models resnet50 --data imagenet --image-size 224 --batch-size 256 \
   --methods alignmixup,mixup --steps 15 --warmup 3 --loops 0 --out "$out/scale" schedule=alignmix_imagenet || echo "[gpu_bench] scale run failed"
