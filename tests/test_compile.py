@@ -2,9 +2,9 @@
 step does, and are traced once per distinct shape of the network call, not once per step (a method that fed a
 fresh Python float into the compiled call would recompile every step on a GPU).
 
-Dynamo's tracing is what mixbench controls; inductor's code generation is torch's and takes ~36 s per graph on
-this 2-core CPU, so these tests trace with the ``aot_eager`` backend (the same Dynamo graphs and AOT autograd,
-no code generation).  The GPU's speed with inductor is measured by ``scripts/gpu_bench.sh``."""
+Dynamo's tracing is what mixbench controls; inductor's code generation is torch's and takes tens of seconds
+per graph on this 2-core CPU, so these tests trace with the ``aot_eager`` backend (the same Dynamo graphs and
+AOT autograd, no code generation).  The GPU's speed with inductor is measured by ``scripts/gpu_bench.sh``."""
 
 from __future__ import annotations
 

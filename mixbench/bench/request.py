@@ -3,6 +3,7 @@ and the device's defaults, and each row's config composed and validated before a
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,8 +160,10 @@ def row_overrides(request: BenchRequest, model: str, method: str) -> list[str]:
     if request.image_size is not None:  # the network's input and the data's size (AlignMixup/AE's decoder)
         overrides += [f"data.image_size={request.image_size}", f"schedule.train_size={request.image_size}"]
     if request.stand_in_weights and needs_external_weights(method):
-        keys = ["encoder_path", "decoder_path"] + (["style_distance_path"] if method == "stylecutmix" else [])
-        overrides += [f"method.{key}={request.stand_in_weights[key]}" for key in keys]
+        accepted = inspect.signature(METHODS[method]).parameters  # StyleCutMix also reads the distance matrix
+        overrides += [
+            f"method.{key}={path}" for key, path in request.stand_in_weights.items() if key in accepted
+        ]
     return overrides
 
 
