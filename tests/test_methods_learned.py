@@ -340,7 +340,9 @@ def test_automix_wrapper_pieces_give_the_backbone_batch_and_the_mix_block_loss()
     assert not mixed.mask.requires_grad and not mixed.x.requires_grad
     expected = hand_automix_mask(method.mix_block, method.teacher_features(x), perm, SIZE)
     torch.testing.assert_close(mixed.x, (1 - expected) * x + expected * x[perm], rtol=1e-4, atol=1e-5)
-    loss = method.mix_block_loss(x, y)
+    loss = mixed.own_loss  # the Mix Block branch on the second draw (lam 0.3, PERM_A), same teacher features
+    by_hand = method.mix_block_terms(method.teacher_features(x), x, y, 0.3, torch.tensor(PERM_A))
+    torch.testing.assert_close(loss, by_hand[0] + by_hand[1])
     assert nonzero(grads(loss, list(method.mix_block.parameters())))
     assert all(g is None for g in grads(loss, list(model.parameters())))
 

@@ -170,7 +170,7 @@ def test_sumix_gets_the_batch_from_mix_with_model_when_the_base_defines_it(monke
     seen: list[nn.Module] = []
 
     class ModelAwareCutMix(CutMix):
-        def mix_with_model(self, model, x, y):
+        def mix_with_model(self, model, x, y, capture_stage=None):
             seen.append(model)
             return self.mix(x, y)
 
@@ -300,6 +300,64 @@ def test_sumix_with_automix_trains_the_mix_block_and_logs_its_loss() -> None:
     assert sum(float(p.grad.abs().sum()) for p in mix_block) > 0
     assert all(p.grad is None for p in method.base.ema.module.parameters()), "the EMA teacher stays frozen"
     assert "mix_block_loss" not in ready_sumix(model, seed=2).training_step(model, x, y)[1]  # cutmix base
+
+
+def test_sumix_on_puzzlemix_reuses_the_saliency_forward_with_the_same_loss_and_gradients(monkeypatch) -> None:
+    """Puzzle Mix's saliency forward of the clean batch gives SUMix its clean logits and features: two network
+    calls per step instead of three, and the loss and every gradient as with SUMix's own clean forward."""
+    x, y = batch(3)
+    results = {}
+    for shared in (True, False):
+        model = tiny_r18().train()
+        method = ready_sumix(model, seed=5, base="puzzlemix")
+        if not shared:  # the base's batch without its clean forward: SUMix runs its own
+            mix_with_model = method.base.mix_with_model
+
+            def without_clean_forward(model, x, y, capture_stage=None, mix_with_model=mix_with_model):
+                mixed = mix_with_model(model, x, y, capture_stage)
+                mixed.clean_logits = mixed.clean_features = None
+                return mixed
+
+            monkeypatch.setattr(method.base, "mix_with_model", without_clean_forward)
+        calls: list[int] = []
+        continue_from = model.forward_from
+
+        def counted_forward_from(h, stage, calls=calls, continue_from=continue_from):
+            calls.append(stage)
+            return continue_from(h, stage)
+
+        monkeypatch.setattr(model, "forward_from", counted_forward_from)
+        loss, logs = method.training_step(model, x, y)
+        loss.backward()
+        results[shared] = (
+            loss.detach(),
+            logs,
+            [p.grad for p in [*model.parameters(), *method.parameters()]],
+            len(calls),
+        )
+    (loss_shared, logs_shared, grads_shared, calls_shared) = results[True]
+    (loss_own, logs_own, grads_own, calls_own) = results[False]
+    assert (calls_shared, calls_own) == (2, 3)
+    torch.testing.assert_close(loss_shared, loss_own, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logs_shared["lam_reestimated"], logs_own["lam_reestimated"])
+    assert all(g is not None for g in grads_shared)
+    for shared_grad, own_grad in zip(grads_shared, grads_own, strict=True):
+        torch.testing.assert_close(shared_grad, own_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_sumix_on_automix_runs_the_teacher_to_its_stage_once_per_step(monkeypatch) -> None:
+    model = tiny_r18().train()
+    x, y = batch(4)
+    method = ready_sumix(model, seed=6, base="automix")
+    teacher = method.base.ema.module
+    stages = []
+    features = teacher.forward_features
+    monkeypatch.setattr(
+        teacher, "forward_features", lambda h, stage: stages.append(stage) or features(h, stage)
+    )
+    method.training_step(model, x, y)
+    # the clean batch to the Mix Block's stage (3) once; the Mix Block's mixed batch through the whole teacher
+    assert sorted(stages) == [0, method.base.feature_stage]
 
 
 def by_hand_sumix_loss(

@@ -64,7 +64,8 @@ the step measures 2.85-2.9x (15 interleaved rounds).  The official code runs the
 stages on the clean batch (~0.2 F more).
 
 For wrappers (SUMix): :meth:`AutoMix.mix_with_model` returns the backbone branch's mixed batch (detached
-mask) and :meth:`AutoMix.mix_block_loss` the Mix Block's terms on an independent draw.
+mask) with the Mix Block's terms on an independent draw as the batch's ``own_loss``, from one teacher forward
+to stage 3 (earlier versions ran that forward twice in a wrapper's step, once per branch).
 """
 
 from __future__ import annotations
@@ -248,17 +249,21 @@ class AutoMix(LearnedMixMethod):
         mask = self.current_mask_loss_weight() * mask_ratio_loss(share, lam, self.mask_loss_margin)
         return mix_block_mix, mask, share
 
-    def mix_with_model(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
-        """The backbone branch alone (for wrappers such as SUMix): one draw of ``(lam, perm)``, detached
-        mask."""
-        lam, perm = self.draw(x.shape[0])
-        return self.backbone_batch(self.teacher_features(x), x, y, lam, perm)
-
-    def mix_block_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The Mix Block branch alone (for wrappers): EMA mixed CE + mask loss on an independent draw."""
-        lam, perm = self.draw(x.shape[0])
-        mix_block_mix, mask, _ = self.mix_block_terms(self.teacher_features(x), x, y, lam, perm)
-        return mix_block_mix + mask
+    def mix_with_model(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, capture_stage: int | None = None
+    ) -> MixedBatch:
+        """For wrappers such as SUMix, which replace the online network's losses: the backbone branch's
+        mixed batch (one draw of ``(lam, perm)``, detached mask) with the Mix Block branch's loss as its
+        ``own_loss`` (EMA mixed CE + mask loss, on an independent second draw), both from one teacher
+        forward of the clean batch.  The online ``model`` is not run (its clean pass is the wrapper's:
+        ``capture_stage`` is not used)."""
+        lam_bb, perm_bb = self.draw(x.shape[0])
+        lam_mb, perm_mb = self.draw(x.shape[0])
+        features = self.teacher_features(x)
+        batch = self.backbone_batch(features, x, y, lam_bb, perm_bb)
+        mix_block_mix, mask, _ = self.mix_block_terms(features, x, y, lam_mb, perm_mb)
+        batch.own_loss = mix_block_mix + mask
+        return batch
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         losses = self.compute_losses(model, x, y)

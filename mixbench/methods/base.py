@@ -77,6 +77,15 @@ class MixedBatch:
     lam: float | torch.Tensor
     perm: torch.Tensor | None = None  # the pairing: y_b = y_a[perm] (for previews and wrappers such as SUMix)
     mask: torch.Tensor | None = None  # per-pixel share of x[perm] in x (B or 1, 1, H, W) for cutting methods
+    # For wrappers (SUMix), from a method that made the batch with a model (``mix_with_model``):
+    # the logits of the clean batch and the hidden state at the stage the wrapper asked for
+    # (``capture_stage``), detached, when the method already ran that forward through the same model in its
+    # current mode (Puzzle Mix's saliency forward), so that the wrapper need not run it again;
+    clean_logits: torch.Tensor | None = None
+    clean_features: torch.Tensor | None = None
+    # and the loss of the method's own trainable part (AutoMix's Mix Block), which whoever trains on the
+    # batch adds to its loss so that the part keeps learning.
+    own_loss: torch.Tensor | None = None
 
     def lam_mean(self) -> float | torch.Tensor:
         return self.lam.mean() if torch.is_tensor(self.lam) else self.lam

@@ -52,6 +52,7 @@ class GradientSaliency:
     maps: torch.Tensor  # (B, H, W) float32, detached: L2 norm over channels of d(sum CE)/dx
     logits: torch.Tensor  # (B, classes); attached to the graph only when computed with keep_graph=True
     parameter_grads: tuple[torch.Tensor | None, ...] = ()  # d(sum CE)/dθ of each of ``parameters``
+    features: torch.Tensor | None = None  # detached hidden state at ``capture_stage``, when asked
 
 
 def input_gradient_saliency(
@@ -60,22 +61,35 @@ def input_gradient_saliency(
     y: torch.Tensor,
     keep_graph: bool = False,
     parameters: Sequence[torch.Tensor] = (),
+    capture_stage: int | None = None,
 ) -> GradientSaliency:
     """Saliency of ``x`` for labels ``y``: one forward and one backward.
 
     The backward computes the input's gradient and those of ``parameters`` only (none by default: no weight
-    gradient is computed); a parameter the forward does not use gets ``None``.
+    gradient is computed); a parameter the forward does not use gets ``None``.  With ``capture_stage``, the
+    forward also records the staged network's hidden state at that stage (``features``, detached: a wrapper
+    such as SUMix reads the clean batch's features from this forward instead of running another).
     """
+    captured: list[torch.Tensor] = []
+
+    def capture(hidden: torch.Tensor) -> torch.Tensor:
+        captured.append(hidden)
+        return hidden
+
+    stage_call = {} if capture_stage is None else {"mix_stage": capture_stage, "mix_fn": capture}
     with torch.enable_grad():
         x_leaf = x.detach().requires_grad_(True)
-        logits = model(x_leaf)
+        logits = model(x_leaf, **stage_call)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         grad, *parameter_grads = torch.autograd.grad(
             loss, [x_leaf, *parameters], retain_graph=keep_graph, allow_unused=bool(parameters)
         )
     maps = grad.detach().float().pow(2).sum(dim=1).sqrt()
     return GradientSaliency(
-        maps=maps, logits=logits if keep_graph else logits.detach(), parameter_grads=tuple(parameter_grads)
+        maps=maps,
+        logits=logits if keep_graph else logits.detach(),
+        parameter_grads=tuple(parameter_grads),
+        features=captured[0].detach() if captured else None,
     )
 
 

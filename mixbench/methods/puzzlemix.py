@@ -406,9 +406,16 @@ class PuzzleMix(SaliencyGuidedMixMethod):
         loss = mixed_cross_entropy(model(batch.x), batch.y_a, batch.y_b, batch.lam, self.label_smoothing)
         return loss, {"lam": batch.lam.mean(), "grid": torch.full((), float(mixed.grid), device=x.device)}
 
-    def mix_with_model(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
-        """The mixed batch alone (for wrappers such as SUMix): saliency from ``model``, then the mix."""
-        return self.mix_with_saliency(x, y, input_gradient_saliency(model, x, y).maps).batch
+    def mix_with_model(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, capture_stage: int | None = None
+    ) -> MixedBatch:
+        """The mixed batch alone (for wrappers such as SUMix): saliency from ``model``, then the mix.  The
+        saliency forward's logits of the clean batch (and, with ``capture_stage``, its hidden state there)
+        come with the batch, detached, for the wrapper to reuse."""
+        saliency = input_gradient_saliency(model, x, y, capture_stage=capture_stage)
+        batch = self.mix_with_saliency(x, y, saliency.maps).batch
+        batch.clean_logits, batch.clean_features = saliency.logits, saliency.features
+        return batch
 
     def valid_grid_sizes(self, height: int, width: int) -> list[int]:
         return [k for k in self.grid_sizes if height % k == 0 and width % k == 0]

@@ -8,7 +8,8 @@ equations were not reachable from this offline workspace (only its abstract and 
 of METHODS.md's summary is therefore pinned by the computation of the released code
 (``ClsUncertainMixupHead.IN_loss``, read to understand it, not copied), which agrees with that summary:
 
-1. Predictions, with stop-gradient.  One extra forward of the clean batch, under ``no_grad``:
+1. Predictions, with stop-gradient.  One extra forward of the clean batch, under ``no_grad`` (or the
+   base's own forward of it, see *Shared passes* below):
        p_i     = softmax(f(x_i)),             p_mix,i = softmax(f(x~_i)).detach()
    Sources of sample i: a = i and b = perm[i], so p_a,i = p_i and p_b,i = p_perm[i].
 
@@ -57,15 +58,21 @@ it unchanged, so there is one call to ``forward`` (DDP-safe) and h is the tensor
 submodule ``base`` (its state is checkpointed as ``base.*``); building it by name is done by
 :func:`mixbench.build_method` and a run's config (``method=sumix method.base=cutmix
 method.base_options={alpha: 0.2}``, see :mod:`mixbench.engine.method_config`).  Its mixed batch comes from
-``base.mix_with_model(model, x, y)`` when it defines one (saliency and learned methods), else from
-``base.mix(x, y)``; a base with neither is refused.  ``setup``,
+``base.mix_with_model(model, x, y, capture_stage=last)`` when it defines one (saliency and learned methods),
+else from ``base.mix(x, y)``; a base with neither is refused.  ``setup``,
 ``bind``, ``after_step``, ``eval_models``, ``param_groups`` and ``check_model`` are delegated to it.  SUMix's
-loss replaces the base's classification loss: PuzzleMix's clean loss is not part of a SUMix step.  A base
-that trains a part of its own defines ``mix_block_loss(x, y)`` (AutoMix: the EMA teacher's mixed CE on the
-live Mix Block mask plus the mask loss, on its own draw of lam and the pairing); that loss is added to
+loss replaces the base's classification loss: PuzzleMix's clean loss is not part of a SUMix step.
+
+Shared passes.  A base that already runs the clean batch through the online network (Puzzle Mix's saliency
+forward, in the same mode, on the same parameters) returns that forward's logits and last-stage features with
+its batch (``MixedBatch.clean_logits`` / ``clean_features``, detached), and SUMix uses them instead of its own
+no-grad forward of step 1: the same values (tests/test_methods_wrappers.py compares the two paths), one
+forward fewer per step.  A base that trains a part of its own returns that part's loss with its batch
+(``MixedBatch.own_loss``; AutoMix: the EMA teacher's mixed CE on the live Mix Block mask plus the mask loss,
+on its own draw of lam and the pairing, from the same teacher forward as the batch's mask); it is added to
 SUMix's, unweighted as in AutoMix's own step, so that the Mix Block keeps learning, and logged as
 ``mix_block_loss``:
-       L_total = L + mix_block_loss(x, y)
+       L_total = L + own_loss
 
 Deliberate deviations from the official code (github.com/JinXins/SUMix, ``ClsUncertainMixupHead.IN_loss``):
 
@@ -73,7 +80,9 @@ Deliberate deviations from the official code (github.com/JinXins/SUMix, ``ClsUnc
   which collapses lam' to its batch mean by accident.
 * The clean forward runs under ``no_grad``; the official one is in the graph, so the backbone also receives
   gradient through u(h(x)).  Here u_a and u_b train W_u only.  (Like the official one, it runs in the
-  network's current mode, so in training batch-norm statistics see the clean batch too.)
+  network's current mode, so in training batch-norm statistics see the clean batch too.)  On Puzzle Mix it
+  is the saliency forward's (above), so BatchNorm's running averages take the clean batch's statistics once
+  per step there, not twice.
 * lam' is computed in log space (same value; no 0/0 when both exp(-d) underflow).
 * The official regulariser weights batch-mean cross-entropies by the scalar lam; with a per-sample lam
   (FMix-like bases) we weight each sample's cross-entropy by its own lam.
@@ -221,7 +230,6 @@ class SUMix(MixMethod):
         self.distance = distance
         self.required_stages = self.base.required_stages
         self.uses_model = _defines(self.base, "mix_with_model")
-        self.trains_base = callable(getattr(self.base, "mix_block_loss", None))
         self.last_stage: int | None = None
         self.uncertainty_head: nn.Linear | None = None
 
@@ -265,8 +273,7 @@ class SUMix(MixMethod):
         batch = self.base_batch(model, x, y)
         perm = self._checked_pairing(batch)
         lam = per_sample_lam(batch.lam, x.shape[0], x.device)
-        with torch.no_grad():
-            clean_logits, clean_features = self._forward_capturing(model, x)
+        clean_logits, clean_features = self._clean_forward(model, x, batch)
         mixed_logits, mixed_features = self._forward_capturing(model, batch.x)
         d_a, d_b = self._distances(clean_logits, mixed_logits, batch, perm)
         lam_new = reestimated_ratio(lam, d_a, d_b, batch.y_a, batch.y_b)
@@ -284,15 +291,27 @@ class SUMix(MixMethod):
             "lam_reestimated": lam_new.mean(),
             "uncertainty_loss": regulariser.detach(),
         }
-        if self.trains_base:  # the base's own trainable part (AutoMix's Mix Block) keeps its loss
-            mix_block = self.base.mix_block_loss(x, y)
-            loss = loss + mix_block
-            logs["mix_block_loss"] = mix_block.detach()
+        if batch.own_loss is not None:  # the base's own trainable part (AutoMix's Mix Block) keeps its loss
+            loss = loss + batch.own_loss
+            logs["mix_block_loss"] = batch.own_loss.detach()
         return loss, logs
 
     def base_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
-        """The base's mixed batch: ``mix_with_model`` when the base defines it, else ``mix``."""
-        return self.base.mix_with_model(model, x, y) if self.uses_model else self.base.mix(x, y)
+        """The base's mixed batch: ``mix_with_model`` when the base defines it (asked for the last stage's
+        features of any clean forward it runs), else ``mix``."""
+        if self.uses_model:
+            return self.base.mix_with_model(model, x, y, capture_stage=self.last_stage)
+        return self.base.mix(x, y)
+
+    def _clean_forward(
+        self, model: nn.Module, x: torch.Tensor, batch: MixedBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and last-stage features of the clean batch, without gradient: the base's own forward of
+        it when it ran one through ``model`` (Puzzle Mix's saliency forward), else one under ``no_grad``."""
+        if batch.clean_logits is not None and batch.clean_features is not None:
+            return batch.clean_logits.detach(), batch.clean_features.detach()
+        with torch.no_grad():
+            return self._forward_capturing(model, x)
 
     def _checked_pairing(self, batch: MixedBatch) -> torch.Tensor:
         if self.uncertainty_head is None:
