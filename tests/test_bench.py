@@ -238,6 +238,46 @@ def test_unknown_method_names_the_valid_ones() -> None:
         _request("mixupp", "r18", [])
 
 
+def test_a_method_variant_is_a_row_of_its_own_with_its_settings(tmp_path: Path) -> None:
+    """``name[key=value,...]`` rows: the settings reach that row's config alone, the row and its profile are
+    named after the variant, and commas inside brackets or braces do not split rows."""
+    specs = "cutmix,sumix[base=puzzlemix],sumix[base=cutmix,base_options={alpha:0.5,prob:1.0}]"
+    request, _ = _request(specs, "r18", ["model.width=4"])
+    assert request.methods == [
+        "vanilla",
+        "cutmix",
+        "sumix[base=puzzlemix]",
+        "sumix[base=cutmix,base_options={alpha:0.5,prob:1.0}]",
+    ]
+    configs = compose_row_configs(request)
+    assert configs["r18", "sumix[base=puzzlemix]"].method.base == "puzzlemix"
+    assert configs["r18", specs.split(",", 2)[2]].method.base_options.alpha == 0.5
+    assert configs["r18", "cutmix"].method.name == "cutmix" and "base" not in configs["r18", "cutmix"].method
+    request, runtime = _request("sumix[base=puzzlemix]", "r18", ["model.width=4"], steps=1, warmup=0)
+    request.profile_dir = tmp_path
+    report = run_benchmark(request, runtime, log=lambda message: None)
+    row = _rows(report)["r18", "sumix[base=puzzlemix]"]
+    assert row.status == "ok" and row.step_ms > 0
+    assert (tmp_path / "r18" / "sumix-base-puzzlemix.txt").is_file()
+    assert "| r18 | sumix[base=puzzlemix] |" in to_markdown(report)
+
+
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        ("sumix[base=puzzlemix", "leaves a bracket open"),
+        ("sumix]", "closes a bracket"),
+        ("sumix[puzzlemix]", "not a key=value setting"),
+        ("sumix[base=cutmix]x", r"name\[key=value"),
+        ("sumx[base=cutmix]", "valid:"),
+    ],
+)
+def test_a_malformed_method_variant_fails_with_one_line(methods: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        _request(methods, "r18", [])
+    assert "\n" not in str(error.value)
+
+
 def test_the_host_syncs_column_is_zero_for_a_step_that_never_reads_the_device(cnn_report) -> None:
     report, (markdown_path, csv_path) = cnn_report
     vanilla = _rows(report)["r18", "vanilla"]

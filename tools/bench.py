@@ -3,6 +3,7 @@
     python tools/bench.py                           # all methods; CUDA: r18, wrn16_8, rx50 at batch 128
                                                     # CPU: r18 at 32 px, batch 32, 15 rounds
     python tools/bench.py --methods mixup,cutmix --models r18 --steps 50   # 50 round-robin rounds
+    python tools/bench.py --methods "puzzlemix,sumix[base=puzzlemix]" --models r18   # a row per variant
     python tools/bench.py --models swin_t --image-size 224 --batch-size 64 schedule=vit_cifar
     python tools/bench.py --data digits model.width=8 device=cpu --out /tmp/bench
 
@@ -35,7 +36,10 @@ from mixbench.errors import OneLineArgumentParser
 def main() -> None:
     parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--methods", default="all", help="all, or comma-separated names (vanilla is always added)"
+        "--methods",
+        default="all",
+        help="all, or comma-separated names (vanilla is always added); a variant name[key=value,...] sets "
+        "method options for its row alone, e.g. sumix[base=puzzlemix]",
     )
     parser.add_argument("--models", help="comma-separated model configs (default: depends on the device)")
     parser.add_argument(

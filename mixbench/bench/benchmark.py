@@ -134,7 +134,7 @@ def _model_rows(
     """One model's rows in the requested order (vanilla first): prepared, timed round-robin, finished."""
     results: list[PreparedRow | BenchRow] = []
     for method in request.methods:
-        prepared = prepare_row(configs[model, method], runtime, request.warmup, request.steps)
+        prepared = prepare_row(configs[model, method], runtime, request.warmup, request.steps, method)
         results.append(prepared)
         log(f"{model} {method}: " + ("prepared" if isinstance(prepared, PreparedRow) else prepared.note))
     timed = [entry for entry in results if isinstance(entry, PreparedRow)]

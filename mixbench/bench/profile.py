@@ -9,6 +9,7 @@ timed) and writes ``DIR/<model>/<method>.txt``; the table gains a ``launches / s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,14 @@ def profile_steps(step, x: torch.Tensor, y: torch.Tensor, title: str) -> StepPro
     return StepProfile(per_step, text)
 
 
+def spec_file_name(spec: str) -> str:
+    """A file name for a row's spec: ``sumix[base=puzzlemix]`` -> ``sumix-base-puzzlemix``."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", spec).strip("-")
+
+
 def write_profile(profile_dir: Path, model: str, method: str, result: StepProfile) -> Path:
-    path = profile_dir / model / f"{method}.txt"
+    """``profile_dir/<model>/<method>.txt`` (a variant's spec made a file name: ``sumix-base-puzzlemix``)."""
+    path = profile_dir / model / f"{spec_file_name(method)}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(result.text, path)
     return path

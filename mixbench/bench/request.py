@@ -93,9 +93,9 @@ def resolve_request(
     model_names = _split(models) if models else list(defaults.models)
     for name in model_names:
         check_group_choice("model", name)
-    method_names = sorted(METHODS) if methods in (None, "all") else _split(methods)
-    for name in method_names:
-        check_group_choice("method", name)
+    method_names = sorted(METHODS) if methods in (None, "all") else split_method_specs(methods)
+    for spec in method_names:
+        check_group_choice("method", parse_method_spec(spec)[0])
     method_names = [REFERENCE_METHOD] + [
         name for name in dict.fromkeys(method_names) if name != REFERENCE_METHOD
     ]
@@ -120,6 +120,45 @@ def resolve_request(
 
 def _split(names: str) -> list[str]:
     return [name.strip() for name in names.split(",") if name.strip()]
+
+
+def split_method_specs(text: str) -> list[str]:
+    """``--methods``'s comma-separated rows; commas inside a variant's ``[...]`` (or a value's ``{...}``)
+    belong to that row: ``"puzzlemix,sumix[base=puzzlemix,gamma=1.0]"`` is two rows."""
+    specs, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if depth < 0:
+            raise ConfigError(f"--methods '{text}' closes a bracket it never opened")
+        if char == "," and depth == 0:
+            specs.append(current)
+            current = ""
+        else:
+            current += char
+    if depth:
+        raise ConfigError(f"--methods '{text}' leaves a bracket open: close each variant's [...]")
+    return [spec.strip() for spec in [*specs, current] if spec.strip()]
+
+
+def parse_method_spec(spec: str) -> tuple[str, list[str]]:
+    """A row of ``--methods``: a method name, or a variant ``name[key=value,...]`` whose settings become
+    ``method.key=value`` overrides of that row alone (e.g. ``sumix[base=puzzlemix]``,
+    ``stylecutmix[style_size=null]``); the row is labelled by the whole spec."""
+    if "[" not in spec:
+        return spec, []
+    name, _, rest = spec.partition("[")
+    if not rest.endswith("]") or not name:
+        raise ConfigError(
+            f"method variant '{spec}' is not of the form name[key=value,...], e.g. sumix[base=puzzlemix]"
+        )
+    settings = split_method_specs(rest[:-1])
+    for setting in settings:
+        key = setting.split("=", 1)[0]
+        if "=" not in setting or not key or not key.replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(
+                f"method variant '{spec}': '{setting}' is not a key=value setting of method {name}"
+            )
+    return name.strip(), [f"method.{setting}" for setting in settings]
 
 
 def _check_numbers(request: BenchRequest) -> None:
@@ -149,13 +188,15 @@ def _first_line(error: BaseException) -> str:
 
 
 def needs_external_weights(method: str) -> bool:
-    """Whether ``method`` runs only with weight files the user supplies (StyleMix, StyleCutMix)."""
-    return getattr(METHODS[method], "needs_external_weights", False)
+    """Whether ``method`` (a name or a variant spec) runs only with weight files the user supplies
+    (StyleMix, StyleCutMix)."""
+    return getattr(METHODS[parse_method_spec(method)[0]], "needs_external_weights", False)
 
 
-def row_overrides(request: BenchRequest, model: str, method: str) -> list[str]:
-    """The ``tools/train.py`` overrides of one row."""
-    overrides = [f"data={request.data}", f"model={model}", f"method={method}", *request.overrides]
+def row_overrides(request: BenchRequest, model: str, spec: str) -> list[str]:
+    """The ``tools/train.py`` overrides of one row (``spec``: a method name or a variant)."""
+    method, settings = parse_method_spec(spec)
+    overrides = [f"data={request.data}", f"model={model}", f"method={method}", *settings, *request.overrides]
     overrides += [f"schedule.batch_size={request.batch_size}", f"compile={str(request.compile).lower()}"]
     if request.image_size is not None:  # the network's input and the data's size (AlignMixup/AE's decoder)
         overrides += [f"data.image_size={request.image_size}", f"schedule.train_size={request.image_size}"]

@@ -68,12 +68,15 @@ class PreparedRow:
     seconds: list[float] = field(default_factory=list)
 
 
-def prepare_row(cfg: DictConfig, runtime: Runtime, warmup: int, steps: int) -> PreparedRow | BenchRow:
+def prepare_row(
+    cfg: DictConfig, runtime: Runtime, warmup: int, steps: int, label: str | None = None
+) -> PreparedRow | BenchRow:
     """Build one configuration's step, run ``warmup`` untimed steps, count the host syncs of
     :data:`SYNC_COUNT_STEPS` more and read the peak memory.  A row that cannot run here (n/a, skipped,
-    out of memory) comes back as a finished :class:`BenchRow` saying why."""
-    model_name, method_name = str(cfg.model.name), str(cfg.method.name)
-    method_class = METHODS[method_name]
+    out of memory) comes back as a finished :class:`BenchRow` saying why.  The row is named ``label``
+    (a variant's spec, e.g. ``sumix[base=puzzlemix]``), the method's name by default."""
+    model_name, method_name = str(cfg.model.name), label or str(cfg.method.name)
+    method_class = METHODS[str(cfg.method.name)]
     memory = PeakMemory(runtime.device)
     memory.start()
     torch.manual_seed(int(cfg.seed))
