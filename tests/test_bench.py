@@ -28,9 +28,8 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny steps: see t
 
 BATCH = 4
 HERE = Path(__file__).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
-HOST_SYNCS_COLUMN = (
-    8  # of a table line split at "|": "", model, method, step, images/s, × vanilla, vs, memory
-)
+# of a table line split at "|": "", model, method, step, images/s, × vanilla, vs, memory, page faults
+HOST_SYNCS_COLUMN = 9
 
 
 def _request(
@@ -100,9 +99,47 @@ def test_the_header_names_device_precision_batch_and_commit(cnn_report) -> None:
         "image size: 16 px",
         "steps timed: 2 per row, round-robin, after 1 warm-up",
         "git commit:",
+        "host memory: freed tensor memory kept in the process",  # the benchmark keeps it, as the trainer
     ):
         assert expected in header
     assert "data pipeline is excluded" in markdown_path.read_text()
+
+
+def test_each_timed_row_counts_its_page_faults_per_step(cnn_report) -> None:
+    report, (markdown_path, csv_path) = cnn_report
+    timed = [row for row in report.rows if row.status == "ok"]
+    assert timed and all(row.page_faults_per_step is not None for row in timed)
+    assert all(row.page_faults_per_step >= 0 for row in timed)
+    header = next(line for line in markdown_path.read_text().splitlines() if line.startswith("| model |"))
+    assert header.split("|")[HOST_SYNCS_COLUMN - 1].strip() == "page faults / step"
+    with csv_path.open() as handle:
+        assert all(
+            line["page_faults_per_step"] != "" for line in csv.DictReader(handle) if line["status"] == "ok"
+        )
+
+
+def test_page_faults_per_step_are_the_mean_over_the_timed_steps(monkeypatch) -> None:
+    counts = iter([0, 10, 10, 40])  # two timed steps of one row: 10 then 30 faults
+    monkeypatch.setattr(timing, "minor_page_faults", lambda: next(counts))
+    monkeypatch.setattr(timing, "timed_step", lambda step, x, y: 0.5)
+    step = SimpleNamespace(sums=SimpleNamespace(loss=torch.tensor(1.0)))
+    entry = PreparedRow(BenchRow("r18", "mixup", "ok"), step=step, x=torch.zeros(2, 3, 4, 4), y=None)
+    time_round_robin([entry], rounds=2)
+    assert finish_row(entry, None).page_faults_per_step == 20
+
+
+def test_default_malloc_leaves_the_host_allocator_alone(monkeypatch) -> None:
+    from mixbench.bench import benchmark
+
+    calls = []
+    monkeypatch.setattr(benchmark, "keep_freed_host_memory", lambda: calls.append("kept"))
+    request, runtime = _request("mixup", "r18", ["model.width=4"], steps=1, warmup=0)
+    request.default_malloc = True
+    run_benchmark(request, runtime, log=lambda message: None)
+    assert calls == []
+    request.default_malloc = False
+    run_benchmark(request, runtime, log=lambda message: None)
+    assert calls == ["kept"]
 
 
 def test_vanilla_is_the_reference_and_timings_are_consistent(cnn_report) -> None:

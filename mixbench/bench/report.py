@@ -24,6 +24,7 @@ CSV_COLUMNS = (
     "ratio_high",
     "versus_vanilla",
     "peak_memory_mb",
+    "page_faults_per_step",
     "host_syncs_per_step",
     "cuda_syncs_per_step",
     "host_sync_sites",
@@ -71,7 +72,9 @@ def to_markdown(report: BenchReport) -> str:
         "rounds, with its 90% bootstrap interval over the rounds in brackets; vs vanilla: slower or faster "
         "only when that whole interval lies above or below 1, same when it contains 1 (not distinguishable "
         "by this run). Peak memory: "
-        f"{report.memory_of}. Host syncs / step: {report.host_syncs_of}; 0 means the step never waits for "
+        f"{report.memory_of}. Page faults / step: the process's minor page faults (getrusage) per timed "
+        "step, i.e. host memory the allocator took back from the operating system during the step (see the "
+        f"header's host memory). Host syncs / step: {report.host_syncs_of}; 0 means the step never waits for "
         "the device, and the note names the file:line of each sync. Launches / step (with --profile): CUDA "
         "kernel launches per step on a GPU, aten operator calls on a CPU, from 3 profiled untimed steps "
         "(mixbench/bench/profile.py). Method params: the method's own trainable parts. Written by "
@@ -85,6 +88,7 @@ def to_markdown(report: BenchReport) -> str:
         "× vanilla [90% interval]",
         "vs vanilla",
         "peak memory (MB)",
+        "page faults / step",
         "host syncs / step",
     ]
     if cuda:
@@ -147,6 +151,7 @@ def _markdown_cells(row: BenchRow, cuda: bool, profiled: bool) -> list[str]:
         _ratio(row),
         row.versus_vanilla() or ("—" if row.method != "vanilla" or row.step_ms is None else ""),
         _number(row.peak_memory_mb, "{:.0f}"),
+        _number(row.page_faults_per_step, "{:,.0f}"),
         _syncs(row.host_syncs_per_step),
     ]
     if cuda:
@@ -219,6 +224,7 @@ def to_csv(report: BenchReport) -> str:
             "ratio_high": _rounded(row.ratio_high, 4),
             "versus_vanilla": row.versus_vanilla(),
             "peak_memory_mb": _rounded(row.peak_memory_mb, 1),
+            "page_faults_per_step": _rounded(row.page_faults_per_step, 1),
             "host_syncs_per_step": _rounded(row.host_syncs_per_step, 2),
             "cuda_syncs_per_step": _rounded(row.cuda_syncs_per_step, 2),
             "host_sync_sites": sync_sites_text(row.host_sync_sites),

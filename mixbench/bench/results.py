@@ -22,6 +22,7 @@ class BenchRow:
     ratio_low: float | None = None  # its 90% bootstrap interval over the rounds: what a claim must leave
     ratio_high: float | None = None
     peak_memory_mb: float | None = None
+    page_faults_per_step: float | None = None  # the process's minor page faults per timed step (host memory)
     model_params: int | None = None
     method_params: int | None = None
     host_syncs_per_step: float | None = (

@@ -33,6 +33,7 @@ from mixbench.bench.memory import PeakMemory
 from mixbench.bench.results import BenchRow
 from mixbench.config import ConfigError
 from mixbench.engine.build import build_model_and_method, input_size
+from mixbench.engine.host_memory import minor_page_faults
 from mixbench.engine.host_syncs import HostSyncCounter
 from mixbench.engine.runtime import Runtime
 from mixbench.engine.step import TrainingStep, build_training_step
@@ -66,6 +67,7 @@ class PreparedRow:
     x: torch.Tensor
     y: torch.Tensor
     seconds: list[float] = field(default_factory=list)
+    page_faults: list[int] = field(default_factory=list)  # minor page faults of each timed step
 
 
 def prepare_row(
@@ -124,7 +126,10 @@ def time_round_robin(prepared: list[PreparedRow], rounds: int) -> None:
     for round_index in range(rounds):
         start = round_index % len(prepared)
         for entry in prepared[start:] + prepared[:start]:
+            faults_before = minor_page_faults()
             entry.seconds.append(timed_step(entry.step, entry.x, entry.y))
+            if faults_before is not None:
+                entry.page_faults.append(minor_page_faults() - faults_before)
 
 
 def finish_row(entry: PreparedRow, reference: PreparedRow | None) -> BenchRow:
@@ -134,6 +139,8 @@ def finish_row(entry: PreparedRow, reference: PreparedRow | None) -> BenchRow:
     row.step_ms = 1000.0 * statistics.fmean(seconds)
     row.step_ms_q1, row.step_ms_q3 = (1000.0 * value for value in quartiles(seconds))
     row.images_per_s = int(entry.x.shape[0]) / statistics.fmean(seconds)
+    if entry.page_faults:
+        row.page_faults_per_step = statistics.fmean(entry.page_faults)
     if reference is not None and len(reference.seconds) == len(seconds):
         if entry is reference:
             row.ratio_to_vanilla, row.ratio_low, row.ratio_high = 1.0, 1.0, 1.0
