@@ -299,6 +299,13 @@ def test_a_method_variant_is_a_row_of_its_own_with_its_settings(tmp_path: Path) 
     assert "| r18 | sumix[base=puzzlemix] |" in to_markdown(report)
 
 
+def test_all_with_variants_times_every_method_and_the_variants() -> None:
+    from mixbench.methods import METHODS
+
+    request, _ = _request("all,sumix[base=puzzlemix]", "r18", [])
+    assert request.methods == ["vanilla", *sorted(set(METHODS) - {"vanilla"}), "sumix[base=puzzlemix]"]
+
+
 @pytest.mark.parametrize(
     ("methods", "message"),
     [

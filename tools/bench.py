@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="all",
-        help="all, or comma-separated names (vanilla is always added); a variant name[key=value,...] sets "
-        "method options for its row alone, e.g. sumix[base=puzzlemix]",
+        help="comma-separated names, all for every method (vanilla is always added); a variant "
+        "name[key=value,...] sets method options for its row alone, e.g. all,sumix[base=puzzlemix]",
     )
     parser.add_argument("--models", help="comma-separated model configs (default: depends on the device)")
     parser.add_argument(

@@ -95,7 +95,8 @@ def resolve_request(
     model_names = _split(models) if models else list(defaults.models)
     for name in model_names:
         check_group_choice("model", name)
-    method_names = sorted(METHODS) if methods in (None, "all") else split_method_specs(methods)
+    requested = ["all"] if methods is None else split_method_specs(methods)
+    method_names = [name for spec in requested for name in (sorted(METHODS) if spec == "all" else [spec])]
     for spec in method_names:
         check_group_choice("method", parse_method_spec(spec)[0])
     method_names = [REFERENCE_METHOD] + [
