@@ -2,9 +2,10 @@
 # The GPU benchmark of issue 5/5, in one go (about 4-6 minutes on an H100/H200), run from the repository root on a
 # machine with one CUDA GPU:
 #   bash scripts/gpu_bench.sh [OUT]      OUT defaults to results/bench
-# 1. every method on r18, wrn16_8 and rx50 at batch 128 (bf16, channels_last), rows timed round-robin, the host
-#    syncs counted with CUDA's own sync debug mode beside ours, and the trainer's loop (resident CIFAR-shaped
-#    data, crop/flip on the device) against a bare fwd/bwd/step loop                       -> OUT/<device>.md|csv
+# 1. every method (and SUMix on Puzzle Mix and on AutoMix) on r18, wrn16_8 and rx50 at batch 128 (bf16,
+#    channels_last), rows timed round-robin, the host syncs counted with CUDA's own sync debug mode beside
+#    ours, and the trainer's loop (resident CIFAR-shaped data, crop/flip on the device) against a bare
+#    fwd/bwd/step loop                                                                      -> OUT/<device>.md|csv
 #    each row profiled (top kernels, launches per step: profiles/<device>/<model>/<method>.txt)
 #                                                                             -> OUT/profiles-<device>.tar.gz
 # 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256                     -> OUT/scale/
@@ -30,7 +31,8 @@ start=$(date +%s)
 # The profiles (one file per model and method) travel as one archive: the device tool returns at most 8 files,
 # 2 folders deep. Unpack with: tar -xzf profiles-<device>.tar.gz -C results/bench
 profiles=$(mktemp -d)
-"$PYTHON" tools/bench.py --random-adain --out "$out" --profile "$profiles/profiles/$slug"
+"$PYTHON" tools/bench.py --methods "all,sumix[base=puzzlemix],sumix[base=automix]" --random-adain --out "$out" \
+  --profile "$profiles/profiles/$slug"
 tar -czf "$out/profiles-$slug.tar.gz" -C "$profiles" profiles && rm -rf "$profiles"
 echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
 "$PYTHON" tools/bench.py --models resnet50 --data imagenet --image-size 224 --batch-size 256 \
