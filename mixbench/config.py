@@ -100,6 +100,15 @@ def _flat(tree: Any, prefix: str) -> list[tuple[str, Any]]:
 
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# torch.compile's modes; "default" passes none.  reduce-overhead and max-autotune replay CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def check_compile_mode(mode: Any) -> None:
+    """Refuse a ``compile_mode`` that is not one of :data:`COMPILE_MODES`, naming the valid ones."""
+    if not isinstance(mode, str) or mode not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode={mode!r} is not one of {', '.join(COMPILE_MODES)}")
 
 
 def _check_runtime(cfg: DictConfig) -> None:
@@ -117,6 +126,8 @@ def _check_runtime(cfg: DictConfig) -> None:
     for key in ("compile", "force", "sync_bn"):
         if key in cfg and not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    if "compile_mode" in cfg:
+        check_compile_mode(cfg.compile_mode)
     if "num_workers" in cfg:
         _require_integer("num_workers", cfg.num_workers, 0, "DataLoader worker processes")
     if "eval_batch_size" in cfg:

@@ -77,6 +77,7 @@ RUNTIME_KEYS = frozenset(
         "precision",
         "channels_last",
         "compile",
+        "compile_mode",
         "num_workers",
         "eval_batch_size",
         "runs_root",

@@ -1,12 +1,16 @@
-"""``compile=true``: the trainer's and the benchmark's step run the compiled model, train exactly as the eager
-step does, and are traced once per distinct shape of the network call, not once per step (a method that fed a
-fresh Python float into the compiled call would recompile every step on a GPU).
+"""``compile=true``: the trainer's and the benchmark's step run the compiled model (and a learned method's
+compiled EMA teacher and Mix Block), train exactly as the eager step does, and are traced once per distinct
+call (shape, grad mode), not once per step (a method that fed a fresh Python float into a compiled call would
+recompile every step on a GPU).
 
 Dynamo's tracing is what mixbench controls; inductor's code generation is torch's and takes tens of seconds
 per graph on this 2-core CPU, so these tests trace with the ``aot_eager`` backend (the same Dynamo graphs and
 AOT autograd, no code generation).  The GPU's speed with inductor is measured by ``scripts/gpu_bench.sh``."""
 
 from __future__ import annotations
+
+import copy
+import pickle
 
 import pytest
 import torch
@@ -15,8 +19,14 @@ from torch._dynamo.utils import counters
 import mixbench.engine.step as step_module
 from mixbench.bench.request import compose_row_configs, resolve_request
 from mixbench.bench.timing import synthetic_batch
+from mixbench.config import COMPILE_MODES, ConfigError, validate
 from mixbench.engine.build import build_model_and_method
+from mixbench.engine.runtime import resolve_runtime
 from mixbench.engine.step import build_training_step
+from mixbench.methods.mix_block import TEACHER_PASSES, LearnedMixMethod, TrainModePass
+from mixbench.methods.stage_probe import evaluating
+from tests.helpers import compose_config
+from tests.helpers.tools import run_tool
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -24,9 +34,21 @@ STEPS = 5
 TORCH_COMPILE = torch.compile
 
 
-def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], int]:
-    """The losses of STEPS steps of ``method_name`` on a small r18 (compiled or not) and the graphs traced."""
-    monkeypatch.setattr(step_module.torch, "compile", lambda model: TORCH_COMPILE(model, backend="aot_eager"))
+def _trace_with_aot_eager(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """``torch.compile`` as the step calls it, with the ``aot_eager`` backend; returns the list of the
+    keyword arguments of each call (the step's ``mode=``), which the backend replaces."""
+    calls: list[dict] = []
+
+    def compile_for_tests(target, **options):
+        calls.append(options)
+        return TORCH_COMPILE(target, backend="aot_eager")
+
+    monkeypatch.setattr(step_module.torch, "compile", compile_for_tests)
+    return calls
+
+
+def _build(method_name: str, compiled: bool, overrides: tuple[str, ...] = ()):
+    """A small r18 and ``method_name`` (a bench row: a name or a variant) with the step the bench times."""
     request, runtime = resolve_request(
         method_name,
         "r18",
@@ -36,7 +58,7 @@ def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -
         steps=1,
         warmup=0,
         compile_model=compiled,
-        overrides=["device=cpu", "model.width=4"],
+        overrides=["device=cpu", "model.width=4", *overrides],
         loop_windows=0,
     )
     assert runtime.compile is compiled  # tools/bench.py --compile reaches the step the rows are timed with
@@ -48,24 +70,143 @@ def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -
     torch.manual_seed(0)
     model, method = build_model_and_method(cfg, runtime)
     step = build_training_step(cfg, runtime, model, method, updates_per_epoch=STEPS)
+    return cfg, runtime, model, method, step
+
+
+def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], int]:
+    """The losses of STEPS steps of ``method_name`` on a small r18 (compiled or not) and the graphs traced."""
+    _trace_with_aot_eager(monkeypatch)
+    cfg, runtime, _, _, step = _build(method_name, compiled)
     x, y = synthetic_batch(cfg, runtime)
     losses = [float(step(x, y)) for _ in range(STEPS)]
     return losses, counters["stats"]["unique_graphs"]
 
 
 @pytest.mark.parametrize(
-    ("method_name", "graphs"),
+    ("method_name", "fewest", "most"),
     [
-        ("manifoldmix", 3),  # one graph per mixing stage drawn (stages 0-2 on r18), lam passed as a tensor
-        ("alignmixup", 2),  # input mixing and feature alignment (Sinkhorn inside the traced call)
-        ("sumix", 2),  # the no-grad clean forward and the trained one
+        ("manifoldmix", 1, 3),  # one graph per mixing stage drawn (stages 0-2 on r18), lam passed as a tensor
+        ("alignmixup", 1, 2),  # input mixing and feature alignment (Sinkhorn inside the traced call)
+        ("sumix", 1, 2),  # the no-grad clean forward and the trained one
+        # the online forward; the teacher's forward_features (no grad) and forward (to the mask); the Mix
+        # Block without and with gradient: 5 graphs for 5 steps of 5 compiled calls each
+        ("automix", 5, 5),
+        ("automix[lam_channel=true]", 3, 3),  # its Mix Block reads lam as a fill value: left eager
+        ("samix", 5, 6),  # AutoMix's 5, and the Mixer again once its lam (a host float) is a graph input
+        ("adautomix", 6, 6),  # AutoMix's 5 and the teacher's forward_from (the sources' logits)
     ],
 )
 def test_a_compiled_step_trains_as_the_eager_one_and_traces_each_call_shape_once(
-    method_name: str, graphs: int, monkeypatch: pytest.MonkeyPatch
+    method_name: str, fewest: int, most: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     eager, none_traced = _losses(method_name, compiled=False, monkeypatch=monkeypatch)
     compiled, traced = _losses(method_name, compiled=True, monkeypatch=monkeypatch)
     assert none_traced == 0
     assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-5)
-    assert 1 <= traced <= graphs
+    assert fewest <= traced <= most
+
+
+def test_a_learned_method_compiles_its_teacher_and_mix_block_with_the_runs_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for mode in COMPILE_MODES:
+        calls = _trace_with_aot_eager(monkeypatch)
+        _, runtime, _, method, _ = _build("automix", compiled=True, overrides=(f"compile_mode={mode}",))
+        assert runtime.compile_mode == mode  # a free override of tools/bench.py reaches the runtime
+        # the online model, the teacher's three passes and the Mix Block's forward, each with the run's mode
+        assert len(calls) == 2 + len(TEACHER_PASSES)
+        assert calls == [{} if mode == "default" else {"mode": mode}] * len(calls)
+    ema = method.ema
+    for name in TEACHER_PASSES:
+        assert isinstance(ema.module.__dict__[name], TrainModePass)
+    assert isinstance(method.mix_block.__dict__["forward"], TrainModePass)
+    calls = _trace_with_aot_eager(monkeypatch)
+    _build("automix", compiled=False, overrides=("compile_mode=max-autotune",))
+    assert calls == []  # compile_mode alone compiles nothing
+
+
+def test_the_modes_that_replay_cuda_graphs_mark_each_step_begin(monkeypatch: pytest.MonkeyPatch) -> None:
+    _trace_with_aot_eager(monkeypatch)
+    begun: list[str] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: begun.append("step"))
+    for mode, marks in (("max-autotune-no-cudagraphs", 0), ("reduce-overhead", 2)):
+        begun.clear()
+        cfg, runtime, _, _, step = _build("vanilla", compiled=True, overrides=(f"compile_mode={mode}",))
+        x, y = synthetic_batch(cfg, runtime)
+        step(x, y)
+        step(x, y)
+        assert len(begun) == marks, mode
+
+
+def test_compiling_leaves_the_state_dict_keys_and_the_checkpoints_as_they_were(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _trace_with_aot_eager(monkeypatch)
+    state = {}
+    for compiled in (False, True):
+        cfg, runtime, model, method, step = _build("adautomix", compiled)
+        step(*synthetic_batch(cfg, runtime))
+        state[compiled] = (model.state_dict(), method.state_dict())
+    assert list(state[True][0]) == list(state[False][0])
+    assert list(state[True][1]) == list(state[False][1])
+    assert not any("_orig_mod" in key for key in state[True][1])
+    method.load_state_dict(state[False][1])  # an eager run's checkpoint loads into a compiled one (strict)
+    # a copy runs eagerly on its own weights, not through the original's compiled passes
+    for copied in (copy.deepcopy(method), pickle.loads(pickle.dumps(method))):
+        for name in TEACHER_PASSES:
+            assert copied.ema.module.__dict__[name].module is copied.ema.module
+            assert copied.ema.module.__dict__[name].compiled is None
+
+
+def test_the_compiled_teacher_sees_the_ema_update_and_eval_mode_stays_eager(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _trace_with_aot_eager(monkeypatch)
+    cfg, runtime, model, method, _ = _build("adautomix", compiled=True)
+    assert isinstance(method, LearnedMixMethod)
+    teacher, stage = method.ema.module, method.feature_stage
+    x, _ = synthetic_batch(cfg, runtime)
+
+    def passes() -> list[torch.Tensor]:
+        with torch.no_grad():
+            features = teacher.forward_features(x, stage)
+            return [features, teacher.forward_from(features, stage), method.ema(x)]
+
+    def eager_passes() -> list[torch.Tensor]:
+        eager = copy.deepcopy(teacher)  # the same weights, and eager passes (tested above)
+        with torch.no_grad():
+            features = eager.forward_features(x, stage)
+            return [features, eager.forward_from(features, stage), eager(x)]
+
+    before = passes()
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == 3  # the three passes ran compiled
+    for compiled, reference in zip(before, eager_passes(), strict=True):
+        torch.testing.assert_close(compiled, reference)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    method.ema.base_momentum = method.ema.end_momentum = 0.0  # the teacher becomes the online network
+    method.after_step(model)
+    after = passes()
+    assert counters["stats"]["unique_graphs"] == graphs  # the in-place update is no reason to trace again
+    for compiled, reference, old in zip(after, eager_passes(), before, strict=True):
+        torch.testing.assert_close(compiled, reference)
+        assert not torch.allclose(compiled, old)
+    with evaluating(method.ema), torch.no_grad():
+        teacher(x)
+        method.preview_features(x)
+    assert counters["stats"]["unique_graphs"] == graphs  # evaluation and previews stay eager
+
+
+@pytest.mark.parametrize(("mode", "shown"), [("reduce_overhead", "'reduce_overhead'"), ("true", "True")])
+def test_an_unknown_compile_mode_is_refused_in_one_line(mode: str, shown: str) -> None:
+    expected = f"compile_mode={shown} is not one of {', '.join(COMPILE_MODES)}"
+    cfg = compose_config(["method=mixup", f"compile_mode={mode}"])
+    for check in (validate, resolve_runtime):
+        with pytest.raises(ConfigError) as error:
+            check(cfg)
+        assert str(error.value) == expected
+    result = run_tool("bench", ["--models", "r18", "--methods", "mixup", f"compile_mode={mode}", "--compile"])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1 and expected in errors[0], result.stderr

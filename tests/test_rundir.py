@@ -57,6 +57,7 @@ def test_setting_the_stock_value_explicitly_keeps_the_bare_name() -> None:
         "num_workers=1",
         "precision=fp32",
         "compile=true",
+        "compile_mode=reduce-overhead",
         "eval_batch_size=7",
         "data.download=true",
         "data.resident=false",

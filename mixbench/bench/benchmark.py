@@ -96,7 +96,7 @@ def run_benchmark(
         "torch": torch.__version__,
         "precision": "bf16 autocast" if runtime.autocast_dtype is not None else "fp32",
         "channels_last": str(runtime.channels_last).lower(),
-        "compile": str(runtime.compile).lower(),
+        "compile": f"true (mode {runtime.compile_mode})" if runtime.compile else "false",
         "batch size": str(request.batch_size),
         "image size": f"{input_size(first)} px",
         "data": f"{request.data} ({int(first.data.num_classes)} classes, synthetic)",

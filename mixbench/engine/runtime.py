@@ -2,7 +2,9 @@
 
 :class:`Runtime` is resolved once from the config's ``auto`` defaults and then passed to everything that runs
 the model (the training step, evaluation, the benchmark), which all enter :meth:`Runtime.autocast` rather than
-spelling ``torch.autocast`` out themselves.
+spelling ``torch.autocast`` out themselves.  ``compile`` and ``compile_mode`` reach
+:func:`mixbench.engine.step.build_training_step`, which compiles the online model and the method's own
+networks (:meth:`mixbench.methods.MixMethod.compile_parts`) with ``torch.compile(..., mode=compile_mode)``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from mixbench.config import ConfigError
+from mixbench.config import ConfigError, check_compile_mode
 from mixbench.engine.distributed import launch_from_environment
 
 
@@ -23,6 +25,7 @@ class Runtime:
     autocast_dtype: torch.dtype | None  # None: full fp32
     channels_last: bool
     compile: bool
+    compile_mode: str = "default"  # torch.compile's mode under compile=true (mixbench.config.COMPILE_MODES)
 
     @property
     def precision(self) -> str:
@@ -84,4 +87,12 @@ def resolve_runtime(cfg: DictConfig) -> Runtime:
     if precision not in ("bf16", "fp32"):
         raise ConfigError(f"unknown precision '{cfg.precision}'; valid: auto, bf16, fp32")
     channels_last = on_cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
-    return Runtime(device, torch.bfloat16 if precision == "bf16" else None, channels_last, bool(cfg.compile))
+    compile_mode = cfg.get("compile_mode", "default")
+    check_compile_mode(compile_mode)  # the benchmark resolves its runtime before it validates the rows
+    return Runtime(
+        device,
+        torch.bfloat16 if precision == "bf16" else None,
+        channels_last,
+        bool(cfg.compile),
+        str(compile_mode),
+    )

@@ -8,6 +8,15 @@ One call of :class:`TrainingStep` is::
     method.after_step(model)                         (EMA updates: a teacher's, the model's copy of ema=)
     sums += loss, logs                               (on the device: no host read)
 
+Under ``compile=true`` :func:`build_training_step` compiles, with ``torch.compile(..., mode=compile_mode)``
+(no mode for ``default``), the online model the method receives and, through
+:meth:`~mixbench.methods.MixMethod.compile_parts`, the method's own networks: the EMA teacher's and the Mix
+Block's train-mode passes of AutoMix, SAMix and AdAutoMix (and of AutoMix under SUMix).  The optimizer step,
+the EMA update and the method's glue between the passes stay eager.  In the modes that replay CUDA graphs
+(``reduce-overhead``, ``max-autotune``) each step starts with ``torch.compiler.cudagraph_mark_step_begin()``,
+as torch asks of a loop that calls compiled functions several times per iteration.  On a GPU none of this has
+been measured yet (no GPU was lent to the sessions that wrote it).
+
 The step reads nothing from the device: the loss and the method's logs are added to :class:`EpochSums` where
 they were made, and the trainer moves the sums to the host once per epoch (and checks the loss for
 non-finite values every ``FINITE_CHECK_EVERY`` steps, its only read inside an epoch).  Whatever a method
@@ -16,11 +25,15 @@ itself reads from the device is the method's, and ``tools/bench.py`` counts it p
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from omegaconf import DictConfig
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
+from mixbench.config import CUDA_GRAPH_MODES
 from mixbench.engine.distributed import data_parallel_step
 from mixbench.engine.optim import build_lr_schedule, build_optimizer, parameter_groups
 from mixbench.engine.runtime import Runtime
@@ -77,6 +90,7 @@ class TrainingStep:
         )
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.sums = EpochSums(runtime.device)
+        self.replays_cuda_graphs = runtime.compile and runtime.compile_mode in CUDA_GRAPH_MODES
 
     @property
     def lr(self) -> float:
@@ -89,6 +103,8 @@ class TrainingStep:
         """
         if self.lr_schedule is not None and update is not None:
             self.lr_schedule.step_update(update)
+        if self.replays_cuda_graphs:  # a new iteration: the graphs' outputs of the last step may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         with self.runtime.autocast():
             loss, logs = self.step_module(x, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -101,6 +117,15 @@ class TrainingStep:
         return loss.detach()
 
 
+def compiler_of(runtime: Runtime) -> Callable[[Callable], Callable] | None:
+    """``torch.compile`` with the run's ``compile_mode`` (none passed for ``default``), or ``None`` when
+    ``compile=false``.  ``torch.compile`` is looked up at each call, so that tests can replace it."""
+    if not runtime.compile:
+        return None
+    options = {} if runtime.compile_mode == "default" else {"mode": runtime.compile_mode}
+    return functools.partial(torch.compile, **options)
+
+
 def build_training_step(
     cfg: DictConfig,
     runtime: Runtime,
@@ -110,8 +135,9 @@ def build_training_step(
     rng: MixRandom | None = None,
 ) -> TrainingStep:
     """The step of a run: the method bound to the run's generators, the recipe's optimizer over the model's
-    and the method's parameter groups, its lr schedule, the compiled model when ``compile=true``, and DDP
-    over model and method together when a process group is up."""
+    and the method's parameter groups, its lr schedule, the compiled model and the method's compiled parts
+    when ``compile=true`` (module docstring), and DDP over model and method together when a process group
+    is up."""
     total_updates = int(cfg.schedule.epochs) * updates_per_epoch
     method.bind(
         rng if rng is not None else MixRandom(int(cfg.seed), runtime.device),
@@ -124,7 +150,11 @@ def build_training_step(
     )
     optimizer = build_optimizer(groups, optimizer_cfg)
     lr_schedule = build_lr_schedule(optimizer, cfg.schedule, updates_per_epoch)
-    step_model = torch.compile(model) if runtime.compile else model
+    compiler = compiler_of(runtime)
+    step_model = model
+    if compiler is not None:
+        step_model = compiler(model)
+        method.compile_parts(compiler)  # the teacher and the Mix Block (state_dict keys unchanged)
     return TrainingStep(
         model,
         method,
@@ -136,4 +166,4 @@ def build_training_step(
     )
 
 
-__all__ = ["EpochSums", "TrainingStep", "build_training_step"]
+__all__ = ["EpochSums", "TrainingStep", "build_training_step", "compiler_of"]

@@ -448,6 +448,8 @@ class Trainer:
             "precision": self.runtime.precision,
             "channels_last": self.runtime.channels_last,
             "compile": self.runtime.compile,
+            # absent from runs made before the key existed: None there and whenever compile is off
+            "compile_mode": self.runtime.compile_mode if self.runtime.compile else None,
             "world_size": self.launch.world_size,
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         }

@@ -5,6 +5,8 @@ A method is an ``nn.Module`` (so that it may own trainable parts that join the o
 * ``training_step(model, x, y) -> (loss, logs)``: one training loss on a clean batch;
 * ``after_step(model)``: called after each optimizer step (EMA updates);
 * ``eval_models(model) -> {label: network}``: the networks to evaluate each epoch (``""`` = online);
+* ``compile_parts(compiler)``: under ``compile=true``, compile the method's own networks' passes (the EMA
+  teacher's, the Mix Block's); the online model is compiled by the step, not by the method;
 * ``required_stages``: the hidden states (stage indices of :mod:`mixbench.models.base`) it needs.
 
 Input-space methods only implement :meth:`InputMixMethod.mix`; the step is inherited.
@@ -12,6 +14,7 @@ Input-space methods only implement :meth:`InputMixMethod.mix`; the step is inher
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +139,21 @@ class MixMethod(nn.Module):
     def eval_models(self, model: nn.Module) -> dict[str, nn.Module]:
         """Networks evaluated each epoch, by label; ``""`` is the online network."""
         return {"": model}
+
+    def compile_parts(self, compiler: Callable[[Callable], Callable]) -> None:
+        """Under ``compile=true``: run the passes of the method's own networks through ``compiler`` (the
+        step's ``torch.compile`` with the run's ``compile_mode``, applied to a module or a function).
+
+        Called once by :func:`mixbench.engine.step.build_training_step`, after :meth:`setup`; the online model
+        the step passes to :meth:`training_step` is compiled already.  An override must keep the compiled
+        callables out of the module tree (``torch.compile`` of a module is a module that would add
+        ``_orig_mod.`` to the ``state_dict`` keys) and must not feed a Python value that changes every step
+        into a compiled call (each value would be traced again).  By default the method compiles nothing of
+        its own and passes ``compiler`` on to the mixing methods it holds (a wrapper's base: SUMix's AutoMix).
+        """
+        for child in self.children():
+            if isinstance(child, MixMethod):
+                child.compile_parts(compiler)
 
     @torch.no_grad()
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:

@@ -15,6 +15,12 @@
 * the schedule of the mask loss's weight (AutoMix, SAMix), :func:`mask_loss_weight_at`, driven by the
   teacher's host copy of the optimizer-step count (:meth:`LearnedMixMethod.steps_done`), so that it survives
   checkpoints and no step reads a device value.
+* under ``compile=true`` (:meth:`LearnedMixMethod.compile_parts`) the teacher's train-mode passes
+  (``teacher(x)``, ``forward_features`` to the feature stage, ``forward_from``) and the Mix Block's train-mode
+  forward run compiled, each through a :class:`TrainModePass` held in the network's instance attributes, out
+  of the module tree (the ``state_dict`` keys and checkpoints are those of an eager run); the compiled
+  functions read the parameters at each call, so they see the EMA updates made in place.  Eval-mode passes
+  (evaluation, previews, the stage probe) stay eager.
 
 The Mix Block's initial weights come from torch's global generator, which the trainer seeds for the initial
 weights of the run (``setup`` runs right after the model is built); every per-step random choice comes from
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +43,8 @@ from mixbench.methods.ema import EmaModel
 from mixbench.methods.stage_probe import evaluating, stage_shape
 from mixbench.models.base import StagedNet
 
+# what the learned methods call on the teacher: teacher(x), and its two halves
+TEACHER_PASSES = ("forward", "forward_features", "forward_from")
 FEATURE_STAGE = 3  # default: the Mix Block reads the hidden state after the third stage (CIFAR R18: 256x8x8)
 PROBE_SIZE = 32  # side of the dummy image used to find the stage's channel count
 UPSAMPLE_MODES = ("nearest", "bilinear")
@@ -136,8 +145,53 @@ def compounded_cosine_factors(total_steps: int) -> np.ndarray:
     return products[products > COMPOUNDED_FLOOR]
 
 
+class TrainModePass:
+    """``module.<name>(...)`` through ``compiled`` while ``module`` is in train mode, the class's own method
+    otherwise.
+
+    Held in the module's instance attributes (set with ``object.__setattr__``), so the method's existing calls
+    (``teacher(x)``, ``teacher.forward_from(h, k)``, ``mix_block(z, ...)``) reach it unchanged, while the
+    module tree, hence ``state_dict``, is untouched.  Inside a trace (``torch.compiler.is_compiling()``) it
+    calls the eager method, so that a compiled ``forward`` inlines the ``forward_features`` and
+    ``forward_from`` it calls rather than nesting compiled functions.  Eval-mode calls (evaluation, previews,
+    the stage probe) stay eager: they would each add graphs for a few calls per epoch.  A deep copy or an
+    unpickled copy of the module holds eager passes of its own (the compiled function belongs to the original
+    module).
+    """
+
+    def __init__(self, module: nn.Module, name: str, compiled: Callable | None) -> None:
+        self.module, self.name, self.compiled = module, name, compiled
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None and self.module.training and not torch.compiler.is_compiling():
+            return self.compiled(*args, **kwargs)
+        return getattr(type(self.module), self.name)(self.module, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> TrainModePass:
+        return TrainModePass(memo.get(id(self.module), self.module), self.name, None)
+
+    def __getstate__(self) -> dict:
+        return {"module": self.module, "name": self.name, "compiled": None}
+
+
+def compile_train_passes(
+    module: nn.Module, names: Sequence[str], compiler: Callable[[Callable], Callable]
+) -> None:
+    """Route each ``module.<name>`` through ``compiler`` applied to the class's method bound to ``module``
+    (see :class:`TrainModePass`).  A compiled bound method reads the module's parameters and buffers at
+    every call: in-place updates (the EMA step) are seen without a new trace."""
+    for name in names:
+        eager = getattr(type(module), name).__get__(module)
+        object.__setattr__(module, name, TrainModePass(module, name, compiler(eager)))
+
+
 class LearnedMixMethod(MixMethod):
-    """Base class: an EMA teacher, a Mix Block on the teacher's stage-k features, both networks evaluated."""
+    """Base class: an EMA teacher, a Mix Block on the teacher's stage-k features, both networks evaluated.
+
+    Under ``compile=true``, :meth:`compile_parts` compiles the teacher's train-mode passes (its full forward,
+    ``forward_features`` and ``forward_from``) and the Mix Block's train-mode forward in place, without
+    changing the module tree (module docstring).
+    """
 
     required_stages: tuple[int, ...] = (FEATURE_STAGE,)
 
@@ -206,6 +260,28 @@ class LearnedMixMethod(MixMethod):
     def eval_models(self, model: nn.Module) -> dict[str, nn.Module]:
         ema, _ = self.check_ready()
         return {"": model, "ema": ema.module}
+
+    def compile_parts(self, compiler: Callable[[Callable], Callable]) -> None:
+        """The teacher's passes (:data:`TEACHER_PASSES`) and the Mix Block's forward, compiled for train
+        mode.
+
+        Every call keeps its arguments: the teacher's are the batch (or a hidden state) and a stage fixed for
+        the run; the Mix Block's are the features, the pairing (a tensor), ``lam`` and the image size.
+        ``lam`` is a host float that changes every step: AutoMix's Mix Block does not read it (without
+        ``lam_channel``, see :meth:`mix_block_compiles`) and SAMix's reads it as a graph input from its
+        second value on (Dynamo does not specialise floats: one more trace, then none), so neither is traced
+        again per step; AdAutoMix passes its ratios as a tensor.
+        """
+        ema, mix_block = self.check_ready()
+        compile_train_passes(ema.module, TEACHER_PASSES, compiler)
+        if self.mix_block_compiles():
+            compile_train_passes(mix_block, ("forward",), compiler)
+
+    def mix_block_compiles(self) -> bool:
+        """Whether :meth:`compile_parts` compiles the Mix Block: not AutoMix's with ``lam_channel``, whose
+        ``torch.full_like(z, lam)`` makes Dynamo specialise on each step's ``lam`` (a new trace every step,
+        eager after the recompile limit); that Mix Block is under 1% of the step."""
+        return not getattr(self.mix_block, "lam_channel", False)
 
     # -- shared pieces of a step ---------------------------------------------------------------------
     @torch.no_grad()
