@@ -9,7 +9,9 @@
 #    each row profiled (top kernels, launches per step: profiles/<device>/<model>/<method>.txt)
 #                                                                             -> OUT/profiles-<device>.tar.gz
 # 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256                     -> OUT/scale/
-# 3. compile=true on r18 (vanilla, mixup)                                                   -> OUT/compile/
+# 3. compile=true on r18 (vanilla, mixup, AutoMix with its teacher and Mix Block compiled)   -> OUT/compile/
+#    and, when the run is under 7 minutes by then, compile_mode=reduce-overhead (CUDA graphs)
+#                                                                     -> OUT/compile-reduce-overhead/
 # A machine without hydra-core/omegaconf installs them from wheels in .whl/ when present (see
 # results/bench/README.md for how to fetch them); nothing is downloaded here.
 set -euo pipefail
@@ -38,6 +40,12 @@ echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
 "$PYTHON" tools/bench.py --models resnet50 --data imagenet --image-size 224 --batch-size 256 \
   --methods alignmixup,mixup --steps 15 --warmup 3 --loops 0 --out "$out/scale" schedule=alignmix_imagenet || echo "[gpu_bench] scale run failed"
 echo "[gpu_bench] + scale: $(( $(date +%s) - start )) s"
-timeout 240 "$PYTHON" tools/bench.py --models r18 --methods mixup --compile --steps 30 --loops 0 --out "$out/compile" \
-  || echo "[gpu_bench] compile run failed or ran out of its 240 s"
+timeout 240 "$PYTHON" tools/bench.py --models r18 --methods mixup,automix --compile --steps 30 --loops 0 \
+  --out "$out/compile" || echo "[gpu_bench] compile run failed or ran out of its 240 s"
+echo "[gpu_bench] + compile: $(( $(date +%s) - start )) s"
+if [ $(( $(date +%s) - start )) -lt 420 ]; then  # CUDA graphs, only while the 9-minute call has room
+  timeout 100 "$PYTHON" tools/bench.py --models r18 --methods mixup --compile --steps 30 --loops 0 \
+    --out "$out/compile-reduce-overhead" compile_mode=reduce-overhead \
+    || echo "[gpu_bench] reduce-overhead run failed or ran out of its 100 s"
+fi
 echo "[gpu_bench] done: $(( $(date +%s) - start )) s"
