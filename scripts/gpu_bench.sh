@@ -8,10 +8,10 @@
 #    fwd/bwd/step loop                                                                      -> OUT/<device>.md|csv
 #    each row profiled (top kernels, launches per step: profiles/<device>/<model>/<method>.txt)
 #                                                                             -> OUT/profiles-<device>.tar.gz
-# 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256                     -> OUT/scale/
-# 3. compile=true on r18 (vanilla, mixup, AutoMix with its teacher and Mix Block compiled)   -> OUT/compile/
+# 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256               -> OUT/scale.tar.gz
+# 3. compile=true on r18 (vanilla, mixup, AutoMix with its teacher and Mix Block compiled)   -> OUT/compile.tar.gz
 #    and, when the run is under 7 minutes by then, compile_mode=reduce-overhead (CUDA graphs)
-#                                                                     -> OUT/compile-reduce-overhead/
+#                                                               -> OUT/compile-reduce-overhead.tar.gz
 # A machine without hydra-core/omegaconf installs them from wheels in .whl/ when present (see
 # results/bench/README.md for how to fetch them); nothing is downloaded here.
 set -euo pipefail
@@ -30,22 +30,27 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 slug=$("$PYTHON" -c "from mixbench.provenance import provenance; import torch; print(provenance(torch.device('cuda')).device_slug)")
 start=$(date +%s)
-# The profiles (one file per model and method) travel as one archive: the device tool returns at most 8 files,
-# 2 folders deep. Unpack with: tar -xzf profiles-<device>.tar.gz -C results/bench
+# The device tool returns at most 8 files, 2 folders deep: the profiles (one file per model and method) and
+# each further run's folder travel as one archive each. Unpack with: tar -xzf <name>.tar.gz -C results/bench
+runs=$(mktemp -d)  # the further runs write here; pack NAME archives $runs/NAME into OUT/NAME.tar.gz
+pack() { [ -d "$runs/$1" ] && tar -czf "$out/$1.tar.gz" -C "$runs" "$1"; }
 profiles=$(mktemp -d)
 "$PYTHON" tools/bench.py --methods "all,sumix[base=puzzlemix],sumix[base=automix]" --random-adain --out "$out" \
   --profile "$profiles/profiles/$slug"
 tar -czf "$out/profiles-$slug.tar.gz" -C "$profiles" profiles && rm -rf "$profiles"
 echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
 "$PYTHON" tools/bench.py --models resnet50 --data imagenet --image-size 224 --batch-size 256 \
-  --methods alignmixup,mixup --steps 15 --warmup 3 --loops 0 --out "$out/scale" schedule=alignmix_imagenet || echo "[gpu_bench] scale run failed"
+  --methods alignmixup,mixup --steps 15 --warmup 3 --loops 0 --out "$runs/scale" schedule=alignmix_imagenet || echo "[gpu_bench] scale run failed"
+pack scale || true
 echo "[gpu_bench] + scale: $(( $(date +%s) - start )) s"
 timeout 240 "$PYTHON" tools/bench.py --models r18 --methods mixup,automix --compile --steps 30 --loops 0 \
-  --out "$out/compile" || echo "[gpu_bench] compile run failed or ran out of its 240 s"
+  --out "$runs/compile" || echo "[gpu_bench] compile run failed or ran out of its 240 s"
+pack compile || true
 echo "[gpu_bench] + compile: $(( $(date +%s) - start )) s"
 if [ $(( $(date +%s) - start )) -lt 420 ]; then  # CUDA graphs, only while the 9-minute call has room
   timeout 100 "$PYTHON" tools/bench.py --models r18 --methods mixup --compile --steps 30 --loops 0 \
-    --out "$out/compile-reduce-overhead" compile_mode=reduce-overhead \
+    --out "$runs/compile-reduce-overhead" compile_mode=reduce-overhead \
     || echo "[gpu_bench] reduce-overhead run failed or ran out of its 100 s"
+  pack compile-reduce-overhead || true
 fi
 echo "[gpu_bench] done: $(( $(date +%s) - start )) s"
