@@ -72,12 +72,7 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)"
     )
-    parser.add_argument(
-        "--default-malloc",
-        action="store_true",
-        help="CPU: leave the C library's allocator as it is (the trainer and the benchmark otherwise keep "
-        "freed tensor memory in the process: mixbench/engine/host_memory.py); to measure what that buys",
-    )
+
     args, overrides = parser.parse_known_args()
     try:
         request, runtime = resolve_request(
@@ -93,7 +88,6 @@ def main() -> None:
             loop_windows=args.loops,
             profile_dir=args.profile,
             random_adain=args.random_adain,
-            default_malloc=args.default_malloc,
         )
         report = run_benchmark(request, runtime)
     except ConfigError as error:

@@ -29,7 +29,6 @@ from mixbench.bench.request import (
 from mixbench.bench.results import BenchReport, BenchRow
 from mixbench.bench.timing import PreparedRow, bench_row, finish_row, prepare_row, time_round_robin
 from mixbench.engine.build import input_size
-from mixbench.engine.host_memory import host_memory_note, keep_freed_host_memory
 from mixbench.engine.runtime import Runtime
 from mixbench.provenance import provenance
 
@@ -65,8 +64,6 @@ def run_benchmark(
             files = write_random_adain_files(Path(folder), data_classes(request))
             return run_benchmark(replace(request, stand_in_weights=files), runtime, log)
     configs = compose_row_configs(request)
-    if runtime.device.type == "cpu" and not request.default_malloc:
-        keep_freed_host_memory()  # as the trainer does on a CPU
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     # One untimed vanilla step first: one-off process costs (thread pools, kernel caches, the CUDA context)
     # would otherwise land in the first row's memory.
@@ -105,8 +102,6 @@ def run_benchmark(
         "date": started_at,
         "git commit": facts.commit_text,
     }
-    if runtime.device.type == "cpu":
-        header["host memory"] = host_memory_note()
     if runtime.device.type == "cpu" and load is not None:  # other processes share the cores' time
         header["load average (1 min)"] = f"{load:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     if request.overrides:

@@ -17,6 +17,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    import resource
+except ImportError:  # Windows: no getrusage
+    resource = None
+
 
 def memory_measured(device: torch.device) -> str:
     """What :class:`PeakMemory` measures on ``device``, worded for the report."""
@@ -71,3 +76,14 @@ def _release_freed_host_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def minor_page_faults() -> int | None:
+    """This process's minor page faults so far (``getrusage``), ``None`` where the platform has no count.
+
+    A step's count is the host memory it touched for the first time since the allocator took it from the
+    system (pages zero-filled by the kernel): what a step pays when the C library returns freed tensor memory
+    to the system and maps it again on the next step (results/bench/README.md, "Page faults")."""
+    if resource is None:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -58,7 +58,6 @@ class BenchRequest:
     loop_windows: int = 0  # and windows per loop (0: not measured)
     profile_dir: Path | None = None  # --profile: where each row's profile is written (None: not profiled)
     random_adain: bool = False  # --random-adain: time StyleMix/StyleCutMix with stand-in AdaIN weights
-    default_malloc: bool = False  # --default-malloc: leave the host allocator as it is (CPU)
     # the stand-in files while the benchmark runs: override key -> path (mixbench.bench.external_weights)
     stand_in_weights: dict[str, str] = field(default_factory=dict)
 
@@ -76,7 +75,6 @@ def resolve_request(
     loop_windows: int | None = 0,
     profile_dir: Path | None = None,
     random_adain: bool = False,
-    default_malloc: bool = False,
 ) -> tuple[BenchRequest, Runtime]:
     """Fill what was not given with the defaults of the device the overrides select (``device=auto``: CUDA
     when visible); raise :class:`ConfigError` with one line for anything invalid.  ``loop_windows``: windows
@@ -116,7 +114,6 @@ def resolve_request(
         loop_windows=defaults.loop_windows if loop_windows is None else loop_windows,
         profile_dir=profile_dir,
         random_adain=random_adain,
-        default_malloc=default_malloc,
     )
     _check_numbers(request)
     return request, runtime

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import DictConfig
 
-from mixbench.bench.memory import PeakMemory
+from mixbench.bench.memory import PeakMemory, minor_page_faults
 from mixbench.bench.results import BenchRow
 from mixbench.config import ConfigError
 from mixbench.engine.build import build_model_and_method, input_size
-from mixbench.engine.host_memory import minor_page_faults
 from mixbench.engine.host_syncs import HostSyncCounter
 from mixbench.engine.runtime import Runtime
 from mixbench.engine.step import TrainingStep, build_training_step

@@ -51,7 +51,6 @@ from mixbench.engine.distributed import (
     sync_buffers,
 )
 from mixbench.engine.evaluate import evaluate
-from mixbench.engine.host_memory import keep_freed_host_memory
 from mixbench.engine.runtime import Runtime, resolve_runtime
 from mixbench.engine.step import build_training_step
 from mixbench.methods import MixMethod
@@ -96,8 +95,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_writable_folder(cfg.runs_root, "runs_root")
     check_tracker_available(logger_config(cfg))
     runtime = resolve_runtime(cfg)
-    if runtime.device.type == "cpu":
-        keep_freed_host_memory()  # no page faults for the memory each step frees and takes again
     launch = launch_from_environment()
     check_launch(cfg, launch, runtime.device)
     with process_group(launch, runtime.device):
