@@ -128,6 +128,24 @@ def test_page_faults_per_step_are_the_mean_over_the_timed_steps(monkeypatch) -> 
     assert finish_row(entry, None).page_faults_per_step == 20
 
 
+def test_the_commit_is_read_before_the_run_writes_its_profiles(tmp_path: Path, monkeypatch) -> None:
+    """A profile written into the repository must not make the header call the tree dirty."""
+    from mixbench.bench import benchmark
+
+    events: list[str] = []
+    real_provenance, real_write_profile = benchmark.provenance, benchmark.write_profile
+    monkeypatch.setattr(
+        benchmark, "provenance", lambda device: events.append("commit") or real_provenance(device)
+    )
+    monkeypatch.setattr(
+        benchmark, "write_profile", lambda *args: events.append("profile") or real_write_profile(*args)
+    )
+    request, runtime = _request("mixup", "r18", ["model.width=4"], steps=1, warmup=0)
+    request.profile_dir = tmp_path
+    run_benchmark(request, runtime, log=lambda message: None)
+    assert events == ["commit", "profile", "profile"]
+
+
 def test_the_page_fault_count_grows_when_new_memory_is_touched() -> None:
     before = minor_page_faults()
     if before is None:

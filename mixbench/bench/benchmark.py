@@ -64,6 +64,8 @@ def run_benchmark(
             files = write_random_adain_files(Path(folder), data_classes(request))
             return run_benchmark(replace(request, stand_in_weights=files), runtime, log)
     configs = compose_row_configs(request)
+    # the tree as it was when the run began: the profiles written below must not read as uncommitted changes
+    facts = provenance(runtime.device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     # One untimed vanilla step first: one-off process costs (thread pools, kernel caches, the CUDA context)
     # would otherwise land in the first row's memory.
@@ -86,7 +88,6 @@ def run_benchmark(
             )
             log(f"{model}: bare {loop.bare_ms:.1f} ms, trainer {loop.trainer_ms:.1f} ms per step")
             loops.append(loop)
-    facts = provenance(runtime.device)
     first = configs[request.models[0], request.methods[0]]
     header = {
         "device": facts.device,
