@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from mixbench.config import validate
 from mixbench.data import build_loaders
@@ -130,6 +131,57 @@ def test_work_on_the_device_is_not_counted() -> None:
         torch.where(x > 0, x, torch.zeros_like(x)).sum(dim=1)
         torch.randperm(4)[torch.arange(2)]
     assert syncs.count == 0, syncs.describe()
+
+
+def test_operators_that_sync_inside_are_counted_at_their_line_and_their_sync_free_forms_are_not() -> None:
+    t, index = torch.zeros(6), torch.tensor([1, 2])
+    mask = torch.arange(6) > 2
+    x = torch.randn(4, 3, requires_grad=True)
+    with HostSyncCounter("cpu") as syncs:
+        t[index] = 0.5  # inside: number through an index
+        t[mask]  # inside: mask read
+        torch.where(mask)  # inside: nonzero
+        t.masked_select(mask)  # inside: masked_select
+        torch.unique(index)  # inside: unique
+        torch.arange(2).repeat_interleave(index)  # inside: repeat_interleave
+        torch.bincount(index)  # inside: bincount
+        t[mask] = torch.ones(3)  # inside: mask write
+        x[x > 0].sum().backward()  # inside: mask forward and backward
+        # the same work without a sync
+        t.index_fill_(0, index, 0.5)
+        t[mask] = 0.5  # masked_fill_ with the number
+        t[1:3] = 0.5  # a slice: fill_
+        t[index] = torch.ones(())  # a device tensor, no host number
+        index.repeat_interleave(3)
+        torch.arange(2).repeat_interleave(index, output_size=3)
+        torch.where(mask, t, -t)
+    number = "t[index] = number (host-to-device copy of the number)"
+    mask_kind = "boolean-mask index (nonzero inside)"
+    expected = [
+        (number, "inside: number through an index"),
+        (mask_kind, "inside: mask read"),
+        ("nonzero (output size read on the host)", "inside: nonzero"),
+        ("masked_select (output size read on the host)", "inside: masked_select"),
+        ("unique (output size read on the host)", "inside: unique"),
+        ("repeat_interleave (output size read on the host)", "inside: repeat_interleave"),
+        ("bincount (output size read on the host)", "inside: bincount"),
+        (mask_kind, "inside: mask write"),
+        (mask_kind, "inside: mask forward and backward"),
+        (mask_kind, "inside: mask forward and backward"),
+    ]
+    assert [(sync.kind, sync.site) for sync in syncs.syncs] == [
+        (kind, f"{HERE}:{line_of(comment)}") for kind, comment in expected
+    ]
+
+
+def test_the_operator_watcher_can_be_left_out_and_leaves_no_mode_behind() -> None:
+    t, index = torch.zeros(4), torch.tensor([1])
+    with HostSyncCounter("cpu", watch_kernels=False) as syncs:
+        t[index] = 0.5
+    assert syncs.count == 0
+    with pytest.raises(HostSyncError, match="number"), HostSyncCounter("cpu", raise_on_sync=True):
+        t[index] = 0.5
+    assert _get_current_dispatch_mode_stack() == []  # the mode is gone, even after the error
 
 
 def test_the_patches_are_removed_on_exit_even_after_an_error() -> None:

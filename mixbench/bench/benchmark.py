@@ -35,21 +35,25 @@ from mixbench.provenance import provenance
 UNSTABLE_SPREAD = 0.15  # vanilla's interquartile range over its mean step beyond which the header warns
 
 
-def host_syncs_counted(device: torch.device) -> str:
+def host_syncs_counted(device: torch.device, compiled: bool = False) -> str:
     """What the host syncs column counts on ``device``, worded for the report."""
     steps = "per step, over 3 untimed steps after the warm-up (mixbench/engine/host_syncs.py)"
+    operators = (
+        " (not under compile: the watcher would disturb the compiled graphs)"
+        if compiled
+        else "; and the operators that sync inside (nonzero, boolean-mask indexing, unique, "
+        "t[index] = number, ...: mixbench/engine/kernel_syncs.py)"
+    )
     if device.type == "cuda":
         return (
             "reads of CUDA tensors on the host (item, float, int, bool, tolist, numpy, ...) and blocking or "
-            f"pageable copies between host and device, {steps}; CUDA syncs: the warnings of "
-            "torch.cuda.set_sync_debug_mode('warn') over the same steps, which also see syncs inside kernels "
-            "(nonzero, boolean masks)"
+            f"pageable copies between host and device{operators}, {steps}; CUDA syncs: the warnings of "
+            "torch.cuda.set_sync_debug_mode('warn') over the same steps, CUDA's own view"
         )
     return (
         "reads of tensor values on the host (item, float, int, bool, tolist, numpy, ...) and host data "
-        f"placed on the device by torch.tensor/as_tensor(..., device=), {steps}: what would sync on an "
-        "accelerator; "
-        "syncs inside kernels (nonzero, boolean masks) are not seen on a CPU"
+        f"placed on the device by torch.tensor/as_tensor(..., device=){operators}, {steps}: what would sync "
+        "on an accelerator"
     )
 
 
@@ -119,7 +123,7 @@ def run_benchmark(
         facts.device_slug,
         header,
         memory_measured(runtime.device),
-        host_syncs_counted(runtime.device),
+        host_syncs_counted(runtime.device, runtime.compile),
         loops,
     )
 

@@ -101,7 +101,7 @@ def prepare_row(
         model_params=sum(p.numel() for p in model.parameters()),
         method_params=sum(p.numel() for p in method.parameters() if p.requires_grad),
     )
-    syncs = HostSyncCounter(runtime.device)
+    syncs = HostSyncCounter(runtime.device, watch_kernels=not runtime.compile)  # a dispatch mode: eager only
     try:
         for _ in range(warmup):
             step(x, y)

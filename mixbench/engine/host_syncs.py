@@ -44,15 +44,21 @@ what *would* sync on an accelerator, read from the code's intent:
 * ``Tensor.to`` / ``.cuda()`` / ``copy_`` / ``.cpu()`` are not counted: between two CPU tensors there is no
   host and device to tell apart, and ``.cpu()`` of a CPU tensor is a no-op (the read that follows counts).
 
+Syncs inside operators, on either device (with ``watch_kernels``, the default): the operators that read a
+device value in their C++ code to size their output (``nonzero``, boolean-mask indexing, ``masked_select``,
+``unique``, ``repeat_interleave`` with tensor repeats, ``bincount``) and ``t[index] = number`` with a tensor
+index, whose number ``index_put_`` copies to the device, are counted from the operator calls by
+:class:`~mixbench.engine.kernel_syncs.KernelSyncWatcher` (a dispatch mode; see that module for the list).
+On a CUDA run CUDA's sync debug mode sees them too, in its own count.
+
 What cannot be seen here:
 
-* syncs inside C++ kernels that read a device value to size their output or to decide: ``nonzero``,
-  boolean-mask indexing (``t[mask]``), ``masked_select``, ``unique``, one-argument ``torch.where``,
-  ``repeat_interleave`` with tensor repeats, and CUDA kernels of libraries; only CUDA's sync debug mode
-  (the second count, on a CUDA run) catches those, and nothing does on a CPU run;
+* syncs inside operators not in that list (CUDA kernels of libraries, operators added to PyTorch later):
+  only CUDA's sync debug mode (the second count, on a CUDA run) catches those;
 * calls that bypass the patched names: ``from torch import tensor`` bound before the counter started,
   ``torch._C`` functions, and reads inside a ``torch.compile`` graph (the patched functions are Python, so
-  counting under ``torch.compile`` also changes what dynamo traces: count eager code);
+  counting under ``torch.compile`` also changes what dynamo traces: count eager code, or pass
+  ``watch_kernels=False`` around compiled code, whose dispatch mode would disturb its graphs);
 * calls from other threads (a data loader's pin-memory thread, a logger): only the thread that entered the
   counter is watched;
 * ``torch.cuda.synchronize`` and the like, which are explicit waits, not reads; wrap them in
@@ -74,8 +80,12 @@ from typing import Any
 
 import torch
 
+from mixbench.engine import kernel_syncs
+from mixbench.engine.kernel_syncs import KernelSyncWatcher
+
 TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 THIS_FILE = str(Path(__file__).resolve())
+WATCHER_FILE = str(Path(kernel_syncs.__file__).resolve())
 REPO_DIR = Path(__file__).resolve().parents[2]
 CUDA_SYNC_WARNING = "called a synchronizing CUDA operation"  # the text of the sync debug mode's warnings
 
@@ -122,7 +132,7 @@ def caller_site() -> str:
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not (filename.startswith(TORCH_DIR) or filename == THIS_FILE):
+        if not (filename.startswith(TORCH_DIR) or filename in (THIS_FILE, WATCHER_FILE)):
             return relative_site(filename, frame.f_lineno)
         frame = frame.f_back
     return "unknown"
@@ -170,15 +180,21 @@ class HostSyncCounter:
     """Counts host syncs of the entering thread while active (see the module docstring for what counts).
 
     ``device`` is the run's device: its type decides which tensors are "on the device" and whether CUDA's
-    sync debug mode runs too.  The counter may be entered again after it exits; counts accumulate.
+    sync debug mode runs too.  ``watch_kernels`` also counts the syncs inside operators
+    (:mod:`mixbench.engine.kernel_syncs`).  The counter may be entered again after it exits; counts
+    accumulate.
     """
 
-    def __init__(self, device: torch.device | str, raise_on_sync: bool = False) -> None:
+    def __init__(
+        self, device: torch.device | str, raise_on_sync: bool = False, watch_kernels: bool = True
+    ) -> None:
         self.device = torch.device(device)
         self.on_cuda = self.device.type == "cuda"
         # CUDA's sync debug mode needs a GPU; without one a "cuda" counter still applies the CUDA rules
         self.debug_mode = self.on_cuda and torch.cuda.is_available()
         self.raise_on_sync = raise_on_sync
+        self.watch_kernels = watch_kernels
+        self._watcher: KernelSyncWatcher | None = None
         self.syncs: list[HostSync] = []
         self.cuda_syncs: list[str] = []  # sites of the sync debug mode's warnings (CUDA runs only)
         self._owner: int | None = None
@@ -223,9 +239,13 @@ class HostSyncCounter:
         self._paused = False
         try:
             self._patch()
+            if self.watch_kernels:
+                self._watcher = KernelSyncWatcher(self._record, self._watching)
+                self._watcher.__enter__()
             if self.debug_mode:
                 self._start_cuda_debug_mode()
         except BaseException:
+            self._stop_watcher()
             self._unpatch()
             self._owner = None
             raise
@@ -236,8 +256,14 @@ class HostSyncCounter:
             if self.debug_mode:
                 self._stop_cuda_debug_mode()
         finally:
+            self._stop_watcher()
             self._unpatch()
             self._owner = None
+
+    def _stop_watcher(self) -> None:
+        if self._watcher is not None:
+            watcher, self._watcher = self._watcher, None
+            watcher.__exit__(None, None, None)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

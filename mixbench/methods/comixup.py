@@ -113,9 +113,11 @@ def grid_graph(grid: int, device: torch.device | str = "cpu") -> GridGraph:
             torch.stack([index[:, :-1].flatten(), index[:, 1:].flatten()], dim=1),
         ]
     )
-    adjacency = torch.zeros(grid * grid, grid * grid, device=device)
-    adjacency[edges[:, 0], edges[:, 1]] = 1.0
-    adjacency[edges[:, 1], edges[:, 0]] = 1.0
+    # cells at Manhattan distance 1 (comparisons on the device: assigning a Python number through an index
+    # tensor would copy it from the host, a sync on an accelerator; see mixbench/engine/kernel_syncs.py)
+    row, column = index.flatten() // grid, index.flatten() % grid
+    distance = (row[:, None] - row[None, :]).abs() + (column[:, None] - column[None, :]).abs()
+    adjacency = (distance == 1).float()
     rows, columns = torch.meshgrid(
         torch.arange(grid, device=device), torch.arange(grid, device=device), indexing="ij"
     )

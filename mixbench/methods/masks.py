@@ -50,7 +50,7 @@ def keep_top_pixels_mask(noise: torch.Tensor, num_kept: int) -> torch.Tensor:
     """(1, 1, H, W) binary mask: 0 at the ``num_kept`` largest values of ``noise`` (H, W), 1 elsewhere."""
     flat = torch.ones(noise.numel(), device=noise.device)
     kept = torch.topk(noise.flatten(), k=num_kept).indices
-    flat[kept] = 0.0
+    flat.index_fill_(0, kept, 0.0)  # not flat[kept] = 0.0: that copies the number from the host (a sync)
     return flat.view(1, 1, *noise.shape)
 
 
