@@ -29,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny steps: see t
 
 BATCH = 4
 HERE = Path(__file__).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
-# of a table line split at "|": "", model, method, step, images/s, × vanilla, vs, memory, page faults
-HOST_SYNCS_COLUMN = 9
+# of a table line split at "|": "", model, method, step, images/s, × vanilla, vs, floor, memory, page faults
+HOST_SYNCS_COLUMN = 10
 
 
 def _request(

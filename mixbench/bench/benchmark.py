@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from mixbench.bench.data_path import compare_loops
 from mixbench.bench.external_weights import RANDOM_WEIGHTS_NOTE, write_random_adain_files
 from mixbench.bench.memory import memory_measured
+from mixbench.bench.passes import floor_seconds, prepare_units, units_needed
 from mixbench.bench.profile import profile_steps, write_profile
 from mixbench.bench.request import (
     REFERENCE_METHOD,
@@ -26,9 +27,16 @@ from mixbench.bench.request import (
     data_classes,
     needs_external_weights,
 )
-from mixbench.bench.results import BenchReport, BenchRow
-from mixbench.bench.timing import PreparedRow, bench_row, finish_row, prepare_row, time_round_robin
-from mixbench.engine.build import input_size
+from mixbench.bench.results import BenchReport, BenchRow, UnitTiming
+from mixbench.bench.timing import (
+    PreparedRow,
+    bench_row,
+    bootstrap_interval,
+    finish_row,
+    prepare_row,
+    time_round_robin,
+)
+from mixbench.engine.build import build_model_and_method, input_size
 from mixbench.engine.runtime import Runtime
 from mixbench.provenance import provenance
 
@@ -77,8 +85,9 @@ def run_benchmark(
     started_at = time.strftime("%Y-%m-%d %H:%M")
     rows: list[BenchRow] = []
     spreads: list[float] = []
+    units: list[UnitTiming] = []
     for model in request.models:
-        rows += _model_rows(model, request, configs, runtime, log, spreads)
+        rows += _model_rows(model, request, configs, runtime, log, spreads, units)
     loops = []
     if request.loop_windows:
         for model in request.models:
@@ -125,6 +134,7 @@ def run_benchmark(
         memory_measured(runtime.device),
         host_syncs_counted(runtime.device, runtime.compile),
         loops,
+        units,
     )
 
 
@@ -135,17 +145,28 @@ def _model_rows(
     runtime: Runtime,
     log: Callable[[str], None],
     spreads: list[float],
+    unit_timings: list[UnitTiming],
 ) -> list[BenchRow]:
-    """One model's rows in the requested order (vanilla first): prepared, timed round-robin, finished."""
+    """One model's rows in the requested order (vanilla first): prepared, timed round-robin with the pass
+    units their floors need (:mod:`mixbench.bench.passes`; eager runs only), finished."""
     results: list[PreparedRow | BenchRow] = []
     for method in request.methods:
         prepared = prepare_row(configs[model, method], runtime, request.warmup, request.steps, method)
         results.append(prepared)
         log(f"{model} {method}: " + ("prepared" if isinstance(prepared, PreparedRow) else prepared.note))
     timed = [entry for entry in results if isinstance(entry, PreparedRow)]
+    reference = results[0] if isinstance(results[0], PreparedRow) else None  # vanilla comes first
+    units = []
+    if reference is not None and not runtime.compile:  # the units are eager: no floors for compiled rows
+        needed = units_needed([entry.row.passes for entry in timed])
+        if needed:
+            torch.manual_seed(int(configs[model, REFERENCE_METHOD].seed))
+            network, _ = build_model_and_method(configs[model, REFERENCE_METHOD], runtime)
+            units = prepare_units(needed, network, runtime, reference.x, reference.y, request.warmup)
+            log(f"{model}: pass units {', '.join(needed)} prepared")
     if timed:
-        log(f"{model}: timing {len(timed)} rows round-robin, {request.steps} rounds")
-        time_round_robin(timed, request.steps)
+        log(f"{model}: timing {len(timed)} rows, {len(units)} pass units round-robin, {request.steps} rounds")
+        time_round_robin([*timed, *units], request.steps)
         if request.profile_dir is not None:
             for entry in timed:
                 title = f"{model} {entry.row.method} on {runtime.device} (tools/bench.py --profile)"
@@ -153,8 +174,19 @@ def _model_rows(
                 entry.row.launches_per_step = result.launches_per_step
                 path = write_profile(request.profile_dir, model, entry.row.method, result)
                 log(f"{model} {entry.row.method}: profile in {path}")
-    reference = results[0] if isinstance(results[0], PreparedRow) else None  # vanilla comes first
     rows = [finish_row(entry, reference) if isinstance(entry, PreparedRow) else entry for entry in results]
+    if reference is not None and not runtime.compile:
+        unit_seconds = {entry.unit: entry.seconds for entry in units}
+        for entry in timed:
+            if entry.row.passes is not None:
+                seconds = floor_seconds(entry.row.passes, reference.seconds, unit_seconds)
+                entry.row.floor = sum(seconds) / sum(reference.seconds)
+                entry.row.floor_low, entry.row.floor_high = bootstrap_interval(seconds, reference.seconds)
+        for entry in units:
+            low, high = bootstrap_interval(entry.seconds, reference.seconds)
+            ratio = sum(entry.seconds) / sum(reference.seconds)
+            ms = 1000.0 * sum(entry.seconds) / len(entry.seconds)
+            unit_timings.append(UnitTiming(model, entry.unit, ms, ratio, low, high))
     vanilla = rows[0]
     if vanilla.step_ms:
         spread = (vanilla.step_ms_q3 - vanilla.step_ms_q1) / vanilla.step_ms

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixbench.atomic import atomic_write_text
+from mixbench.bench.passes import passes_text
 from mixbench.bench.results import BenchReport, BenchRow
 from mixbench.report.render import csv_text, markdown_table
 
@@ -23,6 +24,10 @@ CSV_COLUMNS = (
     "ratio_low",
     "ratio_high",
     "versus_vanilla",
+    "floor",
+    "floor_low",
+    "floor_high",
+    "passes",
     "peak_memory_mb",
     "page_faults_per_step",
     "host_syncs_per_step",
@@ -71,7 +76,11 @@ def to_markdown(report: BenchReport) -> str:
         "images/s = batch size / mean step time; × vanilla = the row's total time / vanilla's over the same "
         "rounds, with its 90% bootstrap interval over the rounds in brackets; vs vanilla: slower or faster "
         "only when that whole interval lies above or below 1, same when it contains 1 (not distinguishable "
-        "by this run). Peak memory: "
+        "by this run). Floor: the time of the network passes the method's step runs (its algorithm's: "
+        "MixMethod.passes, in the units listed below the table, each timed on its own in the same rounds) / "
+        "vanilla's, with its 90% interval; × vanilla above the floor is the implementation's own cost "
+        "(mixing, solvers, the method's small networks, bookkeeping), — where a method's passes are not "
+        "modelled (mixbench/bench/passes.py). Peak memory: "
         f"{report.memory_of}. Page faults / step: the process's minor page faults (getrusage) per timed "
         "step: host memory first touched during the step since the allocator took it from the system. "
         f"Host syncs / step: {report.host_syncs_of}; 0 means the step never waits for "
@@ -87,6 +96,7 @@ def to_markdown(report: BenchReport) -> str:
         "images/s",
         "× vanilla [90% interval]",
         "vs vanilla",
+        "floor × vanilla [90%]",
         "peak memory (MB)",
         "page faults / step",
         "host syncs / step",
@@ -101,9 +111,38 @@ def to_markdown(report: BenchReport) -> str:
     cells = [_markdown_cells(row, cuda, profiled) for row in report.rows]
     table = markdown_table(columns, cells, align=align)
     text = f"# Training-step cost on {report.device}\n\n{header}\n\n{explanation}\n\n{table}"
+    if report.units:
+        text += "\n" + units_markdown(report)
     if report.loops:
         text += "\n" + loops_markdown(report)
     return text
+
+
+def units_markdown(report: BenchReport) -> str:
+    """The pass units behind the floors (time and ratio to vanilla's step, per model) and each method's
+    passes in them."""
+    explanation = (
+        "Each unit timed on its own on the model and batch of the rows, in the same rounds (train mode, the "
+        "run's autocast; mixbench/bench/passes.py); step = vanilla's row. A method's floor is the sum of its "
+        "passes' units."
+    )
+    columns = ["model", "unit", "time (ms)", "× vanilla [90% interval]"]
+    rows = [
+        [
+            unit.model,
+            unit.unit,
+            f"{unit.ms:.1f}",
+            f"{unit.ratio:.2f} [{unit.ratio_low:.2f}, {unit.ratio_high:.2f}]",
+        ]
+        for unit in report.units
+    ]
+    table = markdown_table(columns, rows, align=["l", "l", "r", "r"])
+    methods: dict[str, str] = {}
+    for row in report.rows:
+        if row.passes is not None:
+            methods.setdefault(row.method, passes_text(row.passes))
+    listing = "\n".join(f"- {method}: {text}" for method, text in methods.items())
+    return f"\n## Pass units\n\n{explanation}\n\n{table}\n\nPasses per step:\n\n{listing}\n"
 
 
 def loops_markdown(report: BenchReport) -> str:
@@ -150,6 +189,7 @@ def _markdown_cells(row: BenchRow, cuda: bool, profiled: bool) -> list[str]:
         _number(row.images_per_s, "{:.0f}"),
         _ratio(row),
         row.versus_vanilla() or ("—" if row.method != "vanilla" or row.step_ms is None else ""),
+        _floor(row),
         _number(row.peak_memory_mb, "{:.0f}"),
         _number(row.page_faults_per_step, "{:,.0f}"),
         _syncs(row.host_syncs_per_step),
@@ -170,6 +210,15 @@ def _ratio(row: BenchRow) -> str:
     if row.method == "vanilla" or row.ratio_low is None:
         return f"{row.ratio_to_vanilla:.2f}"
     return f"{row.ratio_to_vanilla:.2f} [{row.ratio_low:.2f}, {row.ratio_high:.2f}]"
+
+
+def _floor(row: BenchRow) -> str:
+    """``1.66 [1.62, 1.70]``: the passes' floor and its interval (``1.00`` for a vanilla step's passes)."""
+    if row.floor is None:
+        return NO_VALUE
+    if row.floor_low is None or row.floor_low == row.floor_high:
+        return f"{row.floor:.2f}"
+    return f"{row.floor:.2f} [{row.floor_low:.2f}, {row.floor_high:.2f}]"
 
 
 def _syncs(per_step: float | None) -> str:
@@ -223,6 +272,10 @@ def to_csv(report: BenchReport) -> str:
             "ratio_low": _rounded(row.ratio_low, 4),
             "ratio_high": _rounded(row.ratio_high, 4),
             "versus_vanilla": row.versus_vanilla(),
+            "floor": _rounded(row.floor, 4),
+            "floor_low": _rounded(row.floor_low, 4),
+            "floor_high": _rounded(row.floor_high, 4),
+            "passes": passes_text(row.passes),
             "peak_memory_mb": _rounded(row.peak_memory_mb, 1),
             "page_faults_per_step": _rounded(row.page_faults_per_step, 1),
             "host_syncs_per_step": _rounded(row.host_syncs_per_step, 2),

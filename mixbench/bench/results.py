@@ -31,6 +31,10 @@ class BenchRow:
     cuda_syncs_per_step: float | None = None  # CUDA's sync debug mode's reports per counted step; None on CPU
     host_sync_sites: dict[str, float] = field(default_factory=dict)  # "file:line" -> syncs per counted step
     launches_per_step: float | None = None  # --profile: CUDA kernel launches (CPU: aten calls) per step
+    passes: dict[str, float] | None = None  # the step's passes in units (MixMethod.passes); None: unknown
+    floor: float | None = None  # the passes' time / vanilla's over the same rounds (mixbench.bench.passes)
+    floor_low: float | None = None  # its 90% bootstrap interval
+    floor_high: float | None = None
 
     def versus_vanilla(self) -> str:
         """What the ratio supports: ``slower`` or ``faster`` when its whole bootstrap interval lies above or
@@ -75,6 +79,18 @@ class LoopComparison:
 
 
 @dataclass
+class UnitTiming:
+    """One pass unit on one model: its mean time and its ratio to vanilla's step over the same rounds."""
+
+    model: str
+    unit: str
+    ms: float
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+
+
+@dataclass
 class BenchReport:
     """Every row, the device, and what the header states."""
 
@@ -85,3 +101,4 @@ class BenchReport:
     memory_of: str  # what the peak memory column measures
     host_syncs_of: str  # what the host syncs column counts on this device
     loops: list[LoopComparison] = field(default_factory=list)  # trainer vs bare loop, one per model
+    units: list[UnitTiming] = field(default_factory=list)  # the pass units behind the floors, per model

@@ -24,12 +24,14 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from omegaconf import DictConfig
 
 from mixbench.bench.memory import PeakMemory, minor_page_faults
+from mixbench.bench.passes import TimedUnit
 from mixbench.bench.results import BenchRow
 from mixbench.config import ConfigError
 from mixbench.engine.build import build_model_and_method, input_size
@@ -100,6 +102,7 @@ def prepare_row(
         "ok",
         model_params=sum(p.numel() for p in model.parameters()),
         method_params=sum(p.numel() for p in method.parameters() if p.requires_grad),
+        passes=method.passes(),
     )
     syncs = HostSyncCounter(runtime.device, watch_kernels=not runtime.compile)  # a dispatch mode: eager only
     try:
@@ -120,7 +123,7 @@ def prepare_row(
     return PreparedRow(row, step, x, y)
 
 
-def time_round_robin(prepared: list[PreparedRow], rounds: int) -> None:
+def time_round_robin(prepared: Sequence[PreparedRow | TimedUnit], rounds: int) -> None:
     """``rounds`` rounds, each timing one step of every row; round ``r`` starts at row ``r mod n``."""
     for round_index in range(rounds):
         start = round_index % len(prepared)

@@ -79,7 +79,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixPreview, device_scalar, soft_cross_entropy
+from mixbench.methods.base import (
+    FORWARD_BACKWARD,
+    FORWARD_BACKWARD_INPUT,
+    FORWARD_NO_GRAD,
+    STEP,
+    Logs,
+    MixPreview,
+    device_scalar,
+    soft_cross_entropy,
+)
 from mixbench.methods.mix_block import (
     LearnedMixMethod,
     attention_readout,
@@ -243,6 +252,12 @@ class AdAutoMix(LearnedMixMethod):
     def draw_ratios(self, count: int) -> np.ndarray:
         raw = np.asarray(self.rng.beta(self.alpha, count), dtype=np.float64)
         return raw / raw.sum()
+
+    def passes(self) -> dict[str, float]:
+        """The teacher on the clean batch (stages 1-k for the generator, then to the head: one forward, no
+        grad), the online network on the generated, the clean and the mixup batch (one step + two forwards
+        and backwards), and the teacher on the generated batch with its backward to the generator."""
+        return {STEP: 1.0, FORWARD_BACKWARD: 2.0, FORWARD_NO_GRAD: 1.0, FORWARD_BACKWARD_INPUT: 1.0}
 
     def draw(self, count: int, batch: int, device: torch.device) -> Draw:
         """Ratios, then ``count - 1`` random pairings (the first source is the batch itself)."""

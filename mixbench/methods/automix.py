@@ -76,7 +76,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixedBatch, MixPreview, device_scalar, mixed_cross_entropy
+from mixbench.methods.base import (
+    FORWARD_BACKWARD,
+    FORWARD_BACKWARD_INPUT,
+    STEP,
+    Logs,
+    MixedBatch,
+    MixPreview,
+    add_passes,
+    device_scalar,
+    features_no_grad,
+    mixed_cross_entropy,
+)
 from mixbench.methods.mix_block import (
     LearnedMixMethod,
     attention_readout,
@@ -199,6 +210,15 @@ class AutoMix(LearnedMixMethod):
         return mask_loss_weight_at(
             self.steps_done(), self.total_steps, self.mask_loss_weight, self.mask_loss_schedule
         )
+
+    def passes(self) -> dict[str, float]:
+        """The teacher's stages 1-k (no grad), the online network on the clean and on the mixed batch (one
+        step + one forward and backward: one backward of their sum), and the teacher on the Mix Block's mix
+        with its backward to the mask (the teacher's weights take no gradient)."""
+        return add_passes(self.mix_passes(), {STEP: 1.0, FORWARD_BACKWARD: 1.0})
+
+    def mix_passes(self) -> dict[str, float]:
+        return {features_no_grad(self.feature_stage): 1.0, FORWARD_BACKWARD_INPUT: 1.0}
 
     def draw(self, batch_size: int) -> tuple[float, torch.Tensor]:
         """One ``(lam, perm)``: lam ~ Beta(alpha, alpha), then a pairing of the batch."""

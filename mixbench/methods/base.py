@@ -7,7 +7,10 @@ A method is an ``nn.Module`` (so that it may own trainable parts that join the o
 * ``eval_models(model) -> {label: network}``: the networks to evaluate each epoch (``""`` = online);
 * ``compile_parts(compiler)``: under ``compile=true``, compile the method's own networks' passes (the EMA
   teacher's, the Mix Block's); the online model is compiled by the step, not by the method;
-* ``required_stages``: the hidden states (stage indices of :mod:`mixbench.models.base`) it needs.
+* ``required_stages``: the hidden states (stage indices of :mod:`mixbench.models.base`) it needs;
+* ``passes()``: the network passes of its step, in the pass units below (the bench times each unit on the
+  row's model and batch, and their sum is the step's floor: what the algorithm's passes cost before any
+  mixing, solving or bookkeeping; :mod:`mixbench.bench.passes`).
 
 Input-space methods only implement :meth:`InputMixMethod.mix`; the step is inherited.
 """
@@ -25,6 +28,27 @@ from mixbench.models.base import StagedNet
 from mixbench.rng import MixRandom
 
 Logs = dict[str, torch.Tensor]
+
+# Pass units: what one call of each costs on the online network in train mode (mixbench/bench/passes.py).
+STEP = "step"  # a vanilla training step: forward, loss, backward with weight gradients, optimizer step
+FORWARD = "forward"  # a forward that records the graph (dropped unused)
+FORWARD_NO_GRAD = "forward, no grad"  # a forward under no_grad (a teacher's, a clean batch's predictions)
+FORWARD_BACKWARD = "forward + backward"  # a forward and a backward with weight gradients, no optimizer step
+FORWARD_BACKWARD_INPUT = "forward + backward to the input"  # backward to the input only: no weight gradients
+
+
+def features_no_grad(stage: int) -> str:
+    """The pass unit of stages 1..``stage`` under no_grad (an EMA teacher's features for a Mix Block)."""
+    return f"stages 1-{stage}, no grad"
+
+
+def add_passes(*counts: dict[str, float]) -> dict[str, float]:
+    """The sum of pass counts, units that cancel left out."""
+    total: dict[str, float] = {}
+    for part in counts:
+        for unit, count in part.items():
+            total[unit] = total.get(unit, 0.0) + count
+    return {unit: count for unit, count in total.items() if count}
 
 
 def device_scalar(
@@ -135,6 +159,20 @@ class MixMethod(nn.Module):
 
     def after_step(self, model: nn.Module) -> None:
         """Hook after each optimizer step (EMA updates); nothing by default."""
+
+    def passes(self) -> dict[str, float] | None:
+        """The network passes of one training step as counts of the pass units (``STEP``...): one vanilla
+        step by default (input-space and feature-space mixing add no pass).  ``None`` where the step's cost is
+        not passes of the model (StyleMix's AdaIN networks).  The method's own small parts (a Mix Block, a
+        decoder, a head) and its mixing and solving are not passes: they are what the bench shows above the
+        floor."""
+        return {STEP: 1.0}
+
+    def mix_passes(self) -> dict[str, float]:
+        """The passes ``mix_with_model`` runs to make a mixed batch for a wrapper (SUMix); none by default."""
+        return {}
+
+    provides_clean_forward: bool = False  # mix_with_model hands over the clean batch's logits (SUMix reuses)
 
     def eval_models(self, model: nn.Module) -> dict[str, nn.Module]:
         """Networks evaluated each epoch, by label; ``""`` is the online network."""

@@ -80,7 +80,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixedBatch, MixPreview, in_layout_of, mixed_cross_entropy
+from mixbench.methods.base import (
+    FORWARD_BACKWARD_INPUT,
+    Logs,
+    MixedBatch,
+    MixPreview,
+    in_layout_of,
+    mixed_cross_entropy,
+)
 from mixbench.methods.gradient_saliency import input_gradient_saliency, pool_saliency
 from mixbench.methods.registry import register_method
 from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, serial_on_cpu, upsample_cells
@@ -364,6 +371,7 @@ class PuzzleMixed:
 @register_method
 class PuzzleMix(SaliencyGuidedMixMethod):
     name = "puzzlemix"
+    provides_clean_forward = True  # mix_with_model hands over the saliency forward's logits
 
     def __init__(
         self,
@@ -416,6 +424,9 @@ class PuzzleMix(SaliencyGuidedMixMethod):
         batch = self.mix_with_saliency(x, y, saliency.maps).batch
         batch.clean_logits, batch.clean_features = saliency.logits, saliency.features
         return batch
+
+    def mix_passes(self) -> dict[str, float]:
+        return {FORWARD_BACKWARD_INPUT: 1.0}  # mix_with_model's saliency, without the clean term
 
     def valid_grid_sizes(self, height: int, width: int) -> list[int]:
         return [k for k in self.grid_sizes if height % k == 0 and width % k == 0]

@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import Logs, MixMethod
+from mixbench.methods.base import (
+    FORWARD,
+    FORWARD_BACKWARD,
+    FORWARD_BACKWARD_INPUT,
+    STEP,
+    Logs,
+    MixMethod,
+)
 from mixbench.methods.gradient_saliency import add_parameter_gradients, input_gradient_saliency
 
 
@@ -80,6 +87,16 @@ class SaliencyGuidedMixMethod(MixMethod):
     ) -> tuple[torch.Tensor, Logs]:
         """The loss on the mix guided by ``saliency_maps`` (B, H, W), and its logs."""
         raise TypeError(f"{type(self).__name__} must define mixed_loss()")
+
+    def passes(self) -> dict[str, float]:
+        """The saliency's forward and backward (to the input only, or with the clean term's weight gradients)
+        and the mixed batch's step; with label smoothing, the trainer's backward of the clean loss through the
+        saliency forward adds a backward (a forward + backward less a forward)."""
+        if self.clean_lam <= 0:
+            return {STEP: 1.0, FORWARD_BACKWARD_INPUT: 1.0}
+        if self.label_smoothing > 0:
+            return {STEP: 1.0, FORWARD_BACKWARD_INPUT: 1.0, FORWARD_BACKWARD: 1.0, FORWARD: -1.0}
+        return {STEP: 1.0, FORWARD_BACKWARD: 1.0}
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         if self.clean_lam <= 0:

@@ -103,11 +103,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbench.methods.base import (
+    FORWARD_NO_GRAD,
+    STEP,
     InputMixMethod,
     Logs,
     MixedBatch,
     MixMethod,
     MixPreview,
+    add_passes,
     mixed_cross_entropy,
 )
 from mixbench.methods.registry import register_method
@@ -232,6 +235,12 @@ class SUMix(MixMethod):
         self.uses_model = _defines(self.base, "mix_with_model")
         self.last_stage: int | None = None
         self.uncertainty_head: nn.Linear | None = None
+
+    def passes(self) -> dict[str, float]:
+        """The base's passes that make the mixed batch, the online step on it, and the clean batch's forward
+        under no_grad unless the base hands over its own (Puzzle Mix's saliency forward)."""
+        clean = {} if self.base.provides_clean_forward else {FORWARD_NO_GRAD: 1.0}
+        return add_passes(self.base.mix_passes(), {STEP: 1.0}, clean)
 
     # -- delegation to the base ----------------------------------------------------------------------
     def setup(self, model: StagedNet, num_classes: int) -> None:

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from mixbench.config import ConfigError
-from mixbench.methods.base import Logs, MixMethod, MixPreview
+from mixbench.methods.base import Logs, MixMethod, MixPreview, add_passes
 from mixbench.methods.registry import register_method
 from mixbench.models.base import StagedNet, StageUnavailableError
 from mixbench.rng import MixRandom
@@ -185,6 +185,14 @@ class Switch(MixMethod):
                 {f"{name}_{label}": net for label, net in method.eval_models(model).items() if label}
             )
         return networks
+
+    def passes(self) -> dict[str, float] | None:
+        """The choices' passes weighted by their probabilities (the mean step); ``None`` if a choice's are."""
+        counts = [method.passes() for method in self.methods.values()]
+        if any(count is None for count in counts):
+            return None
+        weighted = zip(self.probs, counts, strict=True)
+        return add_passes(*({unit: p * n for unit, n in count.items()} for p, count in weighted))
 
     # -- the switch ----------------------------------------------------------------------------------
     def draw_choice(self) -> int:
