@@ -16,7 +16,9 @@ Any further ``key=value`` is a ``tools/train.py`` override applied to every row 
 channels_last=, schedule=, model.width=, ...).  Batches are synthetic and already on the device, so no dataset
 is needed and the data pipeline is not timed in the rows; see mixbench/bench/ for what is measured.  Each row
 also counts the host syncs of its steps (reads of device values on the host, blocking host-device copies; see
-mixbench/engine/host_syncs.py) and names where they are.
+mixbench/engine/host_syncs.py and kernel_syncs.py) and names where they are, and gets its floor: the
+time of the network passes its method's step runs, each pass unit timed on its own in the same rounds
+(mixbench/bench/passes.py).
 """
 
 from __future__ import annotations
