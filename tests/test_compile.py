@@ -94,6 +94,9 @@ def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -
         ("automix[lam_channel=true]", 3, 3),  # its Mix Block reads lam as a fill value: left eager
         ("samix", 5, 6),  # AutoMix's 5, and the Mixer again once its lam (a host float) is a graph input
         ("adautomix", 6, 6),  # AutoMix's 5 and the teacher's forward_from (the sources' logits)
+        # the online forward on the clean batch (which needs its input's gradient: the saliency) and on the
+        # mix, and Co-Mixup's output subproblem without and with half-half cells (80 calls a step)
+        ("comixup", 4, 4),
     ],
 )
 def test_a_compiled_step_trains_as_the_eager_one_and_traces_each_call_shape_once(

@@ -53,12 +53,18 @@ against a plain step's 3.  The solver is a sequential loop over rounds and outpu
 about 100 small operations each at batch 32): on the CPU it runs on one intra-op thread (``serial_on_cpu``:
 same results), where parallel regions on tensors this small cost more than the work (``bmm`` splits even a
 batch of 2 across threads).  The whole mix took 58 ms (median) of a 1.9 s step on r18 at 32 px, batch 32,
-2 CPU threads (61 ms on an idle machine with both threads; several times more on a busy one).
+2 CPU threads (61 ms on an idle machine with both threads; several times more on a busy one).  On a GPU those
+operations are kernel launches, the step's main cost (16x vanilla on an H200 at 575bd20): under
+``compile=true`` one output's subproblem is compiled (:meth:`CoMixup.compile_parts`, two graphs: without and
+with half-half cells), so that each of the 80 calls a step is one compiled call, replayed as a CUDA graph in
+``compile_mode=reduce-overhead``; ``tests/test_compile.py`` checks that the compiled step trains as the eager
+one.  Not yet measured on a GPU.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -270,9 +276,18 @@ def random_labelling(problem: AssignmentProblem, generator: torch.Generator) -> 
 
 
 def solve_assignment(
-    problem: AssignmentProblem, generator: torch.Generator, rounds: int, sweeps: int, set_resolve: bool
+    problem: AssignmentProblem,
+    generator: torch.Generator,
+    rounds: int,
+    sweeps: int,
+    set_resolve: bool,
+    solve_output: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(G, m, P, m) labellings of the m outputs of every partition (see the module docstring)."""
+    """(G, m, P, m) labellings of the m outputs of every partition (see the module docstring).
+
+    ``solve_output`` replaces :func:`_solve_output` (the same function compiled, under ``compile=true``).
+    """
+    solve_output = solve_output or _solve_output
     graph = grid_graph(problem.grid, problem.cost.device)
     basis = candidate_basis(problem.valid)
     labels = random_labelling(problem, generator)
@@ -284,7 +299,7 @@ def solve_assignment(
             others = total - usage[:, output]
             penalty = gated_usage(others, problem.compatibility, problem.threshold)
             unary = problem.cost + (2 * penalty + extra[:, output]).mul(problem.gamma).unsqueeze(1)
-            new = _solve_output(
+            new = solve_output(
                 labels[:, output],
                 usage[:, output],
                 unary,
@@ -427,6 +442,15 @@ class CoMixup(SaliencyGuidedMixMethod):
         self.alpha, self.grid, self.m_part = alpha, int(grid), int(m_part)
         self.beta, self.gamma, self.tau, self.eta, self.omega = beta, gamma, tau, eta, omega
         self.n_iter, self.set_resolve, self.sweeps = int(n_iter), bool(set_resolve), int(sweeps)
+        self.solve_output: Callable[..., torch.Tensor] = _solve_output  # compiled by compile_parts
+
+    def compile_parts(self, compiler: Callable[[Callable], Callable]) -> None:
+        """Under ``compile=true``: one output's subproblem (:func:`_solve_output`, ~100 small operations run
+        4 x 20 times a step) is compiled once, for the two shapes of the solver (without and with half-half
+        cells): fused kernels, or one CUDA graph per call in the modes that replay them, instead of ~100
+        launches.  Its arguments keep their shapes from step to step (the batch's partitions)."""
+        super().compile_parts(compiler)
+        self.solve_output = compiler(_solve_output)
 
     def mixed_loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, saliency_maps: torch.Tensor
@@ -474,7 +498,9 @@ class CoMixup(SaliencyGuidedMixMethod):
         with torch.autocast(x.device.type, enabled=False):
             problem = self.build_problem(saliency_maps.float())
             with serial_on_cpu(x.device):
-                labels = solve_assignment(problem, self.rng.torch, self.n_iter, self.sweeps, self.set_resolve)
+                labels = solve_assignment(
+                    problem, self.rng.torch, self.n_iter, self.sweeps, self.set_resolve, self.solve_output
+                )
             groups, slots = problem.valid.shape
             outputs = compose(partition(x.float(), groups, slots), labels).flatten(0, 1)[:batch_size]
             outputs = in_layout_of(outputs, x)
