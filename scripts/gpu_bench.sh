@@ -10,8 +10,8 @@
 #                                                                             -> OUT/profiles-<device>.tar.gz
 # 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256               -> OUT/scale.tar.gz
 # 3. compile=true on r18 (vanilla, mixup, AutoMix with its teacher and Mix Block compiled)   -> OUT/compile.tar.gz
-#    and, when the run is under 6.5 minutes by then, compile_mode=reduce-overhead (CUDA graphs) on vanilla,
-#    mixup and Co-Mixup (its solver's output step compiled: one CUDA graph per call)
+#    and, when the run is under 6 minutes by then, compile_mode=reduce-overhead (CUDA graphs) on vanilla,
+#    mixup, Co-Mixup and Puzzle Mix (their solvers' loops compiled: one CUDA graph per call)
 #                                                               -> OUT/compile-reduce-overhead.tar.gz
 # A machine without hydra-core/omegaconf installs them from wheels in .whl/ when present (see
 # results/bench/README.md for how to fetch them); nothing is downloaded here.
@@ -48,10 +48,10 @@ timeout 240 "$PYTHON" tools/bench.py --models r18 --methods mixup,automix --comp
   --out "$runs/compile" || echo "[gpu_bench] compile run failed or ran out of its 240 s"
 pack compile || true
 echo "[gpu_bench] + compile: $(( $(date +%s) - start )) s"
-if [ $(( $(date +%s) - start )) -lt 390 ]; then  # CUDA graphs, only while the 9-minute call has room
-  timeout 140 "$PYTHON" tools/bench.py --models r18 --methods mixup,comixup --compile --steps 30 --loops 0 \
+if [ $(( $(date +%s) - start )) -lt 360 ]; then  # CUDA graphs, only while the 9-minute call has room
+  timeout 170 "$PYTHON" tools/bench.py --models r18 --methods mixup,comixup,puzzlemix --compile --steps 30 --loops 0 \
     --out "$runs/compile-reduce-overhead" compile_mode=reduce-overhead \
-    || echo "[gpu_bench] reduce-overhead run failed or ran out of its 140 s"
+    || echo "[gpu_bench] reduce-overhead run failed or ran out of its 170 s"
   pack compile-reduce-overhead || true
 fi
 echo "[gpu_bench] done: $(( $(date +%s) - start )) s"

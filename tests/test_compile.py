@@ -41,7 +41,8 @@ def _trace_with_aot_eager(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
     def compile_for_tests(target, **options):
         calls.append(options)
-        return TORCH_COMPILE(target, backend="aot_eager")
+        shapes = {"dynamic": options["dynamic"]} if "dynamic" in options else {}  # a method's own choice
+        return TORCH_COMPILE(target, backend="aot_eager", **shapes)
 
     monkeypatch.setattr(step_module.torch, "compile", compile_for_tests)
     return calls
@@ -97,6 +98,9 @@ def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -
         # the online forward on the clean batch (which needs its input's gradient: the saliency) and on the
         # mix, and Co-Mixup's output subproblem without and with half-half cells (80 calls a step)
         ("comixup", 4, 4),
+        # the online forward with and without the input's gradient, and one chain solver and one transport per
+        # grid size drawn (5 steps at 16 px: sizes 2, 4, 8, 16)
+        ("puzzlemix", 4, 10),
     ],
 )
 def test_a_compiled_step_trains_as_the_eager_one_and_traces_each_call_shape_once(
