@@ -68,9 +68,9 @@ and a backward into the input only for the saliency, then the mixed batch's forw
 forward-units against a plain step's 3 (the official code spends 6: its saliency backward also makes the
 weight gradients it discards).  On the CPU the mask solver's loop of small operations runs on one intra-op
 thread (``serial_on_cpu``: same results); the whole mix (energy, solver, transport) took 15 ms (median) of a
-1.5 s step on r18 at 32 px, batch 32, 2 CPU threads.  On a GPU those operations are kernel launches (Puzzle Mix
-3.45x vanilla on an H200 at 575bd20): under ``compile=true`` the chain solver and the transport's rounds are
-compiled (:meth:`PuzzleMix.compile_parts`), one graph per grid size; not yet measured on a GPU.
+1.5 s step on r18 at 32 px, batch 32, 2 CPU threads.  On a GPU those operations are kernel launches (Puzzle
+Mix 3.45x vanilla on an H200 at 575bd20): under ``compile=true`` the chain solver and the transport's rounds
+are compiled (:meth:`PuzzleMix.compile_parts`), one graph per grid size; not yet measured on a GPU.
 """
 
 from __future__ import annotations
