@@ -157,13 +157,17 @@ def _model_rows(
     timed = [entry for entry in results if isinstance(entry, PreparedRow)]
     reference = results[0] if isinstance(results[0], PreparedRow) else None  # vanilla comes first
     units = []
-    if reference is not None and not runtime.compile:  # the units are eager: no floors for compiled rows
-        needed = units_needed([entry.row.passes for entry in timed])
-        if needed:
+    floors = reference is not None and not runtime.compile  # the units are eager: no floors for compiled rows
+    needed = units_needed([entry.row.passes for entry in timed]) if floors else []
+    if needed:
+        try:
             torch.manual_seed(int(configs[model, REFERENCE_METHOD].seed))
             network, _ = build_model_and_method(configs[model, REFERENCE_METHOD], runtime)
             units = prepare_units(needed, network, runtime, reference.x, reference.y, request.warmup)
             log(f"{model}: pass units {', '.join(needed)} prepared")
+        except torch.cuda.OutOfMemoryError:  # the rows stand; only their floors are lost
+            floors, units = False, []
+            log(f"{model}: out of GPU memory for the pass units: no floors for this model")
     if timed:
         log(f"{model}: timing {len(timed)} rows, {len(units)} pass units round-robin, {request.steps} rounds")
         time_round_robin([*timed, *units], request.steps)
@@ -175,7 +179,7 @@ def _model_rows(
                 path = write_profile(request.profile_dir, model, entry.row.method, result)
                 log(f"{model} {entry.row.method}: profile in {path}")
     rows = [finish_row(entry, reference) if isinstance(entry, PreparedRow) else entry for entry in results]
-    if reference is not None and not runtime.compile:
+    if floors:
         unit_seconds = {entry.unit: entry.seconds for entry in units}
         for entry in timed:
             if entry.row.passes is not None:
