@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from mixbench.bench import benchmark
 from mixbench.bench.benchmark import run_benchmark
 from mixbench.bench.passes import floor_seconds, passes_text, prepare_units, unit_pass, units_needed
 from mixbench.bench.report import write_report
@@ -177,3 +178,14 @@ def test_the_bench_times_the_units_a_model_needs_and_writes_each_rows_floor(tmp_
     written = {line["method"]: line for line in csv.DictReader(csv_path.open())}
     assert written["puzzlemix"]["passes"] == "step; forward + backward to the input"
     assert float(written["puzzlemix"]["floor"]) == pytest.approx(rows["puzzlemix"].floor, abs=1e-4)
+
+
+def test_pass_units_out_of_gpu_memory_cost_the_floors_not_the_rows(monkeypatch) -> None:
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(benchmark, "prepare_units", out_of_memory)
+    request, runtime = _request("puzzlemix", "r18", ["model.width=4"])
+    report = run_benchmark(request, runtime, log=lambda message: None)
+    assert [row.status for row in report.rows] == ["ok", "ok"] and report.units == []
+    assert all(row.floor is None and row.ratio_to_vanilla is not None for row in report.rows)
