@@ -123,6 +123,7 @@ class MixMethod(nn.Module):
 
     name: str = "base"
     required_stages: tuple[int, ...] = (0,)
+    provides_clean_forward: bool = False  # mix_with_model hands over the clean batch's logits (SUMix reuses)
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,8 +172,6 @@ class MixMethod(nn.Module):
     def mix_passes(self) -> dict[str, float]:
         """The passes ``mix_with_model`` runs to make a mixed batch for a wrapper (SUMix); none by default."""
         return {}
-
-    provides_clean_forward: bool = False  # mix_with_model hands over the clean batch's logits (SUMix reuses)
 
     def eval_models(self, model: nn.Module) -> dict[str, nn.Module]:
         """Networks evaluated each epoch, by label; ``""`` is the online network."""
