@@ -101,6 +101,9 @@ def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -
         # the online forward with and without the input's gradient, and one chain solver and one transport per
         # grid size drawn (5 steps at 16 px: sizes 2, 4, 8, 16)
         ("puzzlemix", 4, 10),
+        # AlignMixup/AE runs the model's stages itself (forward_features, compiled beside the forward); every
+        # branch it draws calls them on a batch of the same shape: one graph (none before 2026-12-04)
+        ("alignmixup_ae", 1, 1),
     ],
 )
 def test_a_compiled_step_trains_as_the_eager_one_and_traces_each_call_shape_once(
@@ -120,8 +123,9 @@ def test_a_learned_method_compiles_its_teacher_and_mix_block_with_the_runs_mode(
         calls = _trace_with_aot_eager(monkeypatch)
         _, runtime, _, method, _ = _build("automix", compiled=True, overrides=(f"compile_mode={mode}",))
         assert runtime.compile_mode == mode  # a free override of tools/bench.py reaches the runtime
-        # the online model, the teacher's three passes and the Mix Block's forward, each with the run's mode
-        assert len(calls) == 2 + len(TEACHER_PASSES)
+        # the online model and its forward_features, the teacher's three passes and the Mix Block's forward,
+        # each with the run's mode
+        assert len(calls) == 3 + len(TEACHER_PASSES)
         assert calls == [{} if mode == "default" else {"mode": mode}] * len(calls)
     ema = method.ema
     for name in TEACHER_PASSES:

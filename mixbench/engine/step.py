@@ -9,9 +9,11 @@ One call of :class:`TrainingStep` is::
     sums += loss, logs                               (on the device: no host read)
 
 Under ``compile=true`` :func:`build_training_step` compiles, with ``torch.compile(..., mode=compile_mode)``
-(no mode for ``default``), the online model the method receives and, through
-:meth:`~mixbench.methods.MixMethod.compile_parts`, the method's own networks: the EMA teacher's and the Mix
-Block's train-mode passes of AutoMix, SAMix and AdAutoMix (and of AutoMix under SUMix).  The optimizer step,
+(no mode for ``default``), the online model the method receives, its train-mode ``forward_features`` (for
+a method that runs the stages itself: AlignMixup/AE; the model's own forward inlines it) and, through
+:meth:`~mixbench.methods.MixMethod.compile_parts`, the method's own parts: the EMA teacher's and the Mix
+Block's train-mode passes of AutoMix, SAMix and AdAutoMix (and of AutoMix under SUMix), Co-Mixup's and Puzzle
+Mix's solver loops.  The optimizer step,
 the EMA update and the method's glue between the passes stay eager.  In the modes that replay CUDA graphs
 (``reduce-overhead``, ``max-autotune``) each step starts with ``torch.compiler.cudagraph_mark_step_begin()``,
 as torch asks of a loop that calls compiled functions several times per iteration.  Measured on an H200
@@ -39,7 +41,11 @@ from mixbench.engine.distributed import data_parallel_step
 from mixbench.engine.optim import build_lr_schedule, build_optimizer, parameter_groups
 from mixbench.engine.runtime import Runtime
 from mixbench.methods import MixMethod
+from mixbench.methods.mix_block import compile_train_passes
 from mixbench.rng import MixRandom
+
+# the online model's passes compiled beside its forward, for methods that call them on the model they receive
+ONLINE_PASSES = ("forward_features",)
 
 
 class EpochSums:
@@ -155,7 +161,8 @@ def build_training_step(
     step_model = model
     if compiler is not None:
         step_model = compiler(model)
-        method.compile_parts(compiler)  # the teacher and the Mix Block (state_dict keys unchanged)
+        compile_train_passes(model, ONLINE_PASSES, compiler)  # state_dict keys unchanged (TrainModePass)
+        method.compile_parts(compiler)  # teachers, Mix Blocks, solvers (state_dict keys unchanged)
     return TrainingStep(
         model,
         method,
