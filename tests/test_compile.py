@@ -89,18 +89,6 @@ def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -
         ("manifoldmix", 1, 3),  # one graph per mixing stage drawn (stages 0-2 on r18), lam passed as a tensor
         ("alignmixup", 1, 2),  # input mixing and feature alignment (Sinkhorn inside the traced call)
         ("sumix", 1, 2),  # the no-grad clean forward and the trained one
-        # the online forward; the teacher's forward_features (no grad) and forward (to the mask); the Mix
-        # Block without and with gradient: 5 graphs for 5 steps of 5 compiled calls each
-        ("automix", 5, 5),
-        ("automix[lam_channel=true]", 3, 3),  # its Mix Block reads lam as a fill value: left eager
-        ("samix", 5, 6),  # AutoMix's 5, and the Mixer again once its lam (a host float) is a graph input
-        ("adautomix", 6, 6),  # AutoMix's 5 and the teacher's forward_from (the sources' logits)
-        # the online forward on the clean batch (which needs its input's gradient: the saliency) and on the
-        # mix, and Co-Mixup's output subproblem without and with half-half cells (80 calls a step)
-        ("comixup", 4, 4),
-        # the online forward with and without the input's gradient, and one chain solver and one transport per
-        # grid size drawn (5 steps at 16 px: sizes 2, 4, 8, 16)
-        ("puzzlemix", 4, 10),
         # AlignMixup/AE runs the model's stages itself (forward_features, compiled beside the forward); every
         # branch it draws calls them on a batch of the same shape: one graph (none before 2026-12-04)
         ("alignmixup_ae", 1, 1),
@@ -109,6 +97,16 @@ def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -
 def test_a_compiled_step_trains_as_the_eager_one_and_traces_each_call_shape_once(
     method_name: str, fewest: int, most: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The methods that mix through the online model alone; those with compiled parts of their own (a teacher,
+    a Mix Block, a solver) are in ``tests/test_compile_parts.py`` (a file of their own: the two halves run
+    on different workers)."""
+    assert_compiled_trains_as_eager(method_name, fewest, most, monkeypatch)
+
+
+def assert_compiled_trains_as_eager(
+    method_name: str, fewest: int, most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STEPS compiled steps give the eager steps' losses, and ``fewest``..``most`` graphs are traced."""
     eager, none_traced = _losses(method_name, compiled=False, monkeypatch=monkeypatch)
     compiled, traced = _losses(method_name, compiled=True, monkeypatch=monkeypatch)
     assert none_traced == 0
