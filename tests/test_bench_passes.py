@@ -157,8 +157,10 @@ def test_each_unit_computes_the_gradients_its_name_says_and_leaves_no_state() ->
         assert (seen == ["weight"]) == weights, unit
         assert bool(head_calls) == reaches_end, unit
     assert all(p.grad is None for p in model.parameters())  # returned, never accumulated
-    prepared = prepare_units([FORWARD_NO_GRAD], model.eval(), runtime, x, y, warmup=1)
-    assert model.training and prepared[0].seconds == []  # units run in train mode; warm-up is untimed
+    head_calls.clear()
+    prepared = prepare_units([FORWARD_NO_GRAD], model.eval(), runtime, x, y, warmup=2)
+    assert model.training and len(head_calls) == 2  # units run in train mode, warmed up as asked
+    assert prepared[0].seconds == []  # the warm-up is not timed
     with pytest.raises(ValueError, match="unknown pass unit"):
         unit_pass("backward", model, runtime)
 

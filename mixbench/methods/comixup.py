@@ -57,8 +57,8 @@ batch of 2 across threads).  The whole mix took 58 ms (median) of a 1.9 s step o
 operations are kernel launches, the step's main cost (16x vanilla on an H200 at 575bd20): under
 ``compile=true`` one output's subproblem is compiled (:meth:`CoMixup.compile_parts`, two graphs: without and
 with half-half cells), so that each of the 80 calls a step is one compiled call, replayed as a CUDA graph in
-``compile_mode=reduce-overhead``; ``tests/test_compile.py`` checks that the compiled step trains as the eager
-one.  Not yet measured on a GPU.
+``compile_mode=reduce-overhead``; ``tests/test_compile_parts.py`` checks that the compiled step trains as the
+eager one.  Not yet measured on a GPU.
 """
 
 from __future__ import annotations
