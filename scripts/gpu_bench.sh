@@ -8,11 +8,13 @@
 #    fwd/bwd/step loop                                                                      -> OUT/<device>.md|csv
 #    each row profiled (top kernels, launches per step: profiles/<device>/<model>/<method>.txt)
 #                                                                             -> OUT/profiles-<device>.tar.gz
-# 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256               -> OUT/scale.tar.gz
-# 3. compile=true on r18 (vanilla, mixup, AutoMix with its teacher and Mix Block compiled)   -> OUT/compile.tar.gz
-#    and, when the run is under 6 minutes by then, compile_mode=reduce-overhead (CUDA graphs) on vanilla,
-#    mixup, Co-Mixup and Puzzle Mix (their solvers' loops compiled: one CUDA graph per call)
-#                                                               -> OUT/compile-reduce-overhead.tar.gz
+# 2. compile_mode=reduce-overhead (CUDA graphs; the online model, the teachers, the Mix Blocks and the solvers'
+#    loops compiled) on r18, one process per group so that one group's failure leaves the others' tables:
+#    input-space and feature methods with the trainer's loop, the learned methods, Puzzle Mix, Co-Mixup
+#                                                                          -> OUT/further.tar.gz (graphs-*/)
+# 3. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256                 -> (same, scale/)
+# Each further run gets what is left of the script's budget (GPU_BENCH_SECONDS, default 570 s: the device
+# tool's 10-minute call) and is skipped when under a minute is left; the archive is rewritten after each.
 # A machine without hydra-core/omegaconf installs them from wheels in .whl/ when present (see
 # results/bench/README.md for how to fetch them); nothing is downloaded here.
 set -euo pipefail
@@ -31,27 +33,39 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 slug=$("$PYTHON" -c "from mixbench.provenance import provenance; import torch; print(provenance(torch.device('cuda')).device_slug)")
 start=$(date +%s)
-# The device tool returns at most 8 files, 2 folders deep: the profiles (one file per model and method) and
-# each further run's folder travel as one archive each. Unpack with: tar -xzf <name>.tar.gz -C results/bench
-runs=$(mktemp -d)  # the further runs write here; pack NAME archives $runs/NAME into OUT/NAME.tar.gz
-pack() { [ -d "$runs/$1" ] && tar -czf "$out/$1.tar.gz" -C "$runs" "$1"; }
+# The device tool returns at most 8 files, 2 folders deep: the profiles (one file per model and method) travel
+# as one archive, and the further runs' folders as another. Unpack with: tar -xzf <name>.tar.gz -C results/bench
+runs=$(mktemp -d)  # the further runs write here
 profiles=$(mktemp -d)
 "$PYTHON" tools/bench.py --methods "all,sumix[base=puzzlemix],sumix[base=automix]" --random-adain --out "$out" \
   --profile "$profiles/profiles/$slug"
 tar -czf "$out/profiles-$slug.tar.gz" -C "$profiles" profiles && rm -rf "$profiles"
 echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
-"$PYTHON" tools/bench.py --models resnet50 --data imagenet --image-size 224 --batch-size 256 \
-  --methods alignmixup,mixup --steps 15 --warmup 3 --loops 0 --out "$runs/scale" schedule=alignmix_imagenet || echo "[gpu_bench] scale run failed"
-pack scale || true
-echo "[gpu_bench] + scale: $(( $(date +%s) - start )) s"
-timeout 240 "$PYTHON" tools/bench.py --models r18 --methods mixup,automix --compile --steps 30 --loops 0 \
-  --out "$runs/compile" || echo "[gpu_bench] compile run failed or ran out of its 240 s"
-pack compile || true
-echo "[gpu_bench] + compile: $(( $(date +%s) - start )) s"
-if [ $(( $(date +%s) - start )) -lt 360 ]; then  # CUDA graphs, only while the 9-minute call has room
-  timeout 170 "$PYTHON" tools/bench.py --models r18 --methods mixup,comixup,puzzlemix --compile --steps 30 --loops 0 \
-    --out "$runs/compile-reduce-overhead" compile_mode=reduce-overhead \
-    || echo "[gpu_bench] reduce-overhead run failed or ran out of its 170 s"
-  pack compile-reduce-overhead || true
-fi
+budget=${GPU_BENCH_SECONDS:-570}
+# further NAME SECONDS ARGS...: tools/bench.py ARGS --out $runs/NAME under a timeout of at most SECONDS
+further() {
+  local name=$1 want=$2 room
+  shift 2
+  room=$(( budget - ($(date +%s) - start) - 10 ))
+  if [ "$room" -lt 60 ]; then echo "[gpu_bench] $name skipped: $room s left"; return 0; fi
+  [ "$want" -gt "$room" ] && want=$room
+  timeout --kill-after=10 "$want" "$PYTHON" tools/bench.py "$@" --out "$runs/$name" \
+    || echo "[gpu_bench] $name failed or ran out of its $want s"
+  tar -czf "$out/further.tar.gz" -C "$runs" . || true
+  echo "[gpu_bench] + $name: $(( $(date +%s) - start )) s"
+}
+# CUDA graphs: warm-up long enough to record every graph a row draws (Puzzle Mix: one per grid size)
+graphs() {
+  local name=$1 want=$2 methods=$3 warmup=$4 loops=$5
+  further "$name" "$want" --models r18 --methods "$methods" --compile --steps 20 --warmup "$warmup" \
+    --loops "$loops" --profile "$runs/$name/profiles" compile_mode=reduce-overhead
+}
+export TORCH_LOGS=recompiles  # a retrace per step would show in the log
+graphs graphs-input 150 mixup,cutmix,fmix,alignmixup,sumix 10 4
+graphs graphs-learned 150 automix,adautomix 10 0
+graphs graphs-puzzlemix 120 puzzlemix 20 0
+graphs graphs-comixup 120 comixup 10 0
+unset TORCH_LOGS
+further scale 90 --models resnet50 --data imagenet --image-size 224 --batch-size 256 --methods alignmixup,mixup \
+  --steps 15 --warmup 3 --loops 0 schedule=alignmix_imagenet
 echo "[gpu_bench] done: $(( $(date +%s) - start )) s"
