@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue 5/5, in one go (about 4-6 minutes on an H100/H200), run from the repository root on a
-# machine with one CUDA GPU:
-#   bash scripts/gpu_bench.sh [OUT]      OUT defaults to results/bench
+# The GPU benchmark of issue 5/5, run from the repository root on a machine with one CUDA GPU:
+#   bash scripts/gpu_bench.sh [OUT] [PART]     OUT defaults to results/bench, PART to all
+# PART main (about 7-8 minutes on a shared H200, 425 s for step 1 at 5b521f1):
 # 1. every method (and SUMix on Puzzle Mix and on AutoMix) on r18, wrn16_8 and rx50 at batch 128 (bf16,
-#    channels_last), rows timed round-robin, the host syncs counted with CUDA's own sync debug mode beside
-#    ours, and the trainer's loop (resident CIFAR-shaped data, crop/flip on the device) against a bare
-#    fwd/bwd/step loop                                                                      -> OUT/<device>.md|csv
+#    channels_last), rows timed round-robin with each row's floor (its passes, timed in the same rounds), the
+#    host syncs counted with CUDA's own sync debug mode beside ours, and the trainer's loop (resident
+#    CIFAR-shaped data, crop/flip on the device) against a bare fwd/bwd/step loop          -> OUT/<device>.md|csv
 #    each row profiled (top kernels, launches per step: profiles/<device>/<model>/<method>.txt)
 #                                                                             -> OUT/profiles-<device>.tar.gz
-# 2. compile_mode=reduce-overhead (CUDA graphs; the online model, the teachers, the Mix Blocks and the solvers'
+# 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256          -> OUT/further.tar.gz (scale/)
+# PART graphs (about 5-6 minutes; compiling is most of it):
+# 3. compile_mode=reduce-overhead (CUDA graphs; the online model, the teachers, the Mix Blocks and the solvers'
 #    loops compiled) on r18, one process per group so that one group's failure leaves the others' tables:
-#    input-space and feature methods with the trainer's loop, the learned methods, Puzzle Mix, Co-Mixup
-#                                                                          -> OUT/further.tar.gz (graphs-*/)
-# 3. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256                 -> (same, scale/)
-# Each further run gets what is left of the script's budget (GPU_BENCH_SECONDS, default 570 s: the device
-# tool's 10-minute call) and is skipped when under a minute is left; the archive is rewritten after each.
+#    input-space methods and SUMix with the trainer's loop, the learned methods, Puzzle Mix, Co-Mixup, and
+#    AlignMixup last (its 100 Sinkhorn iterations unroll into two large graphs: over 2 minutes of compiling)
+#                                                                -> OUT/further.tar.gz (reduce-overhead-*/)
+# PART all runs both. The device tool's call is 10 minutes long and a lent session has 15 minutes of device
+# time: run main, then graphs at once on the still-warm machine (its inductor cache warm too). The further runs
+# get what is left of the part's budget (GPU_BENCH_SECONDS, default 570 s) and are skipped when under a minute
+# is left; OUT/further.tar.gz is rewritten after each, so a call cut short still returns what finished.
 # A machine without hydra-core/omegaconf installs them from wheels in .whl/ when present (see
 # results/bench/README.md for how to fetch them); nothing is downloaded here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-results/bench}
+part=${2:-all}
+case $part in all | main | graphs) ;; *) echo "error: PART must be all, main or graphs, got '$part'" >&2; exit 2 ;; esac
+mkdir -p "$out"
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import hydra, omegaconf" 2>/dev/null; then
   if ! compgen -G ".whl/*.whl" >/dev/null; then
@@ -36,11 +43,6 @@ start=$(date +%s)
 # The device tool returns at most 8 files, 2 folders deep: the profiles (one file per model and method) travel
 # as one archive, and the further runs' folders as another. Unpack with: tar -xzf <name>.tar.gz -C results/bench
 runs=$(mktemp -d)  # the further runs write here
-profiles=$(mktemp -d)
-"$PYTHON" tools/bench.py --methods "all,sumix[base=puzzlemix],sumix[base=automix]" --random-adain --out "$out" \
-  --profile "$profiles/profiles/$slug"
-tar -czf "$out/profiles-$slug.tar.gz" -C "$profiles" profiles && rm -rf "$profiles"
-echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
 budget=${GPU_BENCH_SECONDS:-570}
 # further NAME SECONDS ARGS...: tools/bench.py ARGS --out $runs/NAME under a timeout of at most SECONDS
 further() {
@@ -60,12 +62,23 @@ graphs() {
   further "$name" "$want" --models r18 --methods "$methods" --compile --steps 20 --warmup "$warmup" \
     --loops "$loops" --profile "$runs/$name/profiles" compile_mode=reduce-overhead
 }
-export TORCH_LOGS=recompiles  # a retrace per step would show in the log
-graphs graphs-input 150 mixup,cutmix,fmix,alignmixup,sumix 10 4
-graphs graphs-learned 150 automix,adautomix 10 0
-graphs graphs-puzzlemix 120 puzzlemix 20 0
-graphs graphs-comixup 120 comixup 10 0
-unset TORCH_LOGS
-further scale 90 --models resnet50 --data imagenet --image-size 224 --batch-size 256 --methods alignmixup,mixup \
-  --steps 15 --warmup 3 --loops 0 schedule=alignmix_imagenet
+if [ "$part" != graphs ]; then
+  profiles=$(mktemp -d)
+  "$PYTHON" tools/bench.py --methods "all,sumix[base=puzzlemix],sumix[base=automix]" --random-adain --out "$out" \
+    --profile "$profiles/profiles/$slug"
+  tar -czf "$out/profiles-$slug.tar.gz" -C "$profiles" profiles && rm -rf "$profiles"
+  echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
+  further scale 90 --models resnet50 --data imagenet --image-size 224 --batch-size 256 \
+    --methods alignmixup,mixup --steps 15 --warmup 3 --loops 0 schedule=alignmix_imagenet
+fi
+if [ "$part" = all ]; then budget=$(( budget + ${GPU_BENCH_SECONDS:-570} )); fi
+if [ "$part" != main ]; then
+  export TORCH_LOGS=recompiles  # a retrace per step would show in the log
+  graphs reduce-overhead-input 120 mixup,cutmix,fmix,sumix 10 4
+  graphs reduce-overhead-learned 100 automix,adautomix 12 0
+  graphs reduce-overhead-puzzlemix 80 puzzlemix 20 0
+  graphs reduce-overhead-comixup 80 comixup 12 0
+  graphs reduce-overhead-alignmixup 200 alignmixup 10 0
+  unset TORCH_LOGS
+fi
 echo "[gpu_bench] done: $(( $(date +%s) - start )) s"

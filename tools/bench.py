@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument(
         "--image-size", type=int, help="training resolution in px (default: the data config's)"
     )
-    parser.add_argument("--steps", type=int, help="timed steps per row (default: 20 on CUDA, 5 on CPU)")
+    parser.add_argument("--steps", type=int, help="timed steps per row (default: 30 on CUDA, 15 on CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on CUDA, 2 on CPU)")
     parser.add_argument(
         "--out", type=Path, default=Path("results/bench"), help="folder of <device>.md and .csv"
