@@ -14,7 +14,7 @@
 #    loops compiled) on r18, one process per group so that one group's failure leaves the others' tables:
 #    input-space methods and SUMix with the trainer's loop, the learned methods, Puzzle Mix, Co-Mixup, and
 #    AlignMixup last (its 100 Sinkhorn iterations unroll into two large graphs: over 2 minutes of compiling)
-#                                                                -> OUT/further.tar.gz (reduce-overhead-*/)
+#                                                                -> OUT/further.tar.gz (reduce-overhead/<group>/)
 # PART all runs both. The device tool's call is 10 minutes long and a lent session has 15 minutes of device
 # time: run main, then graphs at once on the still-warm machine (its inductor cache warm too). The further runs
 # get what is left of the part's budget (GPU_BENCH_SECONDS, default 570 s) and are skipped when under a minute
@@ -74,11 +74,11 @@ fi
 if [ "$part" = all ]; then budget=$(( budget + ${GPU_BENCH_SECONDS:-570} )); fi
 if [ "$part" != main ]; then
   export TORCH_LOGS=recompiles  # a retrace per step would show in the log
-  graphs reduce-overhead-input 120 mixup,cutmix,fmix,sumix 10 4
-  graphs reduce-overhead-learned 100 automix,adautomix 12 0
-  graphs reduce-overhead-puzzlemix 80 puzzlemix 20 0
-  graphs reduce-overhead-comixup 80 comixup 12 0
-  graphs reduce-overhead-alignmixup 200 alignmixup 10 0
+  graphs reduce-overhead/input 120 mixup,cutmix,fmix,sumix 10 4
+  graphs reduce-overhead/learned 100 automix,adautomix 12 0
+  graphs reduce-overhead/puzzlemix 80 puzzlemix 20 0
+  graphs reduce-overhead/comixup 80 comixup 12 0
+  graphs reduce-overhead/alignmixup 200 alignmixup 10 0
   unset TORCH_LOGS
 fi
 echo "[gpu_bench] done: $(( $(date +%s) - start )) s"
