@@ -14,6 +14,7 @@ import torch
 from mixbench.bench import data_path, timing
 from mixbench.bench.benchmark import run_benchmark
 from mixbench.bench.memory import minor_page_faults
+from mixbench.bench.profile import device_busy_ms
 from mixbench.bench.report import to_csv, to_markdown, write_report
 from mixbench.bench.request import compose_row_configs, resolve_request
 from mixbench.bench.results import BenchReport, BenchRow
@@ -434,6 +435,36 @@ def test_profiling_a_row_writes_its_top_operators_and_adds_the_launches_column(t
     assert mixup.launches_per_step > _rows(report)["r18", "vanilla"].launches_per_step  # mixing adds ops
     header = next(line for line in to_markdown(report).splitlines() if line.startswith("| model |"))
     assert "launches / step" in header
+    assert mixup.gpu_busy_ms_per_step is None and "GPU busy" not in header  # no device time on a CPU
+
+
+def test_gpu_busy_time_is_the_kernels_own_device_time_per_step_in_ms() -> None:
+    """Stand-ins for the profiler's averaged CUDA events: 1,500 + 500 + 1,000 us over 2 steps is 1.5 ms a
+    step; an event of an older torch without ``self_device_time_total`` is read by its CUDA name."""
+    kernels = [
+        SimpleNamespace(self_device_time_total=1500.0),
+        SimpleNamespace(self_device_time_total=500.0),
+        SimpleNamespace(self_cuda_time_total=1000.0),
+    ]
+    assert device_busy_ms(kernels, steps=2) == pytest.approx(1.5)
+    assert device_busy_ms([], steps=3) == 0.0
+
+
+def test_a_row_with_gpu_busy_time_adds_its_column_to_the_table_and_the_csv() -> None:
+    rows = [
+        BenchRow("r18", "vanilla", "ok", step_ms=11.3, launches_per_step=365, gpu_busy_ms_per_step=2.9536),
+        BenchRow("r18", "comixup", "ok", step_ms=182.6, launches_per_step=7847, gpu_busy_ms_per_step=19.894),
+    ]
+    facts = {"precision": "bf16", "channels_last": "true", "batch size": "128", "image size": "32 px"}
+    facts |= {"steps timed": "30 per row", "torch": "2.11", "git commit": "5b521f1"}
+    report = BenchReport(rows, "NVIDIA H200", "nvidia-h200", facts, "memory", "syncs", [])
+    lines = to_markdown(report).splitlines()
+    header = next(line for line in lines if line.startswith("| model |")).split("|")
+    column = [name.strip() for name in header].index("GPU busy / step (ms)")
+    comixup = next(line for line in lines if line.startswith("| r18 | comixup")).split("|")
+    assert comixup[column].strip() == "19.89"
+    by_method = {row["method"]: row for row in csv.DictReader(to_csv(report).splitlines())}
+    assert by_method["vanilla"]["gpu_busy_ms_per_step"] == "2.954"
 
 
 def test_random_adain_times_the_style_methods_with_stand_in_files_that_then_disappear(monkeypatch) -> None:

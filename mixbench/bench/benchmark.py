@@ -176,6 +176,7 @@ def _model_rows(
                 title = f"{model} {entry.row.method} on {runtime.device} (tools/bench.py --profile)"
                 result = profile_steps(entry.step, entry.x, entry.y, title)
                 entry.row.launches_per_step = result.launches_per_step
+                entry.row.gpu_busy_ms_per_step = result.busy_ms_per_step
                 path = write_profile(request.profile_dir, model, entry.row.method, result)
                 log(f"{model} {entry.row.method}: profile in {path}")
     rows = [finish_row(entry, reference) if isinstance(entry, PreparedRow) else entry for entry in results]

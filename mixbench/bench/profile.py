@@ -4,7 +4,9 @@ launches (CUDA) or operator calls (CPU) per step and the top entries by their ow
 On a GPU bound by launches rather than arithmetic (small images, small batches) the launch count explains a
 method's cost better than its FLOPs: each launch costs a few microseconds of host time whatever its size.
 ``python tools/bench.py --profile DIR`` profiles every timed row after its timing (the profiled steps are not
-timed) and writes ``DIR/<model>/<method>.txt``; the table gains a ``launches / step`` column.
+timed) and writes ``DIR/<model>/<method>.txt``; the table gains a ``launches / step`` column, and on a GPU a
+``GPU busy / step`` column: the kernels' own device time per step.  A step much longer than its busy time is
+bound by the host issuing kernels, not by the GPU's arithmetic.
 """
 
 from __future__ import annotations
@@ -24,10 +26,22 @@ TOP_ENTRIES = 15
 
 @dataclass
 class StepProfile:
-    """Launches (CUDA kernels, or CPU operator calls on a CPU) per step and the top entries as text."""
+    """Launches (CUDA kernels, or CPU operator calls on a CPU) per step, the kernels' device time per step
+    in ms (GPU only, else ``None``) and the top entries as text."""
 
     launches_per_step: float
     text: str
+    busy_ms_per_step: float | None = None
+
+
+def device_busy_ms(kernels, steps: int) -> float:
+    """The kernels' own device time per step in ms: the sum over the profiler's averaged CUDA events of their
+    self device time (microseconds), over ``steps``."""
+    total_us = sum(
+        getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+        for event in kernels
+    )
+    return total_us / 1000.0 / steps
 
 
 def profile_steps(step, x: torch.Tensor, y: torch.Tensor, title: str) -> StepProfile:
@@ -50,8 +64,11 @@ def profile_steps(step, x: torch.Tensor, y: torch.Tensor, title: str) -> StepPro
         sort_by, what = "self_cpu_time_total", "aten operator calls (no kernel launches on a CPU)"
     table = events.table(sort_by=sort_by, row_limit=TOP_ENTRIES, max_name_column_width=70)
     per_step = launches / PROFILED_STEPS
-    text = f"{title}\n{PROFILED_STEPS} steps profiled; {what} per step: {per_step:.0f}\n\n{table}\n"
-    return StepProfile(per_step, text)
+    busy = device_busy_ms(kernels, PROFILED_STEPS) if on_cuda else None
+    busy_text = f"; GPU busy per step: {busy:.2f} ms" if busy is not None else ""
+    summary = f"{PROFILED_STEPS} steps profiled; {what} per step: {per_step:.0f}{busy_text}"
+    text = f"{title}\n{summary}\n\n{table}\n"
+    return StepProfile(per_step, text, busy)
 
 
 def spec_file_name(spec: str) -> str:

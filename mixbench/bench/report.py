@@ -34,6 +34,7 @@ CSV_COLUMNS = (
     "cuda_syncs_per_step",
     "host_sync_sites",
     "launches_per_step",
+    "gpu_busy_ms_per_step",
     "model_params",
     "method_params",
     "note",
@@ -86,7 +87,9 @@ def to_markdown(report: BenchReport) -> str:
         f"Host syncs / step: {report.host_syncs_of}; 0 means the step never waits for "
         "the device, and the note names the file:line of each sync. Launches / step (with --profile): CUDA "
         "kernel launches per step on a GPU, aten operator calls on a CPU, from 3 profiled untimed steps "
-        "(mixbench/bench/profile.py). Method params: the method's own trainable parts. Written by "
+        "(mixbench/bench/profile.py); GPU busy / step (GPU only): the kernels' own device time per step over "
+        "the same steps, a step much longer than it waiting on the host to issue kernels. Method params: the "
+        "method's own trainable parts. Written by "
         "`python tools/bench.py`."
     )
     columns = [
@@ -106,9 +109,12 @@ def to_markdown(report: BenchReport) -> str:
     profiled = any(row.launches_per_step is not None for row in report.rows)
     if profiled:
         columns.append("launches / step")
+    busy = any(row.gpu_busy_ms_per_step is not None for row in report.rows)
+    if busy:
+        columns.append("GPU busy / step (ms)")
     columns += ["model params (M)", "method params", "note"]
     align = ["l", "l"] + ["r"] * (len(columns) - 3) + ["l"]
-    cells = [_markdown_cells(row, cuda, profiled) for row in report.rows]
+    cells = [_markdown_cells(row, cuda, profiled, busy) for row in report.rows]
     table = markdown_table(columns, cells, align=align)
     text = f"# Training-step cost on {report.device}\n\n{header}\n\n{explanation}\n\n{table}"
     if report.units:
@@ -181,7 +187,7 @@ def loops_markdown(report: BenchReport) -> str:
     return f"\n## The trainer's loop against a bare loop\n\n{explanation}\n\n{table}"
 
 
-def _markdown_cells(row: BenchRow, cuda: bool, profiled: bool) -> list[str]:
+def _markdown_cells(row: BenchRow, cuda: bool, profiled: bool, busy: bool = False) -> list[str]:
     cells = [
         row.model,
         row.method,
@@ -198,6 +204,8 @@ def _markdown_cells(row: BenchRow, cuda: bool, profiled: bool) -> list[str]:
         cells.append(_syncs(row.cuda_syncs_per_step))
     if profiled:
         cells.append(_number(row.launches_per_step, "{:,.0f}"))
+    if busy:
+        cells.append(_number(row.gpu_busy_ms_per_step, "{:.2f}"))
     model_millions = row.model_params / 1e6 if row.model_params is not None else None
     cells += [_number(model_millions, "{:.2f}"), _number(row.method_params, "{:,}"), _note(row)]
     return cells
@@ -282,6 +290,7 @@ def to_csv(report: BenchReport) -> str:
             "cuda_syncs_per_step": _rounded(row.cuda_syncs_per_step, 2),
             "host_sync_sites": sync_sites_text(row.host_sync_sites),
             "launches_per_step": _rounded(row.launches_per_step, 0),
+            "gpu_busy_ms_per_step": _rounded(row.gpu_busy_ms_per_step, 3),
             "model_params": "" if row.model_params is None else row.model_params,
             "method_params": "" if row.method_params is None else row.method_params,
             "note": row.note,

@@ -31,6 +31,7 @@ class BenchRow:
     cuda_syncs_per_step: float | None = None  # CUDA's sync debug mode's reports per counted step; None on CPU
     host_sync_sites: dict[str, float] = field(default_factory=dict)  # "file:line" -> syncs per counted step
     launches_per_step: float | None = None  # --profile: CUDA kernel launches (CPU: aten calls) per step
+    gpu_busy_ms_per_step: float | None = None  # --profile on a GPU: the kernels' own device time per step
     passes: dict[str, float] | None = None  # the step's passes in units (MixMethod.passes); None: unknown
     floor: float | None = None  # the passes' time / vanilla's over the same rounds (mixbench.bench.passes)
     floor_low: float | None = None  # its 90% bootstrap interval
