@@ -100,8 +100,9 @@ def _flat(tree: Any, prefix: str) -> list[tuple[str, Any]]:
 
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-# torch.compile's modes; "default" passes none.  reduce-overhead and max-autotune replay CUDA graphs.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile's modes; "default" passes none.  reduce-overhead and max-autotune replay CUDA graphs.  "auto"
+# is resolved by mixbench.engine.runtime.resolve_compile_mode (reduce-overhead on one CUDA device).
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 

@@ -21,7 +21,7 @@ from mixbench.bench.request import compose_row_configs, resolve_request
 from mixbench.bench.timing import synthetic_batch
 from mixbench.config import COMPILE_MODES, ConfigError, validate
 from mixbench.engine.build import build_model_and_method
-from mixbench.engine.runtime import resolve_runtime
+from mixbench.engine.runtime import resolve_compile_mode, resolve_runtime
 from mixbench.engine.step import build_training_step
 from mixbench.methods.mix_block import TEACHER_PASSES, LearnedMixMethod, TrainModePass
 from mixbench.methods.stage_probe import evaluating
@@ -120,11 +120,12 @@ def test_a_learned_method_compiles_its_teacher_and_mix_block_with_the_runs_mode(
     for mode in COMPILE_MODES:
         calls = _trace_with_aot_eager(monkeypatch)
         _, runtime, _, method, _ = _build("automix", compiled=True, overrides=(f"compile_mode={mode}",))
-        assert runtime.compile_mode == mode  # a free override of tools/bench.py reaches the runtime
+        resolved = "default" if mode == "auto" else mode  # auto on this CPU: no CUDA graphs
+        assert runtime.compile_mode == resolved  # a free override of tools/bench.py reaches the runtime
         # the online model and its forward_features, the teacher's three passes and the Mix Block's forward,
         # each with the run's mode
         assert len(calls) == 3 + len(TEACHER_PASSES)
-        assert calls == [{} if mode == "default" else {"mode": mode}] * len(calls)
+        assert calls == [{} if resolved == "default" else {"mode": resolved}] * len(calls)
     ema = method.ema
     for name in TEACHER_PASSES:
         assert isinstance(ema.module.__dict__[name], TrainModePass)
@@ -132,6 +133,18 @@ def test_a_learned_method_compiles_its_teacher_and_mix_block_with_the_runs_mode(
     calls = _trace_with_aot_eager(monkeypatch)
     _build("automix", compiled=False, overrides=("compile_mode=max-autotune",))
     assert calls == []  # compile_mode alone compiles nothing
+
+
+def test_auto_replays_cuda_graphs_on_one_gpu_and_compiles_plainly_elsewhere() -> None:
+    assert resolve_compile_mode("auto", "cuda", world_size=1) == "reduce-overhead"
+    assert resolve_compile_mode("auto", "cuda", world_size=4) == "default"  # torchrun: DDP's hooks
+    assert resolve_compile_mode("auto", "cpu", world_size=1) == "default"
+    for mode in set(COMPILE_MODES) - {"auto"}:  # a mode named by the user is kept on every device
+        for device_type, world_size in (("cuda", 1), ("cuda", 2), ("cpu", 1)):
+            assert resolve_compile_mode(mode, device_type, world_size) == mode
+    cfg = compose_config(["method=mixup", "compile=true", "device=cpu"])
+    assert cfg.compile_mode == "auto"  # the default of configs/train.yaml
+    assert resolve_runtime(cfg).compile_mode == "default"
 
 
 def test_the_modes_that_replay_cuda_graphs_mark_each_step_begin(monkeypatch: pytest.MonkeyPatch) -> None:
