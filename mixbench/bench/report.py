@@ -88,7 +88,7 @@ def to_markdown(report: BenchReport) -> str:
         "the device, and the note names the file:line of each sync. Launches / step (with --profile): CUDA "
         "kernel launches per step on a GPU, aten operator calls on a CPU, from 3 profiled untimed steps "
         "(mixbench/bench/profile.py); GPU busy / step (GPU only): the kernels' own device time per step over "
-        "the same steps, a step much longer than it waiting on the host to issue kernels. Method params: the "
+        "the same steps (a step much longer than that waits on the host issuing kernels). Method params: the "
         "method's own trainable parts. Written by "
         "`python tools/bench.py`."
     )
