@@ -300,6 +300,26 @@ def test_viterbi_is_exact_on_chains_with_any_sign_of_weights() -> None:
     torch.testing.assert_close(cost(path), best)
 
 
+def test_viterbi_gives_the_path_of_the_link_by_link_recursion_exactly() -> None:
+    """The pairwise costs made in one product before the loop are the products the recursion made link by
+    link: the same path, ties included, on chains of 16 links with many tied costs."""
+    g = torch.Generator().manual_seed(2)
+    unary = torch.randint(0, 3, (64, 16, 5), generator=g).float() / 3
+    weights = torch.rand(64, 15, generator=g)
+    distance = (torch.arange(5.0).view(1, -1) - torch.arange(5.0).view(-1, 1)) ** 2 / 16
+    cost, pointers = unary[:, 0], []
+    for step in range(1, 16):
+        cost, best = (cost.unsqueeze(2) + weights[:, step - 1, None, None] * distance).min(dim=1)
+        cost = cost + unary[:, step]
+        pointers.append(best)
+    label = cost.argmin(dim=-1)
+    path = [label]
+    for best in reversed(pointers):
+        label = best.gather(1, label.unsqueeze(1)).squeeze(1)
+        path.append(label)
+    assert torch.equal(viterbi(unary, weights, distance), torch.stack(path[::-1], dim=1))
+
+
 def test_transport_moves_a_salient_hidden_cell_into_view_and_fills_every_shown_cell() -> None:
     side = 4
     shown = torch.zeros(1, side, side, dtype=torch.bool)

@@ -228,12 +228,15 @@ def build_energy(
 def viterbi(unary: torch.Tensor, weights: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
     """Exact minimiser (N, T) of ``sum_t unary[:, t, l_t] + sum_t weights[:, t] * distance[l_t, l_t+1]``.
 
-    ``unary`` (N, T, L), ``weights`` (N, T-1), ``distance`` (L, L).  Ties go to the lowest label.
+    ``unary`` (N, T, L), ``weights`` (N, T-1), ``distance`` (L, L).  Ties go to the lowest label.  The
+    pairwise costs of every link are one product before the loop (the same products, one launch instead of
+    T-1: the eager loop is launch-bound on a GPU).
     """
     cost = unary[:, 0]
+    pairwise = weights[:, :, None, None] * distance  # (N, T-1, L, L)
     pointers = []
     for step in range(1, unary.shape[1]):
-        total = cost.unsqueeze(2) + weights[:, step - 1, None, None] * distance
+        total = cost.unsqueeze(2) + pairwise[:, step - 1]
         cost, best_previous = total.min(dim=1)
         cost = cost + unary[:, step]
         pointers.append(best_previous)
