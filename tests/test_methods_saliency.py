@@ -37,6 +37,7 @@ from mixbench.methods.gradient_saliency import (
 from mixbench.methods.puzzlemix import (
     GridEnergy,
     PuzzleMix,
+    _fixed_neighbour_costs,
     build_energy,
     cell_distances,
     minimise_energy,
@@ -298,6 +299,25 @@ def test_viterbi_is_exact_on_chains_with_any_sign_of_weights() -> None:
     every = torch.tensor(list(itertools.product(range(3), repeat=4)))
     best = torch.stack([cost(labels.expand(30, 4)) for labels in every]).amin(dim=0)
     torch.testing.assert_close(cost(path), best)
+
+
+def test_the_costs_against_fixed_neighbour_rows_are_those_of_each_side_on_its_own() -> None:
+    """Each label's squared gap to the cells above and below is taken once for the whole grid and sliced:
+    the very numbers of the side-by-side formula, to the bit."""
+    g = torch.Generator().manual_seed(3)
+    values = torch.linspace(0.0, 1.0, 3)
+    energy = GridEnergy(
+        torch.rand(4, 6, 6, 3, generator=g),
+        torch.rand(4, 5, 6, generator=g),
+        torch.rand(4, 6, 5, generator=g),
+        values,
+    )
+    labels = torch.randint(0, 3, (4, 6, 6), generator=g)
+    mask = values[labels].unsqueeze(-1)
+    above = energy.w_down.unsqueeze(-1) * (values.view(1, 1, 1, -1) - mask[:, :-1]) ** 2
+    below = energy.w_down.unsqueeze(-1) * (values.view(1, 1, 1, -1) - mask[:, 1:]) ** 2
+    expected = F.pad(above, (0, 0, 0, 0, 1, 0)) + F.pad(below, (0, 0, 0, 0, 0, 1))
+    assert torch.equal(_fixed_neighbour_costs(energy, labels), expected)
 
 
 def test_viterbi_gives_the_path_of_the_link_by_link_recursion_exactly() -> None:

@@ -255,8 +255,9 @@ def _fixed_neighbour_costs(energy: GridEnergy, labels: torch.Tensor) -> torch.Te
     """(B, k, k, L): pairwise cost of each label against the current labels of the cells above and below."""
     mask = energy.values[labels].unsqueeze(-1)
     values = energy.values.view(1, 1, 1, -1)
-    to_above = energy.w_down.unsqueeze(-1) * (values - mask[:, :-1]) ** 2  # for rows 1..k-1
-    to_below = energy.w_down.unsqueeze(-1) * (values - mask[:, 1:]) ** 2  # for rows 0..k-2
+    squared = (values - mask) ** 2  # (B, k, k, L): each label against each cell's current one, once
+    to_above = energy.w_down.unsqueeze(-1) * squared[:, :-1]  # for rows 1..k-1
+    to_below = energy.w_down.unsqueeze(-1) * squared[:, 1:]  # for rows 0..k-2
     return F.pad(to_above, (0, 0, 0, 0, 1, 0)) + F.pad(to_below, (0, 0, 0, 0, 0, 1))
 
 
