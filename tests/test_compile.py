@@ -86,6 +86,10 @@ def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     ("method_name", "fewest", "most"),
     [
+        # the forward and the loss in one compiled call, the model inlined into it: one graph whatever lam
+        ("vanilla", 1, 1),
+        ("mixup", 1, 1),
+        ("cutmix", 1, 1),
         ("manifoldmix", 1, 3),  # one graph per mixing stage drawn (stages 0-2 on r18), lam passed as a tensor
         ("alignmixup", 1, 2),  # input mixing and feature alignment (Sinkhorn inside the traced call)
         ("sumix", 1, 2),  # the no-grad clean forward and the trained one
@@ -112,6 +116,28 @@ def assert_compiled_trains_as_eager(
     assert none_traced == 0
     assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-5)
     assert fewest <= traced <= most
+
+
+@pytest.mark.parametrize("method_name", ["vanilla", "mixup"])
+def test_the_loss_is_traced_with_the_network_in_one_graph(
+    method_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vanilla's and the input-space methods' step is one compiled call, the network's convolutions and the
+    cross-entropy in the same graph (so that CUDA graphs replay the loss's kernels with the network's)."""
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    monkeypatch.setattr(
+        step_module.torch, "compile", lambda target, **_: TORCH_COMPILE(target, backend=recording_backend)
+    )
+    cfg, runtime, _, _, step = _build(method_name, compiled=True)
+    step(*synthetic_batch(cfg, runtime))
+    assert len(graphs) == 1
+    called = " ".join(str(node.target) for node in graphs[0].graph.nodes)
+    assert "conv2d" in called and "cross_entropy" in called, called
 
 
 def test_a_learned_method_compiles_its_teacher_and_mix_block_with_the_runs_mode(

@@ -76,6 +76,20 @@ def mixed_cross_entropy(
     return (lam * loss_a + (1.0 - lam) * loss_b).mean()
 
 
+def mixed_loss_of_forward(
+    model: nn.Module,
+    x: torch.Tensor,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    lam: float | torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """``model(x)`` and its :func:`mixed_cross_entropy` in one call, so that ``compile=true`` traces the loss
+    with the network: one graph for the forward and one for the backward, the loss's dozen small kernels
+    inside them (CUDA graphs replay them with the network) instead of launched one by one."""
+    return mixed_cross_entropy(model(x), y_a, y_b, lam, label_smoothing)
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``mean_i( -sum_c target[i, c] * log_softmax(logits)[i, c] )`` for soft targets (rows sum to 1)."""
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
@@ -214,19 +228,35 @@ class MixPreview:
 
 
 class InputMixMethod(MixMethod):
-    """A method that mixes images only: subclasses implement :meth:`mix`."""
+    """A method that mixes images only: subclasses implement :meth:`mix`.
+
+    Under ``compile=true`` the network's forward and the mixed loss are one compiled call
+    (:func:`mixed_loss_of_forward`, compiled by :meth:`compile_parts`; the online model it calls is inlined
+    into its graph), and a Python lam reaches it as a 0-dim device tensor, so that a new value is not a new
+    graph.  Eager steps pass lam as they always did (the same numbers as before the compiled call existed).
+    """
+
+    forward_loss: Callable[..., torch.Tensor] = staticmethod(mixed_loss_of_forward)
+    lam_as_tensor = False  # set by compile_parts: the compiled forward_loss takes lam as a device tensor
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
         raise TypeError(f"{type(self).__name__} must define mix()")
 
+    def compile_parts(self, compiler: Callable[[Callable], Callable]) -> None:
+        super().compile_parts(compiler)
+        self.forward_loss = compiler(mixed_loss_of_forward)  # held outside the module tree: a function
+        self.lam_as_tensor = True
+
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         batch = self.mix(x, y)
-        logits = model(batch.x)
-        loss = mixed_cross_entropy(logits, batch.y_a, batch.y_b, batch.lam, self.label_smoothing)
         lam_mean = batch.lam_mean()
         if torch.is_tensor(lam_mean):  # a per-sample lam computed on the device stays there
-            return loss, {"lam": lam_mean.to(torch.float32)}
-        return loss, {"lam": device_scalar(lam_mean, x.device)}
+            lam, lam_log = batch.lam, lam_mean.to(torch.float32)
+        else:
+            lam_log = device_scalar(lam_mean, x.device)
+            lam = lam_log if self.lam_as_tensor else batch.lam
+        loss = self.forward_loss(model, batch.x, batch.y_a, batch.y_b, lam, self.label_smoothing)
+        return loss, {"lam": lam_log}
 
     @torch.no_grad()
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:
