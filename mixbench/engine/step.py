@@ -13,8 +13,9 @@ Under ``compile=true`` :func:`build_training_step` compiles, with ``torch.compil
 a method that runs the stages itself: AlignMixup/AE; the model's own forward inlines it) and, through
 :meth:`~mixbench.methods.MixMethod.compile_parts`, the method's own parts: the EMA teacher's and the Mix
 Block's train-mode passes of AutoMix, SAMix and AdAutoMix (and of AutoMix under SUMix), Co-Mixup's and Puzzle
-Mix's solver loops.  The optimizer step,
-the EMA update and the method's glue between the passes stay eager.  In the modes that replay CUDA graphs
+Mix's solver loops, and for vanilla and the input-space methods the forward together with the loss (one
+graph, the model inlined).  The optimizer step, the EMA update and the method's glue between the passes
+(mixing included) stay eager.  In the modes that replay CUDA graphs
 (``reduce-overhead``, ``max-autotune``) each step starts with ``torch.compiler.cudagraph_mark_step_begin()``,
 as torch asks of a loop that calls compiled functions several times per iteration.  Measured on an H200
 (results/bench/README.md): ``reduce-overhead`` runs vanilla r18's step in 3.5 ms against 9.3 ms eager; the
