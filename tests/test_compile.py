@@ -88,8 +88,7 @@ def _losses(method_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -
     [
         # the forward and the loss in one compiled call, the model inlined into it: one graph whatever lam
         ("vanilla", 1, 1),
-        ("mixup", 1, 1),
-        ("cutmix", 1, 1),
+        ("mixup", 1, 1),  # the path of every input-space method (InputMixMethod.training_step)
         ("manifoldmix", 1, 3),  # one graph per mixing stage drawn (stages 0-2 on r18), lam passed as a tensor
         ("alignmixup", 1, 2),  # input mixing and feature alignment (Sinkhorn inside the traced call)
         ("sumix", 1, 2),  # the no-grad clean forward and the trained one
