@@ -445,6 +445,7 @@ def test_gpu_busy_time_is_the_kernels_own_device_time_per_step_in_ms() -> None:
         SimpleNamespace(self_device_time_total=1500.0),
         SimpleNamespace(self_device_time_total=500.0),
         SimpleNamespace(self_cuda_time_total=1000.0),
+        SimpleNamespace(self_device_time_total=0.0, self_cuda_time_total=7.0),  # an idle kernel reads 0
     ]
     assert device_busy_ms(kernels, steps=2) == pytest.approx(1.5)
     assert device_busy_ms([], steps=3) == 0.0

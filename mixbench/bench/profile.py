@@ -37,10 +37,10 @@ class StepProfile:
 def device_busy_ms(kernels, steps: int) -> float:
     """The kernels' own device time per step in ms: the sum over the profiler's averaged CUDA events of their
     self device time (microseconds), over ``steps``."""
-    total_us = sum(
-        getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
-        for event in kernels
-    )
+    total_us = 0.0
+    for event in kernels:
+        own = getattr(event, "self_device_time_total", None)  # torch >= 2.4; older ones name it for CUDA
+        total_us += own if own is not None else getattr(event, "self_cuda_time_total", 0.0)
     return total_us / 1000.0 / steps
 
 
