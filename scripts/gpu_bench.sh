@@ -8,9 +8,13 @@
 #    CIFAR-shaped data, crop/flip on the device) against a bare fwd/bwd/step loop          -> OUT/<device>.md|csv
 #    each row profiled (top kernels, launches per step: profiles/<device>/<model>/<method>.txt)
 #                                                                             -> OUT/profiles-<device>.tar.gz
-# 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256          -> OUT/further.tar.gz (scale/)
+# 2. the paper's own scale for AlignMixup: ResNet-50 at 224 px, batch 256, its Sinkhorn replayed as a CUDA
+#    graph (the default) and not (cuda_graph=false)                               -> OUT/further.tar.gz (scale/)
 # PART graphs (5-9 minutes as its budget allows; compiling is most of it):
-# 3. compile_mode=reduce-overhead (CUDA graphs; the online model, the teachers, the Mix Blocks and the solvers'
+# 3. eager, the solvers replayed as CUDA graphs (cuda_graph, the default) against the same methods with
+#    cuda_graph=false, paired in the same rounds on r18: Co-Mixup, Puzzle Mix, AlignMixup
+#                                                                  -> OUT/further.tar.gz (solver-graphs/)
+# 4. compile_mode=reduce-overhead (CUDA graphs; the online model, the teachers, the Mix Blocks and the solvers'
 #    loops compiled) on r18, one process per group so that one group's failure leaves the others' tables:
 #    input-space methods and SUMix with the trainer's loop, the learned methods, Puzzle Mix, Co-Mixup, and
 #    AlignMixup last (its 100 Sinkhorn iterations unroll into two large graphs: over 2 minutes of compiling)
@@ -71,10 +75,12 @@ if [ "$part" != graphs ]; then
   tar -czf "$out/profiles-$slug.tar.gz" -C "$profiles" profiles && rm -rf "$profiles"
   echo "[gpu_bench] all methods: $(( $(date +%s) - start )) s"
   further scale 90 --models resnet50 --data imagenet --image-size 224 --batch-size 256 \
-    --methods alignmixup,mixup --steps 15 --warmup 3 --loops 0 schedule=alignmix_imagenet
+    --methods "alignmixup,alignmixup[cuda_graph=false],mixup" --steps 15 --warmup 3 --loops 0 schedule=alignmix_imagenet
 fi
 if [ "$part" = all ]; then budget=$(( budget + ${GPU_BENCH_SECONDS:-570} )); fi
 if [ "$part" != main ]; then
+  further solver-graphs 80 --models r18 --steps 20 --warmup 16 --loops 0 --profile "$runs/solver-graphs/profiles" \
+    --methods "comixup,comixup[cuda_graph=false],puzzlemix,puzzlemix[cuda_graph=false],alignmixup,alignmixup[cuda_graph=false]"
   export TORCH_LOGS=recompiles  # a retrace per step would show in the log
   graphs reduce-overhead/input 130 mixup,cutmix,fmix,sumix 10 4
   graphs reduce-overhead/learned 75 automix,adautomix 12 0

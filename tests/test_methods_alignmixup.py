@@ -442,6 +442,7 @@ def test_config_defaults_are_the_constructor_defaults_and_resolve() -> None:
         "mix_grid": None,
         "direction": "random",
         "remove_last_downsampling": False,
+        "cuda_graph": True,
     }
     cfg = compose_config(["method=alignmixup_ae", "data=digits"])
     method = build_method("alignmixup_ae", **{k: v for k, v in cfg.method.items() if k != "name"})

@@ -104,7 +104,8 @@ options and the feature-mixing step through :class:`AlignMixMethod`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -114,6 +115,7 @@ from torch import nn
 from mixbench.methods.base import Logs, MixMethod, MixPreview, device_scalar, mixed_cross_entropy
 from mixbench.methods.registry import register_method
 from mixbench.methods.sinkhorn import SinkhornResult, log_sinkhorn, squared_euclidean_cost
+from mixbench.methods.solver_graph import SolverGraph
 from mixbench.models.base import StageUnavailableError
 
 SinkhornMode = Literal["official", "converged"]
@@ -123,9 +125,22 @@ DIRECTIONS = ("random", "keep_a_geometry", "keep_partner_geometry")
 CONVERGED_CHECK_EVERY = 10  # sinkhorn="converged": iterations between host reads of the "all stopped" flag
 
 
+def official_sinkhorn(
+    cost: torch.Tensor, eps: float, max_iter: int, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The official loop (batch-wide stopping rule, never read on the host): plan, iterations, converged
+    (the last two made contiguous: a recording's outputs are buffers that each replay writes whole)."""
+    result = log_sinkhorn(cost, eps, max_iter, threshold, per_sample=False, check_every=0)
+    return result.plan, result.iterations.contiguous(), result.converged.contiguous()
+
+
 @dataclass(frozen=True)
 class SinkhornOptions:
-    """How the assignment is solved; ``official`` reproduces the official loop (see the module docstring)."""
+    """How the assignment is solved; ``official`` reproduces the official loop (see the module docstring).
+
+    On a GPU the official loop (``max_iter`` iterations of ~26 kernels, no host sync) is replayed as one CUDA
+    graph per cost shape (``official_solver``, :mod:`mixbench.methods.solver_graph`) unless ``cuda_graph`` is
+    false; ``converged`` reads its stopping flag on the host, so it runs eagerly."""
 
     eps: float = 0.1
     max_iter: int = 100
@@ -133,18 +148,22 @@ class SinkhornOptions:
     mode: SinkhornMode = "official"
     converged_tol: float = 1e-3
     converged_max_iter: int = 1000
+    cuda_graph: bool = True
+    official_solver: SolverGraph = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in SINKHORN_MODES:
             raise ValueError(f"unknown sinkhorn mode '{self.mode}'; valid: {', '.join(SINKHORN_MODES)}")
         if self.eps <= 0 or self.max_iter < 1 or self.converged_max_iter < 1:
             raise ValueError("sinkhorn needs eps > 0 and at least one iteration")
+        solver = SolverGraph(official_sinkhorn)
+        solver.enabled = bool(self.cuda_graph)
+        object.__setattr__(self, "official_solver", solver)
 
     def solve(self, cost: torch.Tensor) -> SinkhornResult:
         if self.mode == "official":
-            return log_sinkhorn(
-                cost, self.eps, self.max_iter, self.threshold, per_sample=False, check_every=0
-            )
+            plan, iterations, converged = self.official_solver(cost, self.eps, self.max_iter, self.threshold)
+            return SinkhornResult(plan=plan, iterations=iterations, converged=converged)
         relative_cost = cost / cost.mean(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(cost.dtype).tiny)
         return log_sinkhorn(
             relative_cost,
@@ -349,14 +368,21 @@ class AlignMixMethod(MixMethod):
         converged_tol: float,
         converged_max_iter: int,
         ablation: AblationOptions,
+        cuda_graph: bool = True,
     ) -> None:
         """The options both variants take; their defaults live in each method's signature (its config)."""
         super().__init__()
         self.alpha = alpha
         self.sinkhorn = SinkhornOptions(
-            eps, int(max_iter), threshold, sinkhorn, converged_tol, int(converged_max_iter)
+            eps, int(max_iter), threshold, sinkhorn, converged_tol, int(converged_max_iter), bool(cuda_graph)
         )
         self.ablation = ablation
+
+    def compile_parts(self, compiler: Callable[[Callable], Callable]) -> None:
+        """Under ``compile=true`` the Sinkhorn loop is traced inside the compiled model (the mixing function
+        runs in its forward), not replayed as a CUDA graph of our own."""
+        super().compile_parts(compiler)
+        self.sinkhorn.official_solver.enabled = False
 
     def check_model(self, model: nn.Module) -> None:
         model.check_stage(last_feature_stage(model))
@@ -428,10 +454,11 @@ class AlignMixup(AlignMixMethod):
         mix_grid: int | None = None,
         direction: Direction = "random",
         remove_last_downsampling: bool = False,
+        cuda_graph: bool = True,
     ) -> None:
         ablation = AblationOptions(align, mix_grid, direction, remove_last_downsampling)
         super().__init__(
-            alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter, ablation
+            alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter, ablation, cuda_graph
         )
         if not 0.0 <= input_mix_prob <= 1.0:
             raise ValueError(f"input_mix_prob must lie in [0, 1], got {input_mix_prob}")

@@ -202,10 +202,11 @@ class AlignMixupAE(AlignMixMethod):
         mix_grid: int | None = None,
         direction: Direction = "random",
         remove_last_downsampling: bool = False,
+        cuda_graph: bool = True,
     ) -> None:
         ablation = AblationOptions(align, mix_grid, direction, remove_last_downsampling)
         super().__init__(
-            alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter, ablation
+            alpha, eps, max_iter, threshold, sinkhorn, converged_tol, converged_max_iter, ablation, cuda_graph
         )
         unknown = sorted(set(levels) - set(LEVELS))
         if not levels or unknown:

@@ -77,6 +77,7 @@ from mixbench.methods.base import Logs, MixPreview, in_layout_of, soft_cross_ent
 from mixbench.methods.gradient_saliency import check_grid, input_gradient_saliency, pool_saliency
 from mixbench.methods.registry import register_method
 from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, serial_on_cpu, upsample_cells
+from mixbench.methods.solver_graph import SolverGraph
 from mixbench.rng import MixRandom
 
 UNAVAILABLE_COST = (
@@ -285,38 +286,71 @@ def solve_assignment(
     set_resolve: bool,
     solve_output: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(G, m, P, m) labellings of the m outputs of every partition (see the module docstring).
+    """(G, m, P, m) labellings of the m outputs of every partition (see the module docstring): a random
+    start (:func:`random_labelling`), then :func:`improve_labelling`."""
+    start = random_labelling(problem, generator)
+    return improve_labelling(
+        problem.cost,
+        problem.compatibility,
+        problem.valid,
+        start,
+        problem.beta,
+        problem.gamma,
+        problem.threshold,
+        rounds,
+        sweeps,
+        set_resolve,
+        solve_output or _solve_output,
+    )
 
-    ``solve_output`` replaces :func:`_solve_output` (the same function compiled, under ``compile=true``).
+
+def improve_labelling(
+    cost: torch.Tensor,
+    compatibility: torch.Tensor,
+    valid: torch.Tensor,
+    start: torch.Tensor,
+    beta: float,
+    gamma: float,
+    threshold: float,
+    rounds: int,
+    sweeps: int,
+    set_resolve: bool,
+    solve_output: Callable[..., torch.Tensor],
+) -> torch.Tensor:
+    """The solver's rounds over the outputs from the labelling ``start`` (G, m, P, m), left unchanged.
+
+    Tensors and fixed Python values only, no random draw and no host sync: on a GPU the whole solve is
+    replayed as one CUDA graph (:class:`~mixbench.methods.solver_graph.SolverGraph`, :class:`CoMixup`).
+    ``solve_output`` is :func:`_solve_output`, or the same function compiled under ``compile=true``.
     """
-    solve_output = solve_output or _solve_output
-    graph = grid_graph(problem.grid, problem.cost.device)
-    basis = candidate_basis(problem.valid)
-    labels = random_labelling(problem, generator)
+    problem = AssignmentProblem(cost, compatibility, valid, beta, gamma, threshold)
+    graph = grid_graph(problem.grid, cost.device)
+    basis = candidate_basis(valid)
+    labels = start.clone()
     usage = labels.sum(dim=2)
     total = usage.sum(dim=1)
     extra = torch.zeros_like(usage)
     for round_index in range(rounds):
         for output in range(labels.shape[1]):
             others = total - usage[:, output]
-            penalty = gated_usage(others, problem.compatibility, problem.threshold)
-            unary = problem.cost + (2 * penalty + extra[:, output]).mul(problem.gamma).unsqueeze(1)
+            penalty = gated_usage(others, compatibility, threshold)
+            unary = cost + (2 * penalty + extra[:, output]).mul(gamma).unsqueeze(1)
             new = solve_output(
                 labels[:, output],
                 usage[:, output],
                 unary,
-                problem.beta,
+                beta,
                 graph,
                 basis,
                 round_index > 0,
                 sweeps,
             )
-            new = new * problem.valid[:, output].view(-1, 1, 1)
+            new = new * valid[:, output].view(-1, 1, 1)
             labels[:, output] = new
             usage[:, output] = new.sum(dim=1)
             total = others + usage[:, output]
         if set_resolve and round_index == rounds - 2:
-            extra = resolve_duplicates(usage, problem.valid)
+            extra = resolve_duplicates(usage, valid)
     return labels
 
 
@@ -435,6 +469,7 @@ class CoMixup(SaliencyGuidedMixMethod):
         set_resolve: bool = True,
         clean_lam: float = 1.0,
         sweeps: int = 2,
+        cuda_graph: bool = True,
     ) -> None:
         super().__init__(clean_lam)
         if grid < 1 or m_part < 2 or n_iter < 1:
@@ -445,6 +480,9 @@ class CoMixup(SaliencyGuidedMixMethod):
         self.beta, self.gamma, self.tau, self.eta, self.omega = beta, gamma, tau, eta, omega
         self.n_iter, self.set_resolve, self.sweeps = int(n_iter), bool(set_resolve), int(sweeps)
         self.solve_output: Callable[..., torch.Tensor] = _solve_output  # compiled by compile_parts
+        # on a GPU the whole solve is one CUDA graph replay (off under compile=true: compile_parts)
+        self.solver = SolverGraph(improve_labelling)
+        self.solver.enabled = bool(cuda_graph)
 
     def compile_parts(self, compiler: Callable[[Callable], Callable]) -> None:
         """Under ``compile=true``: one output's subproblem (:func:`_solve_output`, ~100 small operations run
@@ -453,6 +491,7 @@ class CoMixup(SaliencyGuidedMixMethod):
         launches.  Its arguments keep their shapes from step to step (the batch's partitions)."""
         super().compile_parts(compiler)
         self.solve_output = compiler(_solve_output)
+        self.solver.enabled = False  # the compiled calls are not recorded into a CUDA graph of our own
 
     def mixed_loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, saliency_maps: torch.Tensor
@@ -500,8 +539,18 @@ class CoMixup(SaliencyGuidedMixMethod):
         with torch.autocast(x.device.type, enabled=False):
             problem = self.build_problem(saliency_maps.float())
             with serial_on_cpu(x.device):
-                labels = solve_assignment(
-                    problem, self.rng.torch, self.n_iter, self.sweeps, self.set_resolve, self.solve_output
+                labels = self.solver(
+                    problem.cost,
+                    problem.compatibility,
+                    problem.valid,
+                    random_labelling(problem, self.rng.torch),
+                    problem.beta,
+                    problem.gamma,
+                    problem.threshold,
+                    self.n_iter,
+                    self.sweeps,
+                    self.set_resolve,
+                    self.solve_output,
                 )
             groups, slots = problem.valid.shape
             outputs = compose(partition(x.float(), groups, slots), labels).flatten(0, 1)[:batch_size]

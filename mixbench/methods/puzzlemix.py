@@ -96,6 +96,7 @@ from mixbench.methods.base import (
 from mixbench.methods.gradient_saliency import input_gradient_saliency, pool_saliency
 from mixbench.methods.registry import register_method
 from mixbench.methods.saliency_guided import SaliencyGuidedMixMethod, serial_on_cpu, upsample_cells
+from mixbench.methods.solver_graph import SolverGraph
 
 PRIOR_EPS = 1e-8  # inside the official prior's log
 SMOOTHNESS_SCALE = 16.0  # beta' = beta / k / 16 (official normalisation)
@@ -311,6 +312,19 @@ def minimise_energy(energy: GridEnergy, sweeps: int, chain_solver: ChainSolver =
     return labels.view(n_labels + 1, batch, grid, grid)[best, torch.arange(batch, device=best.device)]
 
 
+def minimise_grid_energy(
+    unary: torch.Tensor,
+    w_down: torch.Tensor,
+    w_right: torch.Tensor,
+    values: torch.Tensor,
+    sweeps: int,
+    chain_solver: ChainSolver,
+) -> torch.Tensor:
+    """:func:`minimise_energy` of the :class:`GridEnergy` of these tensors: the form a
+    :class:`~mixbench.methods.solver_graph.SolverGraph` records (tensors and fixed Python values)."""
+    return minimise_energy(GridEnergy(unary, w_down, w_right, values), sweeps, chain_solver)
+
+
 # --------------------------------------------------------------------------------------- the transport
 
 
@@ -403,6 +417,7 @@ class PuzzleMix(SaliencyGuidedMixMethod):
         clean_lam: float = 0.0,
         pixel_std: float = 0.25,
         solver_sweeps: int = 2,
+        cuda_graph: bool = True,
     ) -> None:
         super().__init__(clean_lam)
         if not grid_sizes or min(grid_sizes) < 2:
@@ -418,9 +433,13 @@ class PuzzleMix(SaliencyGuidedMixMethod):
         self.t_eps = t_eps
         self.pixel_std = pixel_std
         self.solver_sweeps = int(solver_sweeps)
-        # the solver's two loops of small operations; compiled by compile_parts under compile=true
+        # the solver's two loops of small operations: on a GPU each is one CUDA graph replay per grid size;
+        # under compile=true compile_parts compiles the chain solver and the transport instead
         self.chain_solver: ChainSolver = viterbi
-        self.transport_solver: Callable[..., tuple[torch.Tensor, torch.Tensor]] = transport_sources
+        self.mask_solver = SolverGraph(minimise_grid_energy)
+        transport_graph = SolverGraph(transport_sources)
+        self.mask_solver.enabled = transport_graph.enabled = bool(cuda_graph)
+        self.transport_solver: Callable[..., tuple[torch.Tensor, torch.Tensor]] = transport_graph
 
     def compile_parts(self, compiler: Callable[..., Callable]) -> None:
         """Under ``compile=true``: the exact chain minimisation (:func:`viterbi`, 8 calls a step at 2 sweeps)
@@ -431,6 +450,7 @@ class PuzzleMix(SaliencyGuidedMixMethod):
         super().compile_parts(compiler)
         self.chain_solver = compiler(viterbi, dynamic=False)
         self.transport_solver = compiler(transport_sources, dynamic=False)
+        self.mask_solver.enabled = False  # the compiled calls are not recorded into a CUDA graph of our own
 
     # -- the step ----------------------------------------------------------------------------------------
     def mixed_loss(
@@ -499,7 +519,15 @@ class PuzzleMix(SaliencyGuidedMixMethod):
             self.eta,
         )
         with serial_on_cpu(x.device):
-            mask = energy.values[minimise_energy(energy, self.solver_sweeps, self.chain_solver)]
+            labels = self.mask_solver(
+                energy.unary,
+                energy.w_down,
+                energy.w_right,
+                energy.values,
+                self.solver_sweeps,
+                self.chain_solver,
+            )
+            mask = energy.values[labels]
         if self.transport:
             image_a, image_b = self._transport(x, maps, mask, perm, block)
         else:
