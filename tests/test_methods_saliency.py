@@ -497,7 +497,8 @@ def test_comixup_objective_beats_random_and_unmixed_assignments_with_peaked_sali
 def test_comixup_output_step_never_increases_its_subproblem_energy() -> None:
     method = comixup(2)
     problem = method.build_problem(blob_maps(6, 8, 4, 2))
-    graph, basis = grid_graph(4), candidate_basis(problem.valid)
+    graph = grid_graph(4)
+    basis = candidate_basis(problem.valid, problem.beta / 2 * graph.degree)
     g = torch.Generator().manual_seed(3)
     current = random_labelling(problem, g)[:, 0]
     current[:, :5] = (current[:, :5] + current[:, 5:10]) / 2  # some half-half cells too
@@ -514,7 +515,7 @@ def test_comixup_output_step_never_increases_its_subproblem_energy() -> None:
 def test_label_candidates_offer_half_half_pairs_of_the_most_used_inputs_only() -> None:
     usage = torch.tensor([[0.0, 10.0, 0.0, 6.0, 0.0], [3.0, 9.0, 0.0, 4.0, 0.0], [16.0, 0.0, 0.0, 0.0, 0.0]])
     valid = torch.tensor([[True] * 5, [True] * 5, [True, True, True, False, False]])
-    vectors, extra = label_candidates(usage, candidate_basis(valid), with_mixed=True)
+    vectors, extra = label_candidates(usage, candidate_basis(valid, torch.ones(4, 1)), with_mixed=True)
     assert vectors.shape == (3, 8, 5)
     torch.testing.assert_close(vectors[0, 5], torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0]))
     assert extra[0, 5] == -MIXED_CELL_BONUS and (extra[0, 6:] > 1).all()  # two inputs used: one pair
@@ -601,3 +602,20 @@ def test_puzzlemix_output_keeps_the_batch_memory_layout_even_with_one_pixel_cell
     mixed = method.mix_with_saliency(x, torch.arange(4), maps).batch.x
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert mixed.is_contiguous(memory_format=fmt)
+
+
+def test_comixup_smoothness_through_the_laplacian_is_the_sum_over_the_edges_to_the_bit() -> None:
+    """output_energy takes sum_{p~q} ||z_p - z_q||^2 / 2 as sum_p z_p . (L z)_p / 2: exact for labels of
+    0, 1/2 and 1, so the energy equals to the bit the former edge-by-edge form (zero unary costs here)."""
+    g = torch.Generator().manual_seed(7)
+    for grid in (2, 4, 8):
+        cells, graph = grid * grid, grid_graph(grid)
+        first, second = (F.one_hot(torch.randint(6, (3, 5, cells), generator=g), 6).float() for _ in range(2))
+        labels = torch.where(torch.rand(3, 5, cells, 1, generator=g) < 0.3, (first + second) / 2, first)
+        largest = labels.amax(dim=-1)
+        mixed = ((largest > 0.25) & (largest < 0.75)).sum(dim=-1).float()
+        difference = labels[..., graph.edges[:, 0], :] - labels[..., graph.edges[:, 1], :]
+        by_edges = difference.pow(2).sum(dim=(-2, -1)) / 2
+        for beta in (0.02, 1.7):
+            former = torch.zeros(3, 5) - MIXED_CELL_BONUS * mixed + beta * by_edges
+            assert torch.equal(output_energy(labels, torch.zeros(5, cells, 6), graph, beta), former)

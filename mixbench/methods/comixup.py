@@ -50,17 +50,27 @@ Cost.  A step's passes (``saliency_guided``), with the default ``clean_lam = 1``
 saliency forward, one full backward that gives both the saliency and the clean loss's weight gradients (the
 official code's single ``backward``), then the mixed batch's forward and backward: about 6 forward-units
 against a plain step's 3.  The solver is a sequential loop over rounds and outputs (4 x 20 output steps of
-about 100 small operations each at batch 32): on the CPU it runs on one intra-op thread (``serial_on_cpu``:
-same results), where parallel regions on tensors this small cost more than the work (``bmm`` splits even a
-batch of 2 across threads).  The whole mix took 58 ms (median) of a 1.9 s step on r18 at 32 px, batch 32,
-2 CPU threads (61 ms on an idle machine with both threads; several times more on a busy one).  On a GPU those
-operations are kernel launches, the step's main cost (16x vanilla on an H200 at 5b521f1): under
-``compile=true`` one output's subproblem is compiled (:meth:`CoMixup.compile_parts`, two graphs: without and
-with half-half cells), so that each of the 80 calls a step is one compiled call, replayed as a CUDA graph in
-``compile_mode=reduce-overhead``; ``tests/test_compile_parts.py`` checks that the compiled step trains as the
-eager one.  With ``compile_mode=reduce-overhead`` the H200 ran the step in 88.8 ms against 182.6 ms eager,
-19.7x vanilla's CUDA-graph step: the per-output bookkeeping around the 80 compiled calls stays eager
-(results/bench/README.md).
+about 60 small operations each): on the CPU it runs on one intra-op thread (``serial_on_cpu``: same results),
+where parallel regions on tensors this small cost more than the work (``bmm`` splits even a batch of 2
+across threads).  The whole mix took 58 ms (median) of a 1.9 s step on r18 at 32 px, batch 32, 2 CPU threads
+(61 ms on an idle machine with both threads; several times more on a busy one).  On a GPU those operations
+are kernel launches, the step's main cost (16x vanilla on an H200 at 5b521f1, eager).  Since then:
+
+* fewer operations per output step, with the same labels to the bit (``output_energy``'s smoothness through
+  the grid's Laplacian, ICM's neighbour term made once per solve and its update in one ``baddbmm``, the
+  half-half candidates in one gather, the diversity gate in one ``threshold``, per-output lists instead of
+  slice copies): CPU_PROFILE_FIGURES.  By hand, the solver's labels and objective equal the former code's on
+  12 problems (padded partitions, grids 2-8, two rounds each);
+* on a GPU in eager mode the whole solve (:func:`improve_labelling`) is recorded once per batch shape and
+  replayed as one CUDA graph (``cuda_graph``, default true; :mod:`mixbench.methods.solver_graph`): one launch
+  instead of ~4,800.  Not yet measured on a GPU.
+
+Under ``compile=true`` one output's subproblem is compiled instead (:meth:`CoMixup.compile_parts`, two graphs:
+without and with half-half cells), so that each of the 80 calls a step is one compiled call, replayed as a
+CUDA graph in ``compile_mode=reduce-overhead``; ``tests/test_compile_parts.py`` checks that the compiled step
+trains as the eager one.  With ``compile_mode=reduce-overhead`` the H200 ran the step in 88.8 ms against 182.6
+ms eager at 5b521f1, 19.7x vanilla's CUDA-graph step: the per-output bookkeeping around the 80 compiled calls
+stays eager (results/bench/README.md).
 """
 
 from __future__ import annotations
@@ -110,6 +120,7 @@ class GridGraph:
 
     adjacency: torch.Tensor  # (P, P) 0/1
     degree: torch.Tensor  # (P, 1) number of neighbours
+    laplacian: torch.Tensor  # (P, P) diag(degree) - adjacency
     edges: torch.Tensor  # (E, 2) cell pairs, each edge once
     colours: tuple[torch.Tensor, torch.Tensor]  # (P, 1) bool checkerboard colour masks
 
@@ -131,27 +142,36 @@ def grid_graph(grid: int, device: torch.device | str = "cpu") -> GridGraph:
         torch.arange(grid, device=device), torch.arange(grid, device=device), indexing="ij"
     )
     even = ((rows + columns) % 2 == 0).reshape(-1, 1)
-    return GridGraph(adjacency, adjacency.sum(dim=1, keepdim=True), edges, (even, ~even))
+    degree = adjacency.sum(dim=1, keepdim=True)
+    laplacian = torch.diag(degree.squeeze(1)) - adjacency
+    return GridGraph(adjacency, degree, laplacian, edges, (even, ~even))
 
 
 # ------------------------------------------------------------------------------------------ energies
 
 
 def output_energy(labels: torch.Tensor, unary: torch.Tensor, graph: GridGraph, beta: float) -> torch.Tensor:
-    """Energy of outputs' labellings (..., P, m): unary (broadcastable) + mixed-cell bonus + smoothness."""
+    """Energy of outputs' labellings (..., P, m) with entries 0, 1/2 or 1: unary (broadcastable) + mixed-cell
+    bonus + smoothness.
+
+    The smoothness ``sum_{p~q} ||z_p - z_q||^2 / 2`` is taken as ``sum_p z_p . (L z)_p / 2`` with the grid's
+    Laplacian ``L``: one product instead of gathering both ends of every edge.  Every term is a multiple of
+    1/4, so both forms are exact in float32 (and in TF32 matrix products), hence equal to the bit.
+    """
     linear = (labels * unary).sum(dim=(-2, -1))
     largest = labels.amax(dim=-1)  # 1 on single cells, 0.5 on half-half ones, 0 on unused (padding) outputs
-    mixed = ((largest > 0.25) & (largest < 0.75)).sum(dim=-1).to(labels.dtype)
-    difference = labels[..., graph.edges[:, 0], :] - labels[..., graph.edges[:, 1], :]
-    smooth = difference.pow(2).sum(dim=(-2, -1)) / 2
-    return linear - MIXED_CELL_BONUS * mixed + beta * smooth
+    mixed = (largest == 0.5).sum(dim=-1, dtype=labels.dtype)
+    flat = labels.reshape(-1, *labels.shape[-2:])
+    spread = torch.bmm(graph.laplacian.expand(flat.shape[0], -1, -1), flat).view(labels.shape)
+    twice_smooth = (labels * spread).sum(dim=(-2, -1))
+    return linear - MIXED_CELL_BONUS * mixed + beta / 2 * twice_smooth  # beta/2 exact: the same bits
 
 
 def gated_usage(others: torch.Tensor, compatibility: torch.Tensor, threshold: float) -> torch.Tensor:
     """``rho(A u)`` of usages ``others`` (G, ..., m): weighted by compatibility, kept above the threshold."""
     flat = others.reshape(others.shape[0], -1, others.shape[-1])
     weighted = torch.bmm(flat, compatibility.transpose(1, 2)).view(others.shape)
-    return weighted * (weighted > threshold).to(weighted.dtype)
+    return F.threshold(weighted, threshold, 0.0)  # weighted where above the threshold, else 0: one kernel
 
 
 def objective(labels: torch.Tensor, problem: AssignmentProblem) -> torch.Tensor:
@@ -174,28 +194,31 @@ class CandidateBasis:
     single: torch.Tensor  # (G, m, m) every input alone
     unavailable: torch.Tensor  # (G, m) UNAVAILABLE_COST on padding inputs, 0 elsewhere
     identity: torch.Tensor  # (m, m)
-    pair_first: torch.Tensor  # (1, pairs) rank (0 = most used) of each pair's first input
-    pair_second: torch.Tensor  # (1, pairs) rank of its second input
-    needed: torch.Tensor  # (pairs,) inputs the output must use for the pair to be offered: 2, then 3
+    pair_ranks: torch.Tensor  # (pairs, 2) ranks (0 = most used) of each pair's inputs: (0,1), (0,2), (1,2)
+    second_rank: torch.Tensor  # (pairs,) rank of each pair's second input: used means offered
     mixed_bonus: torch.Tensor  # () -MIXED_CELL_BONUS
     refused: torch.Tensor  # () UNAVAILABLE_COST
+    neighbour_cost: dict[int, torch.Tensor]  # K candidates -> (P, K) beta deg_p ||v_k||^2 / 2, for ICM
 
 
-def candidate_basis(valid: torch.Tensor) -> CandidateBasis:
+def candidate_basis(valid: torch.Tensor, neighbour_weight: torch.Tensor) -> CandidateBasis:
+    """The basis of a solve; ``neighbour_weight`` (P, 1) is ``beta / 2`` times each cell's degree."""
     groups, slots = valid.shape
     device = valid.device
     identity = torch.eye(slots, device=device)
-    ranks = torch.arange(min(3, slots), device=device)
-    first, second = torch.triu_indices(len(ranks), len(ranks), offset=1, device=device)  # (0,1), (0,2), (1,2)
+    ranks = min(3, slots)
+    pair_ranks = torch.triu_indices(ranks, ranks, offset=1, device=device).t()  # (0,1), (0,2), (1,2)
+    single_norms = torch.ones(slots, device=device)  # ||v||^2 of a one-hot vector, of a half-half one
+    mixed_norms = torch.cat([single_norms, torch.full((len(pair_ranks),), 0.5, device=device)])
     return CandidateBasis(
         single=identity.expand(groups, slots, slots),
         unavailable=UNAVAILABLE_COST * (~valid).to(identity.dtype),
         identity=identity,
-        pair_first=first.unsqueeze(0),
-        pair_second=second.unsqueeze(0),
-        needed=second + 1,
+        pair_ranks=pair_ranks,
+        second_rank=pair_ranks[:, 1],
         mixed_bonus=torch.full((), -MIXED_CELL_BONUS, device=device),
         refused=torch.full((), UNAVAILABLE_COST, device=device),
+        neighbour_cost={len(norms): neighbour_weight * norms for norms in (single_norms, mixed_norms)},
     )
 
 
@@ -205,18 +228,17 @@ def label_candidates(
     """Label vectors an output may give a cell, (G, K, m), and their extra cost (G, K).
 
     Every input alone; with ``with_mixed``, half-half pairs of the output's most used inputs: the pair of the
-    top two when it uses two inputs, the three pairs of the top three when it uses three or more.  The extra
-    cost is the mixed cells' bonus, or ``UNAVAILABLE_COST`` for padding inputs and for pairs the output may
-    not use.
+    top two when it uses two inputs, the three pairs of the top three when it uses three or more (a pair is
+    offered when the usage of its second input, by rank, is positive).  The extra cost is the mixed cells'
+    bonus, or ``UNAVAILABLE_COST`` for padding inputs and for pairs the output may not use.
     """
     groups, slots = usage.shape
     if not with_mixed or slots < 2:
         return basis.single, basis.unavailable
-    top = usage.topk(min(3, slots), dim=1).indices
-    firsts = top.gather(1, basis.pair_first.expand(groups, -1))
-    seconds = top.gather(1, basis.pair_second.expand(groups, -1))
-    mixed = (basis.identity[firsts] + basis.identity[seconds]) / 2
-    allowed = (usage > 0).sum(dim=1, keepdim=True) >= basis.needed
+    top = usage.topk(min(3, slots), dim=1)
+    pairs = top.indices[:, basis.pair_ranks]  # (G, pairs, 2) inputs
+    mixed = basis.identity[pairs].mean(dim=2)  # (G, pairs, m): one half each
+    allowed = top.values[:, basis.second_rank] > 0
     mixed_cost = torch.where(allowed, basis.mixed_bonus, basis.refused)
     return torch.cat([basis.single, mixed], dim=1), torch.cat([basis.unavailable, mixed_cost], dim=1)
 
@@ -228,20 +250,24 @@ def icm(
     graph: GridGraph,
     beta: float,
     sweeps: int,
+    neighbour_cost: torch.Tensor,
 ) -> torch.Tensor:
     """Checkerboard ICM on (N, P, m) labellings over candidate label ``vectors`` (N, K, m).
 
     ``candidate_unary`` (N, P, K) is each candidate's unary cost per cell.  Each half-sweep gives every cell
     of one colour its best candidate given its neighbours (exact: same-colour cells are not neighbours).
-    With ``sum_q ||v - z_q||^2 / 2 = deg ||v||^2 / 2 - v . sum_q z_q + const``, a cell's cost is linear in v.
+    With ``sum_q ||v - z_q||^2 / 2 = deg ||v||^2 / 2 - v . sum_q z_q + const``, a cell's cost is linear in v;
+    ``neighbour_cost`` (P, K) is the first term, ``beta deg ||v||^2 / 2`` (:func:`candidate_basis`).
     """
-    own = candidate_unary + beta / 2 * graph.degree * vectors.pow(2).sum(dim=-1).unsqueeze(1)
+    own = candidate_unary + neighbour_cost
     coupling = beta * vectors.transpose(1, 2)
     adjacency = graph.adjacency.expand(labels.shape[0], -1, -1)
     index_shape = (*labels.shape[:2], vectors.shape[-1])
     for _ in range(sweeps):
         for colour in graph.colours:
-            local = own - torch.bmm(torch.bmm(adjacency, labels), coupling)
+            # own - neighbours @ coupling in one call: each entry of the product is one or two non-zero terms
+            # (one-hot or half-half vectors), so no summation order changes it, and -1 * it is exact
+            local = torch.baddbmm(own, torch.bmm(adjacency, labels), coupling, alpha=-1)
             choice = local.argmin(dim=-1, keepdim=True).expand(index_shape)
             labels = torch.where(colour, vectors.gather(1, choice), labels)
     return labels
@@ -317,7 +343,7 @@ def improve_labelling(
     set_resolve: bool,
     solve_output: Callable[..., torch.Tensor],
 ) -> torch.Tensor:
-    """The solver's rounds over the outputs from the labelling ``start`` (G, m, P, m), left unchanged.
+    """The solver's rounds over the outputs from the labelling ``start`` (G, m, P, m), which is not written.
 
     Tensors and fixed Python values only, no random draw and no host sync: on a GPU the whole solve is
     replayed as one CUDA graph (:class:`~mixbench.methods.solver_graph.SolverGraph`, :class:`CoMixup`).
@@ -325,33 +351,28 @@ def improve_labelling(
     """
     problem = AssignmentProblem(cost, compatibility, valid, beta, gamma, threshold)
     graph = grid_graph(problem.grid, cost.device)
-    basis = candidate_basis(valid)
-    labels = start.clone()
-    usage = labels.sum(dim=2)
-    total = usage.sum(dim=1)
-    extra = torch.zeros_like(usage)
+    basis = candidate_basis(valid, beta / 2 * graph.degree)
+    # per-output lists, not slices of one tensor: no copy into the stacked tensors per output step
+    labels = list(start.unbind(dim=1))
+    start_usage = start.sum(dim=2)
+    usage = list(start_usage.unbind(dim=1))
+    total = start_usage.sum(dim=1)
+    extra = torch.zeros_like(start[:, :, 0])
     for round_index in range(rounds):
-        for output in range(labels.shape[1]):
-            others = total - usage[:, output]
+        for output in range(len(labels)):
+            others = total - usage[output]
             penalty = gated_usage(others, compatibility, threshold)
-            unary = cost + (2 * penalty + extra[:, output]).mul(gamma).unsqueeze(1)
+            # extra + 2 penalty (2 penalty is exact, so the fused form rounds as the two operations did)
+            unary = cost + torch.add(extra[:, output], penalty, alpha=2).mul(gamma).unsqueeze(1)
             new = solve_output(
-                labels[:, output],
-                usage[:, output],
-                unary,
-                beta,
-                graph,
-                basis,
-                round_index > 0,
-                sweeps,
+                labels[output], usage[output], unary, beta, graph, basis, round_index > 0, sweeps
             )
-            new = new * valid[:, output].view(-1, 1, 1)
-            labels[:, output] = new
-            usage[:, output] = new.sum(dim=1)
-            total = others + usage[:, output]
+            labels[output] = new * valid[:, output].view(-1, 1, 1)
+            usage[output] = labels[output].sum(dim=1)
+            total = others + usage[output]
         if set_resolve and round_index == rounds - 2:
-            extra = resolve_duplicates(usage, valid)
-    return labels
+            extra = resolve_duplicates(torch.stack(usage, dim=1), valid)
+    return torch.stack(labels, dim=1)
 
 
 def _solve_output(
@@ -370,7 +391,7 @@ def _solve_output(
     index_shape = (*current.shape[:2], vectors.shape[-1])
     fresh = vectors.gather(1, candidate_unary.argmin(dim=-1, keepdim=True).expand(index_shape))
     twice = (torch.cat([current, fresh]), torch.cat([vectors, vectors]), torch.cat([candidate_unary] * 2))
-    refined = icm(*twice, graph, beta, sweeps)
+    refined = icm(*twice, graph, beta, sweeps, basis.neighbour_cost[vectors.shape[1]])
     options = torch.cat([current.unsqueeze(0), refined.view(2, *current.shape)])  # (3, G, P, m)
     energies = output_energy(options, unary, graph, beta)
     best = energies.argmin(dim=0).view(1, -1, 1, 1).expand(1, *current.shape)
