@@ -59,11 +59,13 @@ are kernel launches, the step's main cost (16x vanilla on an H200 at 5b521f1, ea
 * fewer operations per output step, with the same labels to the bit (``output_energy``'s smoothness through
   the grid's Laplacian, ICM's neighbour term made once per solve and its update in one ``baddbmm``, the
   half-half candidates in one gather, the diversity gate in one ``threshold``, per-output lists instead of
-  slice copies): CPU_PROFILE_FIGURES.  By hand, the solver's labels and objective equal the former code's on
+  slice copies): 26,093 -> 19,796 operator calls per step (r18, batch 32, CPU: ``python tools/bench.py
+  --methods comixup --models r18 --steps 2 --warmup 1 --loops 0 --profile DIR`` at 329c867 and 970be50,
+  vanilla's step 1,387).  By hand, the solver's labels and objective equal the former code's on
   12 problems (padded partitions, grids 2-8, two rounds each);
 * on a GPU in eager mode the whole solve (:func:`improve_labelling`) is recorded once per batch shape and
   replayed as one CUDA graph (``cuda_graph``, default true; :mod:`mixbench.methods.solver_graph`): one launch
-  instead of ~4,800.  Not yet measured on a GPU.
+  of the recording instead of one per kernel.  Not yet measured on a GPU.
 
 Under ``compile=true`` one output's subproblem is compiled instead (:meth:`CoMixup.compile_parts`, two graphs:
 without and with half-half cells), so that each of the 80 calls a step is one compiled call, replayed as a
