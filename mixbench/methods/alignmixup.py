@@ -53,6 +53,11 @@ Deliberate deviations from the official code (``cifar10_100/models/*_classifier.
 * The marginals are exactly ``log(1/r)``, not ``log(1/r + 1e-8)`` (a relative change of 1e-7).
 * The alignment (cost, Sinkhorn, the product with ``R``) runs in float32 with autocast disabled, so that
   bf16 autocast does not wreck the cost expansion or the column sums.
+* On a GPU, in eager mode, the official loop (100 iterations of ~26 kernels, no host sync, no gradient) is
+  recorded once per cost shape and replayed as one CUDA graph (``cuda_graph: true``, the default;
+  :mod:`mixbench.methods.solver_graph`): the same kernels, one launch.  The first replay is checked against
+  the eager loop bit for bit, else the loop runs eagerly.  Not yet measured on a GPU (the H200's eager
+  AlignMixup row at 5b521f1, 3.36x vanilla on r18 with a floor of 1.00, was its launches).
 * The official code wraps the model in ``nn.DataParallel``: with several GPUs each replica pairs, aligns
   and tests the stopping rule on its own slice of the batch.  Here the whole batch is one pairing.
 * ``sinkhorn="converged"`` (an option, not the default) divides each cost matrix by its mean (so that eps is

@@ -72,7 +72,10 @@ thread (``serial_on_cpu``: same results); the whole mix (energy, solver, transpo
 Mix 3.51x vanilla on an H200 at 5b521f1): under ``compile=true`` the chain solver and the transport's rounds
 are compiled (:meth:`PuzzleMix.compile_parts`), one graph per grid size.  With
 ``compile_mode=reduce-overhead`` the H200 ran the step in 15.7 ms against 39.6 ms eager, 4.02x vanilla's
-CUDA-graph step: the block sweep around the compiled solver stays eager (results/bench/README.md).
+CUDA-graph step: the block sweep around the compiled solver stays eager (results/bench/README.md).  Since
+then, in eager mode on a GPU, the whole block sweep (:func:`minimise_grid_energy`) and the transport's rounds
+are each recorded once per grid size and replayed as one CUDA graph (``cuda_graph: true``, the default;
+:mod:`mixbench.methods.solver_graph`); not yet measured on a GPU.
 """
 
 from __future__ import annotations
