@@ -50,11 +50,11 @@ Cost.  A step's passes (``saliency_guided``), with the default ``clean_lam = 1``
 saliency forward, one full backward that gives both the saliency and the clean loss's weight gradients (the
 official code's single ``backward``), then the mixed batch's forward and backward: about 6 forward-units
 against a plain step's 3.  The solver is a sequential loop over rounds and outputs (4 x 20 output steps of
-about 60 small operations each): on the CPU it runs on one intra-op thread (``serial_on_cpu``: same results),
-where parallel regions on tensors this small cost more than the work (``bmm`` splits even a batch of 2
-across threads).  The whole mix took 58 ms (median) of a 1.9 s step on r18 at 32 px, batch 32, 2 CPU threads
-(61 ms on an idle machine with both threads; several times more on a busy one).  On a GPU those operations
-are kernel launches, the step's main cost (16x vanilla on an H200 at 5b521f1, eager).  Since then:
+a few dozen small operations each): on the CPU it runs on one intra-op thread (``serial_on_cpu``: same
+results), where parallel regions on tensors this small cost more than the work (``bmm`` splits even a batch
+of 2 across threads).  The whole mix took 58 ms (median) of a 1.9 s step on r18 at 32 px, batch 32, 2 CPU
+threads (61 ms on an idle machine with both threads; several times more on a busy one).  On a GPU those
+operations are kernel launches, the step's main cost (16x vanilla on an H200 at 5b521f1, eager).  Since then:
 
 * fewer operations per output step, with the same labels to the bit (``output_energy``'s smoothness through
   the grid's Laplacian, ICM's neighbour term made once per solve and its update in one ``baddbmm``, the
@@ -508,10 +508,11 @@ class CoMixup(SaliencyGuidedMixMethod):
         self.solver.enabled = bool(cuda_graph)
 
     def compile_parts(self, compiler: Callable[[Callable], Callable]) -> None:
-        """Under ``compile=true``: one output's subproblem (:func:`_solve_output`, ~100 small operations run
-        4 x 20 times a step) is compiled once, for the two shapes of the solver (without and with half-half
-        cells): fused kernels, or one CUDA graph per call in the modes that replay them, instead of ~100
-        launches.  Its arguments keep their shapes from step to step (the batch's partitions)."""
+        """Under ``compile=true``: one output's subproblem (:func:`_solve_output`, a few dozen small
+        operations run 4 x 20 times a step) is compiled once, for the two shapes of the solver (without and
+        with half-half cells): fused kernels, or one CUDA graph per call in the modes that replay them,
+        instead of as many launches.  Its arguments keep their shapes from step to step (the batch's
+        partitions).  The whole-solve recording of eager GPU runs is then off."""
         super().compile_parts(compiler)
         self.solve_output = compiler(_solve_output)
         self.solver.enabled = False  # the compiled calls are not recorded into a CUDA graph of our own
