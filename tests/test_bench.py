@@ -123,7 +123,9 @@ def test_page_faults_per_step_are_the_mean_over_the_timed_steps(monkeypatch) -> 
     counts = iter([0, 10, 10, 40])  # two timed steps of one row: 10 then 30 faults
     monkeypatch.setattr(timing, "minor_page_faults", lambda: next(counts))
     monkeypatch.setattr(timing, "timed_step", lambda step, x, y: 0.5)
-    step = SimpleNamespace(sums=SimpleNamespace(loss=torch.tensor(1.0)))
+    step = SimpleNamespace(
+        sums=SimpleNamespace(loss=torch.tensor(1.0)), method=SimpleNamespace(solver_graphs=list)
+    )
     entry = PreparedRow(BenchRow("r18", "mixup", "ok"), step=step, x=torch.zeros(2, 3, 4, 4), y=None)
     time_round_robin([entry], rounds=2)
     assert finish_row(entry, None).page_faults_per_step == 20
@@ -174,7 +176,9 @@ def test_vanilla_is_the_reference_and_timings_are_consistent(cnn_report) -> None
 
 def _prepared(seconds: list[float], method: str = "mixup") -> PreparedRow:
     row = BenchRow("r18", method, "ok")
-    step = SimpleNamespace(sums=SimpleNamespace(loss=torch.tensor(1.0)))
+    step = SimpleNamespace(
+        sums=SimpleNamespace(loss=torch.tensor(1.0)), method=SimpleNamespace(solver_graphs=list)
+    )
     return PreparedRow(row, step, torch.zeros(BATCH, 3, 2, 2), torch.zeros(BATCH), list(seconds))
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixbench.methods.alignmixup import SinkhornOptions, align_mix, official_sinkhorn
+from mixbench import build_method
+from mixbench.methods.alignmixup import AlignMixup, SinkhornOptions, align_mix, official_sinkhorn
 from mixbench.methods.comixup import CoMixup
 from mixbench.methods.puzzlemix import PuzzleMix
-from mixbench.methods.solver_graph import SolverGraph
+from mixbench.methods.solver_graph import SolverGraph, replay_summary
 from mixbench.rng import MixRandom
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -147,6 +148,33 @@ def test_alignmix_with_the_recorded_sinkhorn_mixes_as_with_the_eager_one() -> No
         theirs, their_result = align_mix(features, perm, 0.3, seed % 2 == 0, eager)
         assert torch.equal(ours, theirs) and torch.equal(ours_result.plan, their_result.plan)
     assert backend.captures == 1 and backend.replays == 3
+
+
+def test_methods_list_their_solver_graphs_and_the_bench_note_names_replays_and_fallbacks() -> None:
+    comixup, puzzle, align = CoMixup(), PuzzleMix(), AlignMixup()
+    assert comixup.solver_graphs() == [comixup.solver]
+    assert puzzle.solver_graphs() == [puzzle.mask_solver, puzzle.transport_solver]
+    assert align.solver_graphs() == [align.sinkhorn.official_solver]
+    wrapped = build_method("sumix", base="puzzlemix")
+    assert [graph.name for graph in wrapped.solver_graphs()] == ["minimise_grid_energy", "transport_sources"]
+    assert build_method("mixup").solver_graphs() == []
+    graph = align.sinkhorn.official_solver
+    assert replay_summary([graph]) == ""  # nothing recorded on the CPU
+    on_stand_in(graph)
+    graph(costs(0), 0.5, 20, 0.1)
+    graph(costs(1, side=6), 0.5, 20, 0.1)
+    assert replay_summary([graph]) == "official_sinkhorn replayed as a CUDA graph (2 shapes)"
+    failing = SolverGraph(official_sinkhorn, backend=type("Failing", (), {"capture": _refuse})())
+    with pytest.warns(UserWarning):
+        failing(costs(0), 0.5, 20, 0.1)
+    assert replay_summary([graph, failing]) == (
+        "official_sinkhorn replayed as a CUDA graph (2 shapes); "
+        "official_sinkhorn ran eagerly: recording failed (RuntimeError: not capturable)"
+    )
+
+
+def _refuse(self, function, static_args):
+    raise RuntimeError("not capturable")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

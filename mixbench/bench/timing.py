@@ -39,6 +39,7 @@ from mixbench.engine.host_syncs import HostSyncCounter
 from mixbench.engine.runtime import Runtime
 from mixbench.engine.step import TrainingStep, build_training_step
 from mixbench.methods import METHODS
+from mixbench.methods.solver_graph import replay_summary
 from mixbench.models import StageUnavailableError
 
 BOOTSTRAP_RESAMPLES = 2000  # resamples of the rounds for the ratio's interval
@@ -149,8 +150,10 @@ def finish_row(entry: PreparedRow, reference: PreparedRow | None) -> BenchRow:
         else:
             row.ratio_to_vanilla = sum(seconds) / sum(reference.seconds)
             row.ratio_low, row.ratio_high = bootstrap_interval(seconds, reference.seconds)
+    notes = [row.note, replay_summary(entry.step.method.solver_graphs())]
     if not math.isfinite(float(entry.step.sums.loss)):
-        row.note = "loss became non-finite during the timed steps"
+        notes.append("loss became non-finite during the timed steps")
+    row.note = "; ".join(note for note in notes if note)
     return row
 
 

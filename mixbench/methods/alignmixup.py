@@ -389,6 +389,9 @@ class AlignMixMethod(MixMethod):
         super().compile_parts(compiler)
         self.sinkhorn.official_solver.enabled = False
 
+    def solver_graphs(self) -> list[SolverGraph]:
+        return [self.sinkhorn.official_solver]
+
     def check_model(self, model: nn.Module) -> None:
         model.check_stage(last_feature_stage(model))
         if self.ablation.remove_last_downsampling:

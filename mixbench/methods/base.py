@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixbench.methods.solver_graph import SolverGraph
 from mixbench.models.base import StagedNet
 from mixbench.rng import MixRandom
 
@@ -205,6 +206,17 @@ class MixMethod(nn.Module):
         for child in self.children():
             if isinstance(child, MixMethod):
                 child.compile_parts(compiler)
+
+    def solver_graphs(self) -> list[SolverGraph]:
+        """The method's solvers that replay as CUDA graphs in eager GPU runs
+        (:mod:`mixbench.methods.solver_graph`), for reports; by default those of the mixing methods it
+        holds."""
+        return [
+            graph
+            for child in self.children()
+            if isinstance(child, MixMethod)
+            for graph in child.solver_graphs()
+        ]
 
     @torch.no_grad()
     def preview(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixPreview:

@@ -523,6 +523,9 @@ class CoMixup(SaliencyGuidedMixMethod):
         self.solve_output = compiler(_solve_output)
         self.solver.enabled = False  # the compiled calls are not recorded into a CUDA graph of our own
 
+    def solver_graphs(self) -> list[SolverGraph]:
+        return [self.solver]
+
     def mixed_loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, saliency_maps: torch.Tensor
     ) -> tuple[torch.Tensor, Logs]:

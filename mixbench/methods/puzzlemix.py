@@ -455,6 +455,11 @@ class PuzzleMix(SaliencyGuidedMixMethod):
         self.transport_solver = compiler(transport_sources, dynamic=False)
         self.mask_solver.enabled = False  # the compiled calls are not recorded into a CUDA graph of our own
 
+    def solver_graphs(self) -> list[SolverGraph]:
+        return [
+            graph for graph in (self.mask_solver, self.transport_solver) if isinstance(graph, SolverGraph)
+        ]
+
     # -- the step ----------------------------------------------------------------------------------------
     def mixed_loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, saliency_maps: torch.Tensor

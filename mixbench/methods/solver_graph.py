@@ -85,6 +85,7 @@ class SolverGraph:
         self.backend = backend if backend is not None else CudaGraphs()
         self.enabled = True
         self.any_device = backend is not None  # a stand-in backend captures CPU tensors too (tests)
+        self.fallbacks: list[str] = []  # why a signature runs eagerly, one line each
         self._recordings: dict[Hashable, _Recording | None] = {}
 
     def __call__(self, *args) -> Outputs:
@@ -128,10 +129,26 @@ class SolverGraph:
         self._recordings[key] = _Recording(static_args, replay, outputs)
         return expected
 
+    @property
+    def name(self) -> str:
+        return getattr(self.function, "__name__", repr(self.function))
+
     def _fall_back(self, key: Hashable, why: str) -> None:
         self._recordings[key] = _EAGER
-        name = getattr(self.function, "__name__", repr(self.function))
-        warnings.warn(f"{name}: not replayed as a CUDA graph, {why}; it runs eagerly", stacklevel=4)
+        self.fallbacks.append(why)
+        warnings.warn(f"{self.name}: not replayed as a CUDA graph, {why}; it runs eagerly", stacklevel=4)
+
+
+def replay_summary(graphs: Sequence[SolverGraph]) -> str:
+    """One line on what a method's solvers did: the recordings replayed and the fallbacks to eager, by
+    solver; empty when none was recorded or refused (the CPU, ``cuda_graph: false``, ``compile=true``)."""
+    parts = []
+    for graph in graphs:
+        if graph.recorded:
+            plural = "s" if graph.recorded > 1 else ""
+            parts.append(f"{graph.name} replayed as a CUDA graph ({graph.recorded} shape{plural})")
+        parts += [f"{graph.name} ran eagerly: {why}" for why in dict.fromkeys(graph.fallbacks)]
+    return "; ".join(parts)
 
 
 def signature(args: Sequence) -> Hashable:
@@ -166,4 +183,4 @@ def _bitwise_equal(outputs: Outputs, expected: Outputs) -> bool:
     )
 
 
-__all__ = ["CudaGraphs", "GraphBackend", "SolverGraph", "signature"]
+__all__ = ["CudaGraphs", "GraphBackend", "SolverGraph", "replay_summary", "signature"]
