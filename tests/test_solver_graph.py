@@ -21,9 +21,13 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 class RerunBackend:
     """Records ``function`` on the static inputs; a replay runs it again and writes into the same outputs."""
 
-    def __init__(self) -> None:
+    def __init__(self, held: int = 0) -> None:
         self.captures = 0
         self.replays = 0
+        self.held = held  # the memory the stand-in recording says it holds
+
+    def memory_limit(self, args) -> int:
+        return 1 << 20
 
     def capture(self, function, static_args):
         self.captures += 1
@@ -36,7 +40,7 @@ class RerunBackend:
                 for old, new in zip(_tuple(outputs), _tuple(fresh), strict=True):
                     old.copy_(new)
 
-        return replay, outputs
+        return replay, outputs, self.held
 
 
 def _tuple(outputs):
@@ -98,6 +102,14 @@ def test_a_recording_error_falls_back_to_eager_with_one_warning() -> None:
         plan = graph(costs(0), 0.5, 20, 0.1)[0]
     assert torch.equal(plan, official_sinkhorn(costs(0), 0.5, 20, 0.1)[0]) and graph.recorded == 0
     assert torch.equal(graph(costs(1), 0.5, 20, 0.1)[0], official_sinkhorn(costs(1), 0.5, 20, 0.1)[0])
+
+
+def test_a_recording_that_would_hold_too_much_memory_is_dropped_for_the_eager_solver() -> None:
+    graph = SolverGraph(official_sinkhorn, backend=RerunBackend(held=3 << 20))
+    with pytest.warns(UserWarning, match="its recording would hold 3 MB .limit 1 MB.; it runs eagerly"):
+        plan = graph(costs(0), 0.5, 20, 0.1)[0]
+    assert graph.recorded == 0 and torch.equal(plan, official_sinkhorn(costs(0), 0.5, 20, 0.1)[0])
+    assert graph.backend.replays == 0 and graph.fallbacks == ["its recording would hold 3 MB (limit 1 MB)"]
 
 
 def test_the_default_backend_leaves_cpu_tensors_and_a_disabled_graph_to_the_function() -> None:

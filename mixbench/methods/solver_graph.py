@@ -13,9 +13,10 @@ arguments' values -- it
 
 1. runs ``function`` eagerly on the call's arguments: that result is returned, and is the reference;
 2. records ``function`` on static copies of the tensor arguments (the backend: :class:`CudaGraphs`);
-3. replays the recording once and compares its outputs with the reference, **bit for bit**.  A mismatch, or
-   an error while recording, turns capture off for that signature with one warning: the eager function runs
-   from then on, so a solver that cannot be captured stays correct, only slower.
+3. replays the recording once and compares its outputs with the reference, **bit for bit**.  A mismatch, an
+   error while recording, or a recording that would hold more device memory than allowed (its intermediates
+   stay reserved while it lives; :class:`CudaGraphs`) turns capture off for that signature with one warning:
+   the eager function runs from then on, so a solver that cannot be captured stays correct, only slower.
 
 Later calls with that signature copy the tensor arguments into the static inputs, replay, and return copies of
 the static outputs (the next replay overwrites them).  A Python value is baked into the recording, so it is
@@ -30,6 +31,7 @@ on the CPU with a stand-in that replays by running the function again (``tests/t
 
 from __future__ import annotations
 
+import gc
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -41,30 +43,54 @@ Outputs = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 class GraphBackend(Protocol):
-    """Records ``function(*static_args)``; returns the replay and the outputs it writes."""
+    """Records ``function(*static_args)``; returns the replay, the outputs it writes and the device memory
+    the recording holds for as long as it lives (its intermediates)."""
 
     def capture(
         self, function: Callable[..., Outputs], static_args: Sequence
-    ) -> tuple[Callable[[], None], Outputs]: ...
+    ) -> tuple[Callable[[], None], Outputs, int]: ...
+
+    def memory_limit(self, args: Sequence) -> int:
+        """The most memory a recording for these arguments may hold."""
+        ...
 
 
 class CudaGraphs:
     """``torch.cuda.CUDAGraph`` recording, after one warm-up run on a side stream (lazy initialisation of
-    cuBLAS and the caching allocator must not happen while recording)."""
+    cuBLAS and the caching allocator must not happen while recording).
+
+    A recording keeps its intermediates in a private memory pool for as long as it lives, where the eager
+    solver would hand them back to the model's activations after each call.  The pool's size is measured (the
+    device memory reserved during the recording, after emptying the cache) and :class:`SolverGraph` refuses a
+    recording above :data:`MEMORY_SHARE` of the device or :data:`MEMORY_CAP` bytes: Puzzle Mix's transport at
+    224 px builds a dense cells x cells cost per image (tens of GB at batch 256).
+    """
 
     def capture(
         self, function: Callable[..., Outputs], static_args: Sequence
-    ) -> tuple[Callable[[], None], Outputs]:
+    ) -> tuple[Callable[[], None], Outputs, int]:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             function(*[_clone(arg) for arg in static_args])
         torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        gc.collect()  # as torch.cuda.graph does on entry, so that its cleaning does not shrink the baseline
+        torch.cuda.empty_cache()
+        reserved = torch.cuda.memory_reserved()
         graph = torch.cuda.CUDAGraph()
         # thread_local: only this thread's unsafe calls break the recording (a loader thread may pin memory)
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             outputs = function(*static_args)
-        return graph.replay, outputs
+        return graph.replay, outputs, torch.cuda.memory_reserved() - reserved
+
+    def memory_limit(self, args: Sequence) -> int:
+        device = next(arg.device for arg in args if isinstance(arg, torch.Tensor))
+        return min(MEMORY_CAP, int(MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory))
+
+
+MEMORY_SHARE = 0.05  # of the device's memory, at most, held by one recording
+MEMORY_CAP = 1 << 30  # bytes, at most, held by one recording
 
 
 @dataclass
@@ -117,7 +143,14 @@ class SolverGraph:
         with torch.no_grad():
             expected = self.function(*args)
             try:
-                replay, outputs = self.backend.capture(self.function, static_args)
+                replay, outputs, held = self.backend.capture(self.function, static_args)
+                limit = self.backend.memory_limit(args)
+                if held > limit:
+                    del replay, outputs  # the recording and its memory pool go
+                    self._fall_back(
+                        key, f"its recording would hold {_megabytes(held)} (limit {_megabytes(limit)})"
+                    )
+                    return expected
                 replay()
                 same = _bitwise_equal(outputs, expected)
             except Exception as error:  # noqa: BLE001 - any failure to record means: run eagerly
@@ -159,6 +192,10 @@ def signature(args: Sequence) -> Hashable:
         else ("value", arg)
         for arg in args
     )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:,.0f} MB"
 
 
 def _clone(arg):
