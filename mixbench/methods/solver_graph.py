@@ -1,10 +1,10 @@
 """A method's solver replayed as one CUDA graph: thousands of small kernels launched by one call.
 
-Co-Mixup's labelling (4 rounds x 20 outputs of ~80 small operations), AlignMixup's Sinkhorn loop (100
-iterations of 26) and Puzzle Mix's block sweeps are loops of tiny kernels over tensors of fixed shape, with no
-host sync and no gradient.  On a GPU their cost is the launches, not the arithmetic (the H200 profiles at
-5b521f1: Co-Mixup 7,847 launches a step against vanilla's 365, results/bench/README.md).  CUDA graphs
-(``torch.cuda.CUDAGraph``) record such a loop once and replay it with one launch.
+Co-Mixup's labelling (4 rounds x 20 outputs of a few dozen small operations), AlignMixup's Sinkhorn loop (100
+iterations of 26) and Puzzle Mix's block sweeps and transport are loops of tiny kernels over tensors of fixed
+shape, with no host sync and no gradient.  On a GPU their cost is the launches, not the arithmetic (the H200
+profiles at 5b521f1: Co-Mixup 7,847 launches a step against vanilla's 365, results/bench/README.md).  CUDA
+graphs (``torch.cuda.CUDAGraph``) record such a loop once and replay it with one launch.
 
 :class:`SolverGraph` wraps a solver ``function(*args)``: a pure function of its tensor arguments and of fixed
 Python values (sizes, flags, coefficients), that draws no random numbers and returns a tensor or a tuple of
@@ -25,8 +25,10 @@ part of the signature: a new value records a new graph.  Recording synchronises 
 
 Capture applies only to tensors on a CUDA device and when ``enabled``; elsewhere (the CPU, or a method
 compiled by ``torch.compile``, whose own modes handle launches) the call is ``function(*args)`` itself.  The
-backend is a parameter so that the bookkeeping (static buffers, signatures, the check, the fallback) is tested
-on the CPU with a stand-in that replays by running the function again (``tests/test_solver_graph.py``).
+backend is a parameter so that the bookkeeping (static buffers, signatures, the check, the memory limit, the
+fallback) is tested on the CPU with a stand-in that replays by running the function again
+(``tests/test_solver_graph.py``).  Results never depend on whether a solver was replayed: the recording runs
+the same kernels on the same values, checked once bit for bit.
 """
 
 from __future__ import annotations
