@@ -79,7 +79,7 @@ if [ "$part" != graphs ]; then
 fi
 if [ "$part" = all ]; then budget=$(( budget + ${GPU_BENCH_SECONDS:-570} )); fi
 if [ "$part" != main ]; then
-  further solver-graphs 80 --models r18 --steps 20 --warmup 16 --loops 0 --profile "$runs/solver-graphs/profiles" \
+  further solver-graphs 100 --models r18 --steps 20 --warmup 16 --loops 0 --profile "$runs/solver-graphs/profiles" \
     --methods "comixup,comixup[cuda_graph=false],puzzlemix,puzzlemix[cuda_graph=false],alignmixup,alignmixup[cuda_graph=false]"
   export TORCH_LOGS=recompiles  # a retrace per step would show in the log
   graphs reduce-overhead/input 130 mixup,cutmix,fmix,sumix 10 4
