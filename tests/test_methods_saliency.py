@@ -619,3 +619,15 @@ def test_comixup_smoothness_through_the_laplacian_is_the_sum_over_the_edges_to_t
         for beta in (0.02, 1.7):
             former = torch.zeros(3, 5) - MIXED_CELL_BONUS * mixed + beta * by_edges
             assert torch.equal(output_energy(labels, torch.zeros(5, cells, 6), graph, beta), former)
+
+
+def test_comixup_outputs_carry_gradients_to_inputs_that_require_them() -> None:
+    """Each output cell is a copy of one input's cell (or half of two), so d sum(outputs) / d input is its
+    cells' uses times the cell's size.  The solver runs in inference mode, yet hands back ordinary labels
+    (autograd may save them; an inference tensor cannot be)."""
+    x = images(3, batch=6, size=8).requires_grad_()
+    out = comixup(4, m_part=3).mix_with_saliency(x, blob_maps(6, 8, 4, 5))
+    assert not out.labels.is_inference()
+    out.x.sum().backward()
+    uses = out.labels.sum(dim=(1, 2)).flatten()  # cells of each input over all outputs, per partition slot
+    torch.testing.assert_close(x.grad.sum(dim=(1, 2, 3)), uses * 3 * 2 * 2)  # channels x cell area

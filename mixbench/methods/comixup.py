@@ -352,7 +352,7 @@ def improve_labelling(
     ``solve_output`` is :func:`_solve_output`, or the same function compiled under ``compile=true``.
     """
     # inference mode: no autograd bookkeeping on the solver's thousands of small operations (15% of its time
-    # on the CPU); the labels it returns are used only in operations that save nothing for the backward
+    # on the CPU); the labels are stacked outside it, so the caller gets an ordinary tensor
     with torch.inference_mode():
         problem = AssignmentProblem(cost, compatibility, valid, beta, gamma, threshold)
         graph = grid_graph(problem.grid, cost.device)
@@ -380,7 +380,7 @@ def improve_labelling(
                 total = others + usage[output]
             if set_resolve and round_index == rounds - 2:
                 extra = resolve_duplicates(torch.stack(usage, dim=1), valid)
-        return torch.stack(labels, dim=1)
+    return torch.stack(labels, dim=1)  # outside inference mode: an ordinary tensor, usable anywhere
 
 
 def _solve_output(
