@@ -267,8 +267,10 @@ def icm(
     index_shape = (*labels.shape[:2], vectors.shape[-1])
     for _ in range(sweeps):
         for colour in graph.colours:
-            # own - neighbours @ coupling in one call: each entry of the product is one or two non-zero terms
-            # (one-hot or half-half vectors), so no summation order changes it, and -1 * it is exact
+            # own - neighbours @ coupling in one call.  Each entry of the product has one or two non-zero
+            # terms (one-hot or half-half vectors), so no summation order changes it; the labels matched the
+            # former two-call form to the bit in the checks by hand (a BLAS that added the terms into ``own``
+            # one at a time could round a half-half candidate's cost differently in the last bit)
             local = torch.baddbmm(own, torch.bmm(adjacency, labels), coupling, alpha=-1)
             choice = local.argmin(dim=-1, keepdim=True).expand(index_shape)
             labels = torch.where(colour, vectors.gather(1, choice), labels)
