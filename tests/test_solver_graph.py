@@ -185,6 +185,17 @@ def test_methods_list_their_solver_graphs_and_the_bench_note_names_replays_and_f
     )
 
 
+def test_compiling_a_methods_parts_stops_its_recordings() -> None:
+    """Under compile=true the compiled parts are not recorded into graphs of our own (MixMethod.compile_parts,
+    for every method and a wrapper's base)."""
+    methods = [CoMixup(), PuzzleMix(), AlignMixup(), build_method("sumix", base="puzzlemix")]
+    graphs = [graph for method in methods for graph in method.solver_graphs()]
+    assert len(graphs) == 6 and all(graph.enabled for graph in graphs)
+    for method in methods:
+        method.compile_parts(lambda function, **options: function)
+    assert not any(graph.enabled for graph in graphs)
+
+
 def _refuse(self, function, static_args):
     raise RuntimeError("not capturable")
 

@@ -109,7 +109,6 @@ options and the feature-mixing step through :class:`AlignMixMethod`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -382,12 +381,6 @@ class AlignMixMethod(MixMethod):
             eps, int(max_iter), threshold, sinkhorn, converged_tol, int(converged_max_iter), bool(cuda_graph)
         )
         self.ablation = ablation
-
-    def compile_parts(self, compiler: Callable[[Callable], Callable]) -> None:
-        """Under ``compile=true`` the Sinkhorn loop is traced inside the compiled model (the mixing function
-        runs in its forward), not replayed as a CUDA graph of our own."""
-        super().compile_parts(compiler)
-        self.sinkhorn.official_solver.enabled = False
 
     def solver_graphs(self) -> list[SolverGraph]:
         return [self.sinkhorn.official_solver]

@@ -202,7 +202,11 @@ class MixMethod(nn.Module):
         ``_orig_mod.`` to the ``state_dict`` keys) and must not feed a Python value that changes every step
         into a compiled call (each value would be traced again).  By default the method compiles nothing of
         its own and passes ``compiler`` on to the mixing methods it holds (a wrapper's base: SUMix's AutoMix).
+        Its :meth:`solver_graphs` stop recording: compiled code is not recorded into CUDA graphs of our own
+        (``torch.compile``'s modes handle the launches); overrides call this first.
         """
+        for graph in self.solver_graphs():
+            graph.enabled = False
         for child in self.children():
             if isinstance(child, MixMethod):
                 child.compile_parts(compiler)

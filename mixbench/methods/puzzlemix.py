@@ -453,7 +453,6 @@ class PuzzleMix(SaliencyGuidedMixMethod):
         super().compile_parts(compiler)
         self.chain_solver = compiler(viterbi, dynamic=False)
         self.transport_solver = compiler(transport_sources, dynamic=False)
-        self.mask_solver.enabled = False  # the compiled calls are not recorded into a CUDA graph of our own
 
     def solver_graphs(self) -> list[SolverGraph]:
         return [
