@@ -202,6 +202,32 @@ def test_masked_stopping_returns_what_the_host_checked_loop_returns(check_every:
     torch.testing.assert_close(result.plan, expected_plan, rtol=1e-4, atol=1e-7)
 
 
+VIEW_OPS = {"view", "expand", "unsqueeze", "squeeze", "slice", "select", "transpose", "t", "alias"}
+
+
+class OperationCounter(TorchDispatchMode):
+    """Counts the aten operations that compute (views excluded): the kernels a GPU would launch."""
+
+    count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ not in VIEW_OPS
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_official_iteration_is_its_two_updates_and_the_rule_costs_once_per_block() -> None:
+    """Two log-domain updates of 8 kernels each per iteration; the stopping rule is applied after the block
+    (at 1a4faac it was 10 more kernels in every iteration: 26)."""
+    cost = uniform_costs(4, batch=8, rows=16, cols=16)
+    counts = {}
+    for iterations in (50, 100):
+        with OperationCounter() as counter:
+            log_sinkhorn(cost, eps=0.1, max_iter=iterations, threshold=0.1, check_every=0)
+        counts[iterations] = counter.count
+    assert (counts[100] - counts[50]) / 50 == 16
+    assert counts[100] - 100 * 16 < 40, counts
+
+
 class LargestTensor(TorchDispatchMode):
     """Records the element count of the largest tensor any aten op produces."""
 

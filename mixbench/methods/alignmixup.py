@@ -42,9 +42,9 @@ Deliberate deviations from the official code (``cifar10_100/models/*_classifier.
 
 * The cost is computed as ``||a||^2 + ||a'||^2 - 2 a.a'`` with one batched matrix product (clamped at 0),
   not by broadcasting a B x r x r x c difference tensor (1-2.5 GB); the two agree to float rounding.
-* The stopping rule is evaluated on the device every iteration and a met rule freezes the potentials by
-  masking (the result is the one the official loop returns when it breaks), and the host never reads it:
-  all ``max_iter`` iterations are queued, without the official ``.item()`` sync per iteration.  Since the
+* The stopping rule is evaluated on the device after all ``max_iter`` iterations, on every iteration's
+  potentials, and the first iteration that met it gives the result (the one the official loop returns when
+  it breaks, to the bit); the host never reads it: all ``max_iter`` iterations are queued, without the official ``.item()`` sync per iteration.  Since the
   rule is not met on post-ReLU features (above), the official loop runs all 100 iterations too: skipping
   "no-op" iterations would save nothing, and the former read of the flag every 10 iterations cost 10 host
   syncs per aligning step (the CPU benchmark's 6.67 per step for AlignMixup/AE at 8383cd4) for no gain.
@@ -53,7 +53,7 @@ Deliberate deviations from the official code (``cifar10_100/models/*_classifier.
 * The marginals are exactly ``log(1/r)``, not ``log(1/r + 1e-8)`` (a relative change of 1e-7).
 * The alignment (cost, Sinkhorn, the product with ``R``) runs in float32 with autocast disabled, so that
   bf16 autocast does not wreck the cost expansion or the column sums.
-* On a GPU, in eager mode, the official loop (100 iterations of ~26 kernels, no host sync, no gradient) is
+* On a GPU, in eager mode, the official loop (100 iterations of 16 kernels, no host sync, no gradient) is
   recorded once per cost shape and replayed as one CUDA graph (``cuda_graph: true``, the default;
   :mod:`mixbench.methods.solver_graph`): the same kernels, one launch.  The first replay is checked against
   the eager loop bit for bit, else the loop runs eagerly.  Not yet measured on a GPU (the H200's eager
@@ -142,7 +142,7 @@ def official_sinkhorn(
 class SinkhornOptions:
     """How the assignment is solved; ``official`` reproduces the official loop (see the module docstring).
 
-    On a GPU the official loop (``max_iter`` iterations of ~26 kernels, no host sync) is replayed as one CUDA
+    On a GPU the official loop (``max_iter`` iterations of 16 kernels, no host sync) is replayed as one CUDA
     graph per cost shape (``official_solver``, :mod:`mixbench.methods.solver_graph`) unless ``cuda_graph`` is
     false; ``converged`` reads its stopping flag on the host, so it runs eagerly."""
 
