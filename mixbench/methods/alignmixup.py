@@ -44,8 +44,9 @@ Deliberate deviations from the official code (``cifar10_100/models/*_classifier.
   not by broadcasting a B x r x r x c difference tensor (1-2.5 GB); the two agree to float rounding.
 * The stopping rule is evaluated on the device after all ``max_iter`` iterations, on every iteration's
   potentials, and the first iteration that met it gives the result (the one the official loop returns when
-  it breaks, to the bit); the host never reads it: all ``max_iter`` iterations are queued, without the official ``.item()`` sync per iteration.  Since the
-  rule is not met on post-ReLU features (above), the official loop runs all 100 iterations too: skipping
+  it breaks, to the bit); the host never reads it: all ``max_iter`` iterations are queued, without the
+  official ``.item()`` sync per iteration.  Since the rule is not met on post-ReLU features (above), the
+  official loop runs all 100 iterations too: skipping
   "no-op" iterations would save nothing, and the former read of the flag every 10 iterations cost 10 host
   syncs per aligning step (the CPU benchmark's 6.67 per step for AlignMixup/AE at 8383cd4) for no gain.
   The ``converged`` option below, which does stop early, reads the flag every 10 iterations (documented
