@@ -257,3 +257,24 @@ def test_an_unknown_compile_mode_is_refused_in_one_line(mode: str, shown: str) -
     result = run_tool("bench", ["--models", "r18", "--methods", "mixup", f"compile_mode={mode}", "--compile"])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode != 0 and len(errors) == 1 and expected in errors[0], result.stderr
+
+
+def test_sumix_loss_is_traced_with_the_mixed_batchs_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SUMix's loss (the distances' softmaxes, lam's sigmoid, the uncertainty head, the regulariser's exp and
+    the cross-entropies) is compiled with the mixed batch's forward, in the graph of the trained network's
+    convolutions, rather than launched op by op after it (as until 8e9efbb)."""
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    monkeypatch.setattr(
+        step_module.torch, "compile", lambda target, **_: TORCH_COMPILE(target, backend=recording_backend)
+    )
+    cfg, runtime, _, _, step = _build("sumix", compiled=True)
+    step(*synthetic_batch(cfg, runtime))
+    calls = [" ".join(str(node.target) for node in graph.graph.nodes) for graph in graphs]
+    with_loss = [text for text in calls if "conv2d" in text and "sigmoid" in text]
+    assert len(with_loss) == 1, calls
+    assert "exp" in with_loss[0] and "cross_entropy" in with_loss[0] and "softmax" in with_loss[0]

@@ -27,6 +27,11 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
         # the online forward with and without the input's gradient, and one chain solver and one transport per
         # grid size drawn (5 steps at 16 px: sizes 2, 4, 8, 16)
         ("puzzlemix", 4, 10),
+        # SUMix on bases with compiled parts, its mixed forward and loss in one compiled call: on AutoMix the
+        # teacher's 2 and the Mix Block's 2, SUMix's forward and loss, its no-grad clean forward; on Puzzle
+        # Mix the saliency forward (SUMix's clean logits), SUMix's forward and loss, and the solvers per size
+        ("sumix[base=automix]", 6, 6),
+        ("sumix[base=puzzlemix]", 4, 10),
     ],
 )
 def test_a_compiled_step_with_compiled_parts_trains_as_the_eager_one_and_traces_each_call_shape_once(

@@ -74,6 +74,14 @@ SUMix's, unweighted as in AutoMix's own step, so that the Mix Block keeps learni
 ``mix_block_loss``:
        L_total = L + own_loss
 
+Under ``compile=true`` the mixed batch's forward and the whole loss above are one compiled call
+(:func:`sumix_loss_of_forward`, :meth:`SUMix.compile_parts`), as the input-space methods' forward and loss
+are.  The loss's 122 small operations a step (forward and backward, beyond the base's and the clean forward's:
+counted on the CPU at 8e9efbb, SUMix on CutMix, r18) are then fused into the network's graph, and replayed
+with it in ``compile_mode=reduce-overhead``, instead of launched one by one (about 30 us of host time each on
+an H200 at 5b521f1; SUMix compiled is not yet measured there).  The eager step runs the same function, the
+same operations in the same order as before.
+
 Deliberate deviations from the official code (github.com/JinXins/SUMix, ``ClsUncertainMixupHead.IN_loss``):
 
 * lam' is used per sample.  The official head multiplies a batch-mean cross-entropy by the per-sample lam',
@@ -97,6 +105,8 @@ smaller share, as the paper's motivation describes (an option, not the specified
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -185,6 +195,67 @@ def per_sample_lam(lam: float | torch.Tensor, batch: int, device: torch.device) 
     return torch.full((batch,), float(lam), device=device)
 
 
+def forward_capturing(model: nn.Module, x: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ``x`` and the features of stage ``stage`` they come from, in one call to ``model``."""
+    captured: list[torch.Tensor] = []
+
+    def capture(features: torch.Tensor) -> torch.Tensor:
+        captured.append(features)
+        return features
+
+    logits = model(x, mix_stage=stage, mix_fn=capture)
+    return logits, captured[0]
+
+
+def prediction_distances(
+    clean_logits: torch.Tensor,
+    mixed_logits: torch.Tensor,
+    perm: torch.Tensor,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    distance: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d_a, d_b) from stop-gradient softmax predictions of the clean and the mixed batch (steps 1-3)."""
+    p_clean = F.softmax(clean_logits.detach().float(), dim=1)
+    p_mixed = F.softmax(mixed_logits.detach().float(), dim=1)
+    return semantic_distances(p_mixed, p_clean, perm, y_a, y_b, distance=distance)
+
+
+def sumix_loss_of_forward(
+    model: nn.Module,
+    mixed_x: torch.Tensor,
+    clean_logits: torch.Tensor,
+    clean_features: torch.Tensor,
+    head: nn.Linear,
+    perm: torch.Tensor,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    lam: torch.Tensor,
+    last_stage: int,
+    label_smoothing: float,
+    gamma: float,
+    distance: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mixed batch's forward (capturing the last stage's features) and SUMix's loss, steps 3-6 of the
+    module docstring, given the clean batch's logits and features: ``(L, lam', regulariser)``.
+
+    One call, so that ``compile=true`` traces the loss's few dozen small operations (softmaxes, norms, two
+    heads, four cross-entropies) with the network, as the input-space methods' loss is
+    (``mixed_loss_of_forward``): fused, and replayed with the network's CUDA graph in ``reduce-overhead``,
+    instead of launched one by one.  ``lam`` is a (B,) tensor and the Python values are the run's
+    constants, so one graph serves every step."""
+    mixed_logits, mixed_features = forward_capturing(model, mixed_x, last_stage)
+    d_a, d_b = prediction_distances(clean_logits, mixed_logits, perm, y_a, y_b, distance)
+    lam_new = reestimated_ratio(lam, d_a, d_b, y_a, y_b)
+    classification = mixed_cross_entropy(mixed_logits, y_a, y_b, lam_new, label_smoothing)
+    u_clean = uncertainty(head, clean_features)
+    u_mixed = uncertainty(head, mixed_features)
+    regulariser = uncertainty_regulariser(
+        d_a + u_clean + u_mixed, d_b + u_clean[perm] + u_mixed, y_a, y_b, lam
+    )
+    return classification + gamma * regulariser, lam_new, regulariser
+
+
 def _defines(method: MixMethod, attribute: str) -> bool:
     """Whether ``method``'s class provides ``attribute`` itself (not InputMixMethod's refusing default)."""
     own = getattr(type(method), attribute, None)
@@ -235,6 +306,8 @@ class SUMix(MixMethod):
         self.uses_model = _defines(self.base, "mix_with_model")
         self.last_stage: int | None = None
         self.uncertainty_head: nn.Linear | None = None
+        # the mixed forward and the loss; compiled by compile_parts (a function: outside the module tree)
+        self.forward_loss: Callable[..., tuple[torch.Tensor, ...]] = sumix_loss_of_forward
 
     def passes(self) -> dict[str, float]:
         """The base's passes that make the mixed batch, the online step on it, and the clean batch's forward
@@ -283,18 +356,21 @@ class SUMix(MixMethod):
         perm = self._checked_pairing(batch)
         lam = per_sample_lam(batch.lam, x.shape[0], x.device)
         clean_logits, clean_features = self._clean_forward(model, x, batch)
-        mixed_logits, mixed_features = self._forward_capturing(model, batch.x)
-        d_a, d_b = self._distances(clean_logits, mixed_logits, batch, perm)
-        lam_new = reestimated_ratio(lam, d_a, d_b, batch.y_a, batch.y_b)
-        classification = mixed_cross_entropy(
-            mixed_logits, batch.y_a, batch.y_b, lam_new, self.label_smoothing
+        loss, lam_new, regulariser = self.forward_loss(
+            model,
+            batch.x,
+            clean_logits,
+            clean_features,
+            self.uncertainty_head,
+            perm,
+            batch.y_a,
+            batch.y_b,
+            lam,
+            self.last_stage,
+            self.label_smoothing,
+            self.gamma,
+            self.distance,
         )
-        u_clean = uncertainty(self.uncertainty_head, clean_features)
-        u_mixed = uncertainty(self.uncertainty_head, mixed_features)
-        regulariser = uncertainty_regulariser(
-            d_a + u_clean + u_mixed, d_b + u_clean[perm] + u_mixed, batch.y_a, batch.y_b, lam
-        )
-        loss = classification + self.gamma * regulariser
         logs = {
             "lam": lam.mean(),
             "lam_reestimated": lam_new.mean(),
@@ -304,6 +380,12 @@ class SUMix(MixMethod):
             loss = loss + batch.own_loss
             logs["mix_block_loss"] = batch.own_loss.detach()
         return loss, logs
+
+    def compile_parts(self, compiler: Callable[[Callable], Callable]) -> None:
+        """Under ``compile=true``: the base's parts, and the mixed batch's forward with SUMix's loss in one
+        compiled call (:func:`sumix_loss_of_forward`), held outside the module tree."""
+        super().compile_parts(compiler)
+        self.forward_loss = compiler(sumix_loss_of_forward)
 
     def base_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
         """The base's mixed batch: ``mix_with_model`` when the base defines it (asked for the last stage's
@@ -320,7 +402,7 @@ class SUMix(MixMethod):
         if batch.clean_logits is not None and batch.clean_features is not None:
             return batch.clean_logits.detach(), batch.clean_features.detach()
         with torch.no_grad():
-            return self._forward_capturing(model, x)
+            return forward_capturing(model, x, self.last_stage)
 
     def _checked_pairing(self, batch: MixedBatch) -> torch.Tensor:
         if self.uncertainty_head is None:
@@ -330,25 +412,6 @@ class SUMix(MixMethod):
                 f"sumix: base {self.base_name} returned a mixed batch without its pairing (perm)"
             )
         return batch.perm
-
-    def _distances(
-        self, clean_logits: torch.Tensor, mixed_logits: torch.Tensor, batch: MixedBatch, perm: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(d_a, d_b) from stop-gradient softmax predictions of the clean and the mixed batch."""
-        p_clean = F.softmax(clean_logits.detach().float(), dim=1)
-        p_mixed = F.softmax(mixed_logits.detach().float(), dim=1)
-        return semantic_distances(p_mixed, p_clean, perm, batch.y_a, batch.y_b, distance=self.distance)
-
-    def _forward_capturing(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of ``x`` and the last stage's features they come from, in one call to ``model``."""
-        captured: list[torch.Tensor] = []
-
-        def capture(features: torch.Tensor) -> torch.Tensor:
-            captured.append(features)
-            return features
-
-        logits = model(x, mix_stage=self.last_stage, mix_fn=capture)
-        return logits, captured[0]
 
     def _last_stage_channels(self, model: StagedNet) -> int:
         """Channels of the last stage's output, from a dummy forward in eval mode (no statistics updated)."""
@@ -371,11 +434,12 @@ class SUMix(MixMethod):
         batch = self.base_batch(model, x, y)
         perm = self._checked_pairing(batch)
         lam = per_sample_lam(batch.lam, x.shape[0], x.device)
-        clean_logits, _ = self._forward_capturing(model, x)
-        mixed_logits, _ = self._forward_capturing(model, batch.x)
-        lam_new = reestimated_ratio(
-            lam, *self._distances(clean_logits, mixed_logits, batch, perm), batch.y_a, batch.y_b
+        clean_logits, _ = forward_capturing(model, x, self.last_stage)
+        mixed_logits, _ = forward_capturing(model, batch.x, self.last_stage)
+        distances = prediction_distances(
+            clean_logits, mixed_logits, perm, batch.y_a, batch.y_b, self.distance
         )
+        lam_new = reestimated_ratio(lam, *distances, batch.y_a, batch.y_b)
         rows = {"source a": x, "source b": x[perm]}
         if batch.mask is not None:
             rows["mask (share of b)"] = batch.mask.expand(x.shape[0], 1, *x.shape[-2:])
