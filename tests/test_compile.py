@@ -123,6 +123,13 @@ def test_the_loss_is_traced_with_the_network_in_one_graph(
 ) -> None:
     """Vanilla's and the input-space methods' step is one compiled call, the network's convolutions and the
     cross-entropy in the same graph (so that CUDA graphs replay the loss's kernels with the network's)."""
+    calls = _traced_calls(method_name, monkeypatch)
+    assert len(calls) == 1
+    assert "conv2d" in calls[0] and "cross_entropy" in calls[0], calls[0]
+
+
+def _traced_calls(method_name: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """One compiled step of ``method_name``: the call targets of each graph Dynamo traced, as one string."""
     graphs = []
 
     def recording_backend(graph_module, example_inputs):
@@ -134,9 +141,7 @@ def test_the_loss_is_traced_with_the_network_in_one_graph(
     )
     cfg, runtime, _, _, step = _build(method_name, compiled=True)
     step(*synthetic_batch(cfg, runtime))
-    assert len(graphs) == 1
-    called = " ".join(str(node.target) for node in graphs[0].graph.nodes)
-    assert "conv2d" in called and "cross_entropy" in called, called
+    return [" ".join(str(node.target) for node in graph.graph.nodes) for graph in graphs]
 
 
 def test_a_learned_method_compiles_its_teacher_and_mix_block_with_the_runs_mode(
@@ -263,18 +268,7 @@ def test_sumix_loss_is_traced_with_the_mixed_batchs_forward(monkeypatch: pytest.
     """SUMix's loss (the distances' softmaxes, lam's sigmoid, the uncertainty head, the regulariser's exp and
     the cross-entropies) is compiled with the mixed batch's forward, in the graph of the trained network's
     convolutions, rather than launched op by op after it (as until 8e9efbb)."""
-    graphs = []
-
-    def recording_backend(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
-
-    monkeypatch.setattr(
-        step_module.torch, "compile", lambda target, **_: TORCH_COMPILE(target, backend=recording_backend)
-    )
-    cfg, runtime, _, _, step = _build("sumix", compiled=True)
-    step(*synthetic_batch(cfg, runtime))
-    calls = [" ".join(str(node.target) for node in graph.graph.nodes) for graph in graphs]
+    calls = _traced_calls("sumix", monkeypatch)
     with_loss = [text for text in calls if "conv2d" in text and "sigmoid" in text]
     assert len(with_loss) == 1, calls
     assert "exp" in with_loss[0] and "cross_entropy" in with_loss[0] and "softmax" in with_loss[0]
