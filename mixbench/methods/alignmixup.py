@@ -46,11 +46,10 @@ Deliberate deviations from the official code (``cifar10_100/models/*_classifier.
   potentials, and the first iteration that met it gives the result (the one the official loop returns when
   it breaks, to the bit); the host never reads it: all ``max_iter`` iterations are queued, without the
   official ``.item()`` sync per iteration.  Since the rule is not met on post-ReLU features (above), the
-  official loop runs all 100 iterations too: skipping
-  "no-op" iterations would save nothing, and the former read of the flag every 10 iterations cost 10 host
-  syncs per aligning step (the CPU benchmark's 6.67 per step for AlignMixup/AE at 8383cd4) for no gain.
-  The ``converged`` option below, which does stop early, reads the flag every 10 iterations (documented
-  host syncs: it is not the default).
+  official loop runs all 100 iterations too: skipping "no-op" iterations would save nothing, and the
+  former read of the flag every 10 iterations cost 10 host syncs per aligning step (the CPU benchmark's
+  6.67 per step for AlignMixup/AE at 8383cd4) for no gain.  The ``converged`` option below, which does stop
+  early, reads the flag every 10 iterations (documented host syncs: it is not the default).
 * The marginals are exactly ``log(1/r)``, not ``log(1/r + 1e-8)`` (a relative change of 1e-7).
 * The alignment (cost, Sinkhorn, the product with ``R``) runs in float32 with autocast disabled, so that
   bf16 autocast does not wreck the cost expansion or the column sums.

@@ -27,8 +27,8 @@ returns when it breaks, to the bit (later iterations are computed, and discarded
 
 The log-sum-exps are :func:`finite_logsumexp`: ``torch.logsumexp``'s operations less its guard against
 infinite maxima, 6 kernels a call instead of 9.  The loop is launch-bound on a GPU (100 iterations a step),
-so an iteration is only its two updates, 16 kernels; the rule costs ~20 kernels per block.  Before (78b9cac
-to 1a4faac) the rule was applied every iteration, freezing stopped potentials by masking: 26 kernels an
+so an iteration is only its two updates, 16 kernels; the rule costs ~20 kernels per block.  Until
+1a4faac the rule was applied every iteration, freezing stopped potentials by masking: 26 kernels an
 iteration (32 with ``torch.logsumexp``), 2,609 non-view operations for the official 100 iterations against
 1,630 now.  The values are bitwise those of ``torch.logsumexp`` on finite inputs, which these always are
 (finite costs, finite potentials): ``tests/test_methods_alignmixup.py``.

@@ -239,7 +239,7 @@ def sumix_loss_of_forward(
     """The mixed batch's forward (capturing the last stage's features) and SUMix's loss, steps 3-6 of the
     module docstring, given the clean batch's logits and features: ``(L, lam', regulariser)``.
 
-    One call, so that ``compile=true`` traces the loss's few dozen small operations (softmaxes, norms, two
+    One call, so that ``compile=true`` traces the loss's ~120 small operations (softmaxes, norms, two
     heads, four cross-entropies) with the network, as the input-space methods' loss is
     (``mixed_loss_of_forward``): fused, and replayed with the network's CUDA graph in ``reduce-overhead``,
     instead of launched one by one.  ``lam`` is a (B,) tensor and the Python values are the run's
